@@ -1,0 +1,365 @@
+"""The only module that talks gRPC to immudb.
+
+A small admin client over immudb-py's generated gRPC layer
+(`immudb.grpc.schema_pb2[_grpc]`). We bypass immudb-py's `ImmudbClient`
+wrapper on purpose:
+- its `ReplicationSettings` sends the primary *username* as the primary
+  password and `ReplicationNullableSettings` has tuple defaults that break
+  `createDatabaseV2`: replica settings are built here from raw protobuf,
+  always with `primaryHost` and `primaryPort` (without them immudb creates the
+  database silently with no replicator running);
+- its `login()` overwrites the module attribute `schema_pb2.LoginResponse`
+  and `useDatabase()` swaps the shared token in place: here the token is
+  passed per call as metadata, so threads never switch database under each
+  other's feet;
+- its default timeout is none: here every call has one;
+- its `logout()` kills every session of the user server-wide: never used.
+
+Tokens die after 24 h and on every server restart: a call answered with
+"please login" (immudb's way of saying UNAUTHENTICATED) logs in again once
+and is retried.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import warnings
+from dataclasses import dataclass
+from typing import Any, Callable
+
+with warnings.catch_warnings():
+    # immudb-py pulls in `google-api` -> `appier`, which imports the removed `imp` module
+    warnings.simplefilter("ignore", DeprecationWarning)
+    import grpc
+    from google.protobuf import empty_pb2
+    from immudb.grpc import schema_pb2 as pb
+    from immudb.grpc import schema_pb2_grpc as pb_grpc
+
+from reconciler.config.model import ReplicationOptions, ServerConfig
+from reconciler.errors import ReplicatorError
+from reconciler.secret import Secret
+from reconciler.state import DatabaseInfo, ReplicationSettings, StoreLimits, UserInfo
+
+log = logging.getLogger(__name__)
+
+GRANT, REVOKE = 0, 1
+_RELOGIN_MESSAGES = ("please login", "invalid token", "token has expired", "session not found",
+                     "not logged in", "no session")
+_PERMANENT_MESSAGES = ("invalid user name or password", "permission denied", "not allowed",
+                       "user is not", "already exists", "illegal arguments", "invalid database name",
+                       "database does not exist", "not a replica", "is a replica", "can not be")
+
+
+class ImmudbError(ReplicatorError):
+    """A call to an immudb server failed. `temporary` says whether retrying
+    later may help (unreachable, timeout) or the config or the world must
+    change first (bad credentials, name conflict)."""
+
+    def __init__(self, server: str, operation: str, detail: str, temporary: bool):
+        self.server, self.operation, self.detail, self.temporary = server, operation, detail, temporary
+        super().__init__(f"{server}: {operation} failed: {detail}")
+
+
+class Unreachable(ImmudbError):
+    """The server did not answer (down, refused, or slower than the timeout)."""
+
+
+class AuthenticationFailed(ImmudbError):
+    """The server refused the configured user name or password."""
+
+
+class NotFound(ImmudbError):
+    """The database or user does not exist."""
+
+
+class AlreadyExists(ImmudbError):
+    """A database of that name exists already."""
+
+
+@dataclass(frozen=True)
+class DatabaseState:
+    """A database's current transaction id and hash (for lag and backups)."""
+
+    database: str
+    tx_id: int
+    tx_hash: bytes
+
+
+class ImmudbAdmin:
+    """Admin operations on one immudb server, as a sysadmin user.
+
+    Thread-safe. Every method raises ImmudbError (or a subclass) on failure,
+    with a message that names the server and never a password.
+    """
+
+    def __init__(self, name: str, host: str, port: int, username: str, password: Secret,
+                 timeout: float = 10.0):
+        self.name = name
+        self.address = f"{host}:{port}"
+        self.username = username
+        self._password = password
+        self.timeout = timeout
+        self._channel = grpc.insecure_channel(self.address, options=[
+            ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+            ("grpc.enable_retries", 0),
+        ])
+        self._stub = pb_grpc.ImmuServiceStub(self._channel)
+        self._token: str | None = None
+        self._lock = threading.Lock()
+        self.calls = 0  # RPCs sent, for tests and benchmarks
+
+    @classmethod
+    def from_config(cls, name: str, server: ServerConfig) -> "ImmudbAdmin":
+        return cls(name, server.host, server.port, server.username, server.password, server.timeout)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> "ImmudbAdmin":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"ImmudbAdmin({self.name} {self.username}@{self.address})"
+
+    # ------------------------------------------------------------------
+    # plumbing
+
+    def _error(self, operation: str, exc: grpc.RpcError) -> ImmudbError:
+        code = exc.code() if hasattr(exc, "code") else None
+        detail = (exc.details() if hasattr(exc, "details") else None) or str(code)
+        low = detail.lower()
+        where = f"{self.name} ({self.address})"
+        if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED):
+            if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+                detail = f"no answer within {self.timeout:g}s"
+            elif "connection refused" in low:
+                detail = "connection refused"
+            return Unreachable(where, operation, detail, temporary=True)
+        if "invalid user name or password" in low:
+            return AuthenticationFailed(where, operation, f"user '{self.username}' or its password refused",
+                                        temporary=False)
+        if "already exists" in low:
+            return AlreadyExists(where, operation, detail, temporary=False)
+        if "does not exist" in low or "not found" in low:
+            return NotFound(where, operation, detail, temporary=False)
+        permanent = code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.INVALID_ARGUMENT) or any(
+            m in low for m in _PERMANENT_MESSAGES)
+        return ImmudbError(where, operation, detail, temporary=not permanent)
+
+    def _login(self) -> str:
+        request = pb.LoginRequest(user=self.username.encode(), password=self._password.reveal().encode())
+        self.calls += 1
+        try:
+            response = self._stub.Login(request, timeout=self.timeout)
+        except grpc.RpcError as exc:
+            raise self._error("login", exc) from None
+        if response.warning:
+            log.warning("server=%s event=login_warning message=%r", self.name,
+                        response.warning.decode(errors="replace"))
+        return response.token
+
+    def _token_for_call(self, stale: str | None) -> str:
+        with self._lock:
+            if self._token is None or self._token == stale:
+                self._token = self._login()
+            return self._token
+
+    def _call(self, operation: str, method: str, request: Any, token: str | None = None) -> Any:
+        """One RPC with the session token (or `token`); on an expired token,
+        log in again once and retry."""
+        rpc: Callable = getattr(self._stub, method)
+        for attempt in (1, 2):
+            use = token or self._token_for_call(None)
+            self.calls += 1
+            try:
+                return rpc(request, timeout=self.timeout, metadata=(("authorization", "Bearer " + use),))
+            except grpc.RpcError as exc:
+                detail = (exc.details() or "").lower() if hasattr(exc, "details") else ""
+                relogin = exc.code() == grpc.StatusCode.UNAUTHENTICATED or any(m in detail for m in _RELOGIN_MESSAGES)
+                if attempt == 1 and relogin and token is None:
+                    log.info("server=%s event=relogin reason=%r", self.name, detail or str(exc.code()))
+                    self._token_for_call(use)
+                    continue
+                raise self._error(operation, exc) from None
+        raise AssertionError("unreachable")
+
+    def _database_token(self, database: str) -> str:
+        """A token scoped to `database` (immudb's UseDatabase), for calls such
+        as CurrentState that act on the session's current database."""
+        return self._call(f"use database {database}", "UseDatabase", pb.Database(databaseName=database)).token
+
+    # ------------------------------------------------------------------
+    # server
+
+    def login(self) -> None:
+        """Log in now (otherwise the first call does). Raises AuthenticationFailed, Unreachable."""
+        self._token_for_call(self._token)
+
+    def version(self) -> str:
+        return self._call("server info", "ServerInfo", pb.ServerInfoRequest()).version
+
+    def check_credentials(self, username: str, password: Secret) -> bool:
+        """True when `username`/`password` may log in; False when refused.
+        Raises Unreachable when the server does not answer. Opens no session
+        that needs closing (immudb tokens expire by themselves)."""
+        self.calls += 1
+        try:
+            self._stub.Login(pb.LoginRequest(user=username.encode(), password=password.reveal().encode()),
+                             timeout=self.timeout)
+            return True
+        except grpc.RpcError as exc:
+            err = self._error(f"login as {username}", exc)
+            if isinstance(err, AuthenticationFailed):
+                return False
+            raise err from None
+
+    # ------------------------------------------------------------------
+    # databases
+
+    def list_databases(self) -> list[DatabaseInfo]:
+        """Every database with its settings, load state and transaction count: one RPC."""
+        response = self._call("list databases", "DatabaseListV2", pb.DatabaseListRequestV2())
+        return [_database_info(d) for d in response.databases]
+
+    def limits(self, database: str) -> StoreLimits:
+        for info in self.list_databases():
+            if info.name == database:
+                return info.limits
+        raise NotFound(f"{self.name} ({self.address})", f"read settings of {database}", "database does not exist",
+                       temporary=False)
+
+    def create_replica(self, name: str, replication: ReplicationSettings, limits: StoreLimits | None = None) -> None:
+        """Create database `name` as a replica. Raises AlreadyExists when a
+        database of that name exists (replica or not): never converts one."""
+        settings = pb.DatabaseNullableSettings(replicationSettings=_replication_message(replication))
+        if limits is not None:
+            _set_limits(settings, limits)
+        self._call(f"create replica database {name}", "CreateDatabaseV2",
+                   pb.CreateDatabaseRequest(name=name, settings=settings, ifNotExists=False))
+
+    def create_database(self, name: str) -> None:
+        """An ordinary (non-replica) database; used by tests and demos."""
+        self._call(f"create database {name}", "CreateDatabaseV2", pb.CreateDatabaseRequest(name=name))
+
+    def update_replication(self, name: str, replication: ReplicationSettings) -> None:
+        """Change the replication settings of existing database `name`
+        (immudb restarts its replicator with them)."""
+        settings = pb.DatabaseNullableSettings(replicationSettings=_replication_message(replication))
+        self._call(f"update replication of {name}", "UpdateDatabaseV2",
+                   pb.UpdateDatabaseRequest(database=name, settings=settings))
+
+    def promote(self, name: str) -> None:
+        """Stop replicating `name`; it keeps its data and becomes writable."""
+        settings = pb.DatabaseNullableSettings(replicationSettings=pb.ReplicationNullableSettings(
+            replica=pb.NullableBool(value=False)))
+        self._call(f"promote {name}", "UpdateDatabaseV2", pb.UpdateDatabaseRequest(database=name, settings=settings))
+
+    def load(self, name: str) -> None:
+        self._call(f"load {name}", "LoadDatabase", pb.LoadDatabaseRequest(database=name))
+
+    def unload(self, name: str) -> None:
+        self._call(f"unload {name}", "UnloadDatabase", pb.UnloadDatabaseRequest(database=name))
+
+    def delete(self, name: str) -> None:
+        """Delete an (unloaded) database and its files."""
+        self._call(f"delete {name}", "DeleteDatabase", pb.DeleteDatabaseRequest(database=name))
+
+    def state(self, name: str) -> DatabaseState:
+        """Current transaction id and hash of `name`: two RPCs."""
+        token = self._database_token(name)
+        s = self._call(f"current state of {name}", "CurrentState", empty_pb2.Empty(), token=token)
+        return DatabaseState(name, s.txId, bytes(s.txHash))
+
+    # ------------------------------------------------------------------
+    # users
+
+    def list_users(self) -> list[UserInfo]:
+        response = self._call("list users", "ListUsers", empty_pb2.Empty())
+        return [UserInfo(u.user.decode(), u.active, {p.database: p.permission for p in u.permissions})
+                for u in response.users]
+
+    def create_user(self, username: str, password: Secret, permission: int, database: str) -> None:
+        self._call(f"create user {username}", "CreateUser", pb.CreateUserRequest(
+            user=username.encode(), password=password.reveal().encode(), permission=permission, database=database))
+
+    def grant(self, username: str, database: str, permission: int) -> None:
+        self._call(f"grant {username} on {database}", "ChangePermission", pb.ChangePermissionRequest(
+            action=GRANT, username=username, database=database, permission=permission))
+
+    def set_active(self, username: str, active: bool = True) -> None:
+        self._call(f"activate {username}", "SetActiveUser", pb.SetActiveUserRequest(active=active, username=username))
+
+    def change_password(self, username: str, new_password: Secret) -> None:
+        """As a sysadmin, set another user's password (no old password needed)."""
+        self._call(f"change password of {username}", "ChangePassword", pb.ChangePasswordRequest(
+            user=username.encode(), newPassword=new_password.reveal().encode()))
+
+
+# ----------------------------------------------------------------------
+# protobuf <-> values
+
+def _replication_message(r: ReplicationSettings) -> pb.ReplicationNullableSettings:
+    if not r.replica:
+        return pb.ReplicationNullableSettings(replica=pb.NullableBool(value=False))
+    if not (r.primary_host and r.primary_port and r.primary_database and r.primary_username
+            and r.primary_password is not None):
+        # immudb would create a replica with no replicator running
+        raise ValueError("a replica needs primary host, port, database, username and password")
+    return pb.ReplicationNullableSettings(
+        replica=pb.NullableBool(value=True),
+        primaryDatabase=pb.NullableString(value=r.primary_database),
+        primaryHost=pb.NullableString(value=r.primary_host),
+        primaryPort=pb.NullableUint32(value=r.primary_port),
+        primaryUsername=pb.NullableString(value=r.primary_username),
+        primaryPassword=pb.NullableString(value=r.primary_password.reveal()),
+        syncReplication=pb.NullableBool(value=r.sync_replication),
+        syncAcks=pb.NullableUint32(value=0),  # must be 0 on a replica
+        prefetchTxBufferSize=pb.NullableUint32(value=r.prefetch_tx_buffer_size),
+        replicationCommitConcurrency=pb.NullableUint32(value=r.commit_concurrency),
+        allowTxDiscarding=pb.NullableBool(value=r.allow_tx_discarding),
+        skipIntegrityCheck=pb.NullableBool(value=r.skip_integrity_check),
+        waitForIndexing=pb.NullableBool(value=r.wait_for_indexing),
+    )
+
+
+def replication_settings(options: ReplicationOptions, primary_database: str, username: str,
+                         password: Secret) -> ReplicationSettings:
+    """The settings a replica of `primary_database` should have."""
+    return ReplicationSettings(
+        replica=True, primary_database=primary_database, primary_host=options.primary_host,
+        primary_port=options.primary_port, primary_username=username, primary_password=password,
+        sync_replication=options.sync_replication, prefetch_tx_buffer_size=options.prefetch_tx_buffer_size,
+        commit_concurrency=options.commit_concurrency, allow_tx_discarding=options.allow_tx_discarding,
+        skip_integrity_check=options.skip_integrity_check, wait_for_indexing=options.wait_for_indexing)
+
+
+def _set_limits(settings: pb.DatabaseNullableSettings, limits: StoreLimits) -> None:
+    for field_name, value in (("maxKeyLen", limits.max_key_len), ("maxValueLen", limits.max_value_len),
+                              ("maxTxEntries", limits.max_tx_entries), ("fileSize", limits.file_size),
+                              ("writeTxHeaderVersion", limits.write_tx_header_version)):
+        if value:
+            getattr(settings, field_name).value = value
+    if limits.embedded_values is not None:
+        settings.embeddedValues.value = limits.embedded_values
+
+
+def _database_info(d: Any) -> DatabaseInfo:
+    s, r = d.settings, d.settings.replicationSettings
+    password = r.primaryPassword.value
+    return DatabaseInfo(
+        name=d.name, loaded=d.loaded, tx_count=d.numTransactions, disk_size=d.diskSize,
+        replication=ReplicationSettings(
+            replica=r.replica.value, primary_database=r.primaryDatabase.value, primary_host=r.primaryHost.value,
+            primary_port=r.primaryPort.value, primary_username=r.primaryUsername.value,
+            primary_password=Secret(password, origin=f"{d.name} replication") if password else None,
+            sync_replication=r.syncReplication.value, prefetch_tx_buffer_size=r.prefetchTxBufferSize.value,
+            commit_concurrency=r.replicationCommitConcurrency.value, allow_tx_discarding=r.allowTxDiscarding.value,
+            skip_integrity_check=r.skipIntegrityCheck.value, wait_for_indexing=r.waitForIndexing.value),
+        limits=StoreLimits(
+            max_key_len=s.maxKeyLen.value, max_value_len=s.maxValueLen.value, max_tx_entries=s.maxTxEntries.value,
+            file_size=s.fileSize.value, write_tx_header_version=s.writeTxHeaderVersion.value,
+            embedded_values=s.embeddedValues.value if s.HasField("embeddedValues") else None),
+    )

@@ -1,0 +1,106 @@
+"""The Go tool's flags and environment variables, as overrides of the YAML.
+
+Precedence: flags > environment > file > defaults. With no YAML at all,
+`replicator run --master-addr 10.0.0.5 --replica-addr 127.0.0.1 ...` behaves
+like the Go replicator. Passwords may also come from a file named by
+`<VAR>_FILE` (Kubernetes Secrets, systemd credentials).
+"""
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+
+@dataclass(frozen=True)
+class Override:
+    flag: str            # without dashes, as the Go tool spells it
+    env: str | None      # the Go tool's variable, if it had one
+    path: tuple[str, str]
+    kind: type = str
+    secret: bool = False
+    help: str = ""
+
+
+OVERRIDES = (
+    Override("master-addr", "MASTER_ADDRESS", ("primary", "host"), help="primary immudb host"),
+    Override("master-port", None, ("primary", "port"), int, help="primary immudb port"),
+    Override("master-user", None, ("primary", "username"), help="sysadmin user on the primary"),
+    Override("master-pass", "MASTER_PASSWORD", ("primary", "password"), secret=True,
+             help="its password (prefer MASTER_PASSWORD_FILE: flags show in the process list)"),
+    Override("replica-addr", "REPLICA_ADDRESS", ("replica", "host"), help="replica immudb host"),
+    Override("replica-port", None, ("replica", "port"), int, help="replica immudb port"),
+    Override("replica-user", None, ("replica", "username"), help="sysadmin user on the replica"),
+    Override("replica-pass", "REPLICA_PASSWORD", ("replica", "password"), secret=True,
+             help="its password (prefer REPLICA_PASSWORD_FILE)"),
+    Override("follower-user", None, ("follower", "username"), help="user the replicas log in to the primary as"),
+    Override("follower-pass", "FOLLOWER_PASSWORD", ("follower", "password"), secret=True,
+             help="its password (prefer FOLLOWER_PASSWORD_FILE)"),
+    Override("delay", None, ("reconcile", "interval"), int, help="seconds between reconcile passes"),
+    Override("data-dir", "DATADIR", ("replica", "data_dir"), help="the replica's data directory (backups)"),
+)
+# Not in the Go tool: the API token, so that a Secret can feed it.
+API_TOKEN = Override("api-token", "REPLICATOR_API_TOKEN", ("api", "token"), secret=True)
+
+
+def hint(path: tuple) -> str:
+    """How else the value at `path` (e.g. ('primary', 'password')) can be
+    given, for error messages: '--master-pass or MASTER_PASSWORD or ...'."""
+    key = tuple(path[:2])
+    for o in OVERRIDES + (API_TOKEN,):
+        if key not in (o.path, (o.path[0], o.path[1] + "_file")):
+            continue
+        ways = [] if o is API_TOKEN else [f"--{o.flag}"]
+        if o.env:
+            ways += [o.env, o.env + "_FILE"] if o.secret else [o.env]
+        return " or ".join(ways)
+    return ""
+
+
+def add_flags(parser: argparse.ArgumentParser) -> None:
+    """Add the Go tool's flags; each takes one or two dashes (-master-addr)."""
+    group = parser.add_argument_group("Go replicator compatible overrides (flags > environment > file)")
+    for o in OVERRIDES:
+        group.add_argument(f"-{o.flag}", f"--{o.flag}", dest="legacy_" + o.flag.replace("-", "_"),
+                           type=o.kind, default=None, metavar=o.kind.__name__.upper(), help=o.help)
+
+
+def collect(args: argparse.Namespace | None, env: Mapping[str, str]) -> tuple[list[tuple[tuple, Any, str]], list[str]]:
+    """The overrides in force, lowest precedence first, as (path, value, origin)
+    where a secret's path ends in `password_file`/`token_file` when it came from
+    a file; and problems (a variable and its _FILE twin both set, a bad number)."""
+    found: list[tuple[tuple, Any, str]] = []
+    problems: list[str] = []
+    for o in OVERRIDES + (API_TOKEN,):
+        if o.env:
+            plain, file = env.get(o.env), env.get(o.env + "_FILE") if o.secret else None
+            if plain and file:
+                problems.append(f"set {o.env} or {o.env}_FILE, not both")
+            elif file:
+                found.append((o.path[:1] + (o.path[1] + "_file",), file, o.env + "_FILE"))
+            elif plain:
+                try:
+                    found.append((o.path, o.kind(plain), o.env))
+                except ValueError:
+                    problems.append(f"{o.env} must be {'a whole number' if o.kind is int else o.kind.__name__}")
+    for o in OVERRIDES:
+        value = getattr(args, "legacy_" + o.flag.replace("-", "_"), None) if args is not None else None
+        if value is not None:
+            found.append((o.path, value, "--" + o.flag))
+    return found, problems
+
+
+def apply(data: dict, overrides: list[tuple[tuple, Any, str]]) -> dict:
+    """Set each override into `data` (a copy is returned). Giving a secret
+    replaces both its forms: a flag password wins over a password_file."""
+    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
+    for path, value, _origin in overrides:
+        section, key = path
+        if not isinstance(out.get(section), dict):
+            out[section] = {}
+        base = key[: -len("_file")] if key.endswith("_file") else key
+        if base in ("password", "token"):
+            out[section].pop(base, None)
+            out[section].pop(base + "_file", None)
+        out[section][key] = value
+    return out

@@ -1,0 +1,255 @@
+"""The validated configuration as typed, immutable values.
+
+Built only from data that passed `validate` (defaults filled), so no field
+is checked again here. Secrets are `Secret` objects: they print as `***`.
+"""
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Mapping
+
+from reconciler.secret import Secret
+
+SYSTEM_DATABASES = frozenset({"systemdb", "defaultdb"})
+TARGET_SECRETS = ("password", "passphrase", "secret_key", "access_key")
+
+
+def _secret(section: dict, key: str, origin: str) -> Secret | None:
+    if key in section:
+        return Secret(str(section[key]), origin=f"{origin}.{key}")
+    if f"{key}_file" in section:
+        return Secret(file=section[f"{key}_file"], origin=f"{origin}.{key}_file")
+    return None
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str
+    port: int
+    username: str
+    password: Secret
+    timeout: float
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @classmethod
+    def from_dict(cls, d: dict, origin: str) -> "ServerConfig":
+        return cls(d["host"], d["port"], d["username"], _secret(d, "password", origin), float(d["timeout"]))
+
+
+@dataclass(frozen=True)
+class ReplicaConfig(ServerConfig):
+    data_dir: Path = Path("/var/lib/immudb")
+
+    @classmethod
+    def from_dict(cls, d: dict, origin: str) -> "ReplicaConfig":
+        base = ServerConfig.from_dict(d, origin)
+        return cls(base.host, base.port, base.username, base.password, base.timeout, Path(d["data_dir"]))
+
+
+@dataclass(frozen=True)
+class FollowerConfig:
+    username: str
+    password: Secret
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Shell-style globs: a name is selected when it matches an include
+    pattern and no exclude pattern."""
+
+    include: tuple[str, ...] = ("*",)
+    exclude: tuple[str, ...] = ()
+
+    def __contains__(self, name: str) -> bool:
+        return any(fnmatch.fnmatchcase(name, p) for p in self.include) and not any(
+            fnmatch.fnmatchcase(name, p) for p in self.exclude)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Selection":
+        return cls(tuple(d["include"]), tuple(d["exclude"]))
+
+
+@dataclass(frozen=True)
+class ReplicationOptions:
+    """Settings every replica database gets, besides where its primary is."""
+
+    primary_host: str
+    primary_port: int
+    sync_replication: bool = False
+    prefetch_tx_buffer_size: int = 100
+    commit_concurrency: int = 10
+    allow_tx_discarding: bool = False
+    skip_integrity_check: bool = False
+    wait_for_indexing: bool = False
+
+
+@dataclass(frozen=True)
+class ReconcileConfig:
+    interval: int
+    databases: Selection
+    rename: Mapping[str, str]
+    on_primary_removed: str
+    adopt_existing: bool
+    replication: ReplicationOptions
+    backoff_initial: float
+    backoff_max: float
+
+    def replica_name(self, primary_name: str) -> str:
+        return self.rename.get(primary_name, primary_name)
+
+
+@dataclass(frozen=True)
+class Retention:
+    keep_last: int | None = None
+    max_age_seconds: int | None = None
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> "Retention | None":
+        if not d:
+            return None
+        age = d.get("max_age")
+        seconds = None
+        if age:
+            seconds = int(age[:-1]) * {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[age[-1]]
+        return cls(d.get("keep_last"), seconds)
+
+
+@dataclass(frozen=True)
+class TargetConfig:
+    """One named backup target. `options` holds the kind's other fields,
+    with every secret as a `Secret`."""
+
+    name: str
+    kind: str
+    path: str
+    options: Mapping[str, Any] = field(default_factory=dict)
+    retention: Retention | None = None
+
+    @classmethod
+    def from_dict(cls, name: str, d: dict) -> "TargetConfig":
+        origin = f"backup.targets.{name}"
+        options: dict[str, Any] = {k: v for k, v in d.items() if k not in ("type", "path", "retention")
+                                   and k.removesuffix("_file") not in TARGET_SECRETS}
+        for key in TARGET_SECRETS:
+            if (secret := _secret(d, key, origin)) is not None:
+                options[key] = secret
+        return cls(name, d["type"], d["path"], MappingProxyType(options), Retention.from_dict(d.get("retention")))
+
+
+@dataclass(frozen=True)
+class Schedule:
+    cron: str
+    target: str
+    timezone: str | None = None
+
+
+@dataclass(frozen=True)
+class BackupConfig:
+    databases: Selection
+    compression: str
+    compression_level: int | None
+    staging_dir: Path | None
+    targets: Mapping[str, TargetConfig]
+    schedules: tuple[Schedule, ...]
+
+
+@dataclass(frozen=True)
+class ApiConfig:
+    enabled: bool
+    listen: str
+    token: Secret | None
+    file_target_dirs: tuple[Path, ...]
+    max_body_bytes: int
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        host, _, port = self.listen.rpartition(":")
+        return host.strip("[]") or "0.0.0.0", int(port)
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    level: str = "info"
+    format: str = "text"
+
+
+@dataclass(frozen=True)
+class Config:
+    primary: ServerConfig
+    replica: ReplicaConfig
+    follower: FollowerConfig
+    reconcile: ReconcileConfig
+    backup: BackupConfig
+    api: ApiConfig
+    logging: LoggingConfig
+    source: str = "(flags and environment)"
+    digest: str = ""  # sha256 of the effective settings, secrets as digests
+
+    @classmethod
+    def from_dict(cls, d: dict, source: str) -> "Config":
+        rec, rep = d["reconcile"], d["reconcile"]["replication"]
+        primary = ServerConfig.from_dict(d["primary"], "primary")
+        backup = d["backup"]
+        return cls(
+            primary=primary,
+            replica=ReplicaConfig.from_dict(d["replica"], "replica"),
+            follower=FollowerConfig(d["follower"]["username"], _secret(d["follower"], "password", "follower")),
+            reconcile=ReconcileConfig(
+                interval=rec["interval"],
+                databases=Selection.from_dict(rec["databases"]),
+                rename=MappingProxyType(dict(rec["rename"])),
+                on_primary_removed=rec["on_primary_removed"],
+                adopt_existing=rec["adopt_existing"],
+                replication=ReplicationOptions(
+                    primary_host=rep["primary_host"] or primary.host,
+                    primary_port=rep["primary_port"] or primary.port,
+                    sync_replication=rep["sync_replication"],
+                    prefetch_tx_buffer_size=rep["prefetch_tx_buffer_size"],
+                    commit_concurrency=rep["commit_concurrency"],
+                    allow_tx_discarding=rep["allow_tx_discarding"],
+                    skip_integrity_check=rep["skip_integrity_check"],
+                    wait_for_indexing=rep["wait_for_indexing"],
+                ),
+                backoff_initial=float(rec["backoff"]["initial"]),
+                backoff_max=float(rec["backoff"]["max"]),
+            ),
+            backup=BackupConfig(
+                databases=Selection.from_dict(backup["databases"]),
+                compression=backup["compression"],
+                compression_level=backup["compression_level"],
+                staging_dir=Path(backup["staging_dir"]) if backup["staging_dir"] else None,
+                targets=MappingProxyType({n: TargetConfig.from_dict(n, t) for n, t in backup["targets"].items()}),
+                schedules=tuple(Schedule(s["cron"], s["target"], s["timezone"]) for s in backup["schedules"]),
+            ),
+            api=ApiConfig(
+                enabled=d["api"]["enabled"],
+                listen=d["api"]["listen"],
+                token=_secret(d["api"], "token", "api"),
+                file_target_dirs=tuple(Path(p) for p in d["api"]["file_target_dirs"]),
+                max_body_bytes=d["api"]["max_body_bytes"],
+            ),
+            logging=LoggingConfig(d["logging"]["level"], d["logging"]["format"]),
+            source=source,
+            digest=_digest(d),
+        )
+
+
+def _digest(d: dict) -> str:
+    """Identifies the effective settings; secret values enter only as hashes."""
+    def scrub(value: Any, key: str = "") -> Any:
+        if isinstance(value, dict):
+            return {k: scrub(v, k) for k, v in value.items()}
+        if isinstance(value, list):
+            return [scrub(v) for v in value]
+        if key in ("password", "token", "secret_key", "passphrase", "access_key"):
+            return "sha256:" + hashlib.sha256(str(value).encode()).hexdigest()
+        return value
+    return hashlib.sha256(json.dumps(scrub(d), sort_keys=True, default=str).encode()).hexdigest()

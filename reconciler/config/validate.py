@@ -1,0 +1,251 @@
+"""Validation: the JSON Schema (which also supplies defaults), then the
+checks a schema cannot express. Every problem is one line:
+`At 'a.b[0]' (line N): what is wrong and what is expected`.
+
+Messages never echo a value found under a secret key: jsonschema's own
+messages embed the instance, so they are rebuilt here from the error's kind.
+"""
+from __future__ import annotations
+
+import copy
+import difflib
+import json
+import os
+from functools import lru_cache
+from importlib import resources
+from pathlib import PurePosixPath
+from typing import Any, Iterable
+
+import jsonschema
+from jsonschema import Draft202012Validator
+
+from reconciler.config import legacy
+from reconciler.config.load import Lines
+
+SECRET_KEYS = frozenset({"password", "token", "secret_key", "passphrase", "access_key"})
+LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1", "[::1]", "0.0.0.0"})
+UNLOADABLE = frozenset({"defaultdb", "systemdb"})
+
+
+@lru_cache(maxsize=None)
+def load_schema(name: str = "replicator.schema.json") -> dict:
+    """A schema shipped in `schemas/` (installed as package `reconciler.schemas`)."""
+    return json.loads(resources.files("reconciler.schemas").joinpath(name).read_text(encoding="utf-8"))
+
+
+def _with_defaults(cls):
+    validate_properties = cls.VALIDATORS["properties"]
+
+    def properties(validator, props, instance, schema):
+        if isinstance(instance, dict):
+            for name, sub in props.items():
+                if isinstance(sub, dict) and "default" in sub and name not in instance:
+                    instance[name] = copy.deepcopy(sub["default"])
+        yield from validate_properties(validator, props, instance, schema)
+
+    return jsonschema.validators.extend(cls, {"properties": properties})
+
+
+DefaultingValidator = _with_defaults(Draft202012Validator)
+
+
+def dotted(path: Iterable) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def at(path: tuple, lines: Lines) -> str:
+    line = None
+    probe = tuple(path)
+    while line is None and probe:
+        line = lines.get(probe)
+        probe = probe[:-1]
+    return f"At '{dotted(path)}'" + (f" (line {line})" if line else "")
+
+
+def schema_problems(data: dict, lines: Lines, schema_name: str = "replicator.schema.json") -> list[str]:
+    """Validate `data` in place (filling defaults); one line per problem."""
+    schema = load_schema(schema_name)
+    validator = DefaultingValidator(schema)
+    problems = []
+    for error in sorted(validator.iter_errors(data), key=lambda e: [str(p) for p in e.absolute_path]):
+        path = tuple(error.absolute_path)
+        extra_path, message = _describe(error, schema)
+        path += extra_path
+        hint = (legacy.hint(path) or legacy.hint(path + ("host",))) if error.validator == "required" else ""
+        problems.append(f"{at(path, lines)}: {message}" + (f" (or {hint})" if hint else ""))
+    return list(dict.fromkeys(problems))
+
+
+def _type_name(value: Any) -> str:
+    return {dict: "a mapping", list: "a list", str: "a string", bool: "true/false", int: "a number",
+            float: "a number", type(None): "nothing (null)"}.get(type(value), type(value).__name__)
+
+
+def _allowed_keys(schema_part: dict, root: dict) -> list[str]:
+    keys = set(schema_part.get("properties", {}))
+    ref = schema_part.get("$ref", "")
+    if ref.startswith("#/$defs/"):
+        keys |= set(root["$defs"][ref.rsplit("/", 1)[1]].get("properties", {}))
+    return sorted(keys)
+
+
+def _describe(error: jsonschema.ValidationError, root: dict) -> tuple[tuple, str]:
+    """(extra path below error.path, message) for one schema error."""
+    kind, expected, value = error.validator, error.validator_value, error.instance
+    secret = any(str(p) in SECRET_KEYS for p in error.absolute_path)
+    shown = "the value" if secret or isinstance(value, (dict, list)) else repr(value)
+    if kind == "type":
+        wanted = " or ".join(expected) if isinstance(expected, list) else expected
+        return (), f"expected {wanted}, got {_type_name(value)}"
+    if kind == "required":
+        # one error per missing key, named in jsonschema's message
+        name = error.message.split("'")[1] if error.message.count("'") >= 2 else "?"
+        return (name,), "required, missing"
+    if kind in ("additionalProperties", "unevaluatedProperties"):
+        allowed = _allowed_keys(error.schema, root)
+        extras = [k for k in value if k not in allowed] if isinstance(value, dict) else []
+        if len(extras) == 1:
+            close = difflib.get_close_matches(str(extras[0]), allowed, n=1)
+            return (extras[0],), "unknown key" + (f" (did you mean '{close[0]}'?)" if close else
+                                                  f"; allowed: {', '.join(allowed)}")
+        return (), f"unknown keys {', '.join(map(repr, extras))}; allowed: {', '.join(allowed)}"
+    if kind == "enum":
+        return (), f"must be one of {', '.join(json.dumps(v) for v in expected)}, got {shown}"
+    if kind == "const":
+        return (), f"must be {json.dumps(expected)}"
+    if kind == "pattern":
+        return (), f"{shown} is not of the expected form (regular expression {expected})"
+    if kind in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
+        op = {"minimum": ">=", "maximum": "<=", "exclusiveMinimum": ">", "exclusiveMaximum": "<"}[kind]
+        return (), f"must be {op} {expected}, got {shown}"
+    if kind == "minLength":
+        return (), "must not be empty" if expected == 1 else f"must have at least {expected} characters"
+    if kind == "propertyNames":
+        return (), f"name {error.instance!r} is not allowed: {error.message}"
+    return (), "invalid value" if secret else error.message
+
+
+# --------------------------------------------------------------------------
+# checks the schema cannot express
+
+def _secret_problems(section: dict, path: tuple, lines: Lines, key: str = "password", required: bool = True) -> list[str]:
+    has_value, has_file = key in section, f"{key}_file" in section
+    if has_value and has_file:
+        return [f"{at(path + (key,), lines)}: give {key} or {key}_file, not both"]
+    if has_file:
+        file = section[f"{key}_file"]
+        if not os.path.isfile(file) or not os.access(file, os.R_OK):
+            return [f"{at(path + (key + '_file',), lines)}: cannot read secret file {file}"]
+    if required and not (has_value or has_file):
+        hint = legacy.hint(path + (key,))
+        return [f"{at(path, lines)}: {key} is required: set {key} or {key}_file" + (f" (or {hint})" if hint else "")]
+    return []
+
+
+def _same_server(a: dict, b: dict) -> bool:
+    def norm(host: str) -> str:
+        host = host.strip().lower()
+        return "localhost" if host in LOCAL_HOSTS else host
+    return norm(a["host"]) == norm(b["host"]) and a["port"] == b["port"]
+
+
+def _inside(child: str, parent: str) -> bool:
+    c = PurePosixPath(os.path.normpath(os.path.abspath(child)))
+    p = PurePosixPath(os.path.normpath(os.path.abspath(parent)))
+    return c == p or p in c.parents
+
+
+def logic_problems(data: dict, lines: Lines) -> list[str]:
+    """Checks on a schema-valid config (defaults filled)."""
+    problems: list[str] = []
+    for name in ("primary", "replica", "follower"):
+        problems += _secret_problems(data[name], (name,), lines)
+    problems += _secret_problems(data["api"], ("api",), lines, "token", required=False)
+
+    if _same_server(data["primary"], data["replica"]):
+        problems.append(f"{at(('replica',), lines)}: the replica is the primary "
+                        f"({data['replica']['host']}:{data['replica']['port']}); point it at another server")
+    if data["follower"]["username"] == data["primary"]["username"]:
+        problems.append(f"{at(('follower', 'username'), lines)}: the follower must not be the primary's admin user "
+                        f"'{data['primary']['username']}' (its password is managed by this tool)")
+
+    rec = data["reconcile"]
+    targets: dict[str, str] = {}
+    for source, target in rec["rename"].items():
+        if target in UNLOADABLE:
+            problems.append(f"{at(('reconcile', 'rename', source), lines)}: '{target}' on the replica is the "
+                            f"server's own database and cannot become a replica; choose another name")
+        if target in targets:
+            problems.append(f"{at(('reconcile', 'rename', source), lines)}: '{source}' and '{targets[target]}' "
+                            f"would both be replicated into '{target}'")
+        targets[target] = source
+    for i, pattern in enumerate(rec["databases"]["include"] + rec["databases"]["exclude"]):
+        if pattern.strip() != pattern:
+            problems.append(f"{at(('reconcile', 'databases'), lines)}: pattern {pattern!r} has surrounding spaces")
+    if rec["backoff"]["initial"] > rec["backoff"]["max"]:
+        problems.append(f"{at(('reconcile', 'backoff', 'initial'), lines)}: must not exceed backoff.max")
+
+    problems += _backup_problems(data, lines)
+    return problems
+
+
+def _backup_problems(data: dict, lines: Lines) -> list[str]:
+    problems: list[str] = []
+    backup = data["backup"]
+    data_dir = data["replica"]["data_dir"]
+    level, compression = backup["compression_level"], backup["compression"]
+    if level is not None and compression == "gzip" and level > 9:
+        problems.append(f"{at(('backup', 'compression_level'), lines)}: gzip levels are 1 to 9, got {level}")
+    if level is not None and compression == "none":
+        problems.append(f"{at(('backup', 'compression_level'), lines)}: has no meaning with compression: none")
+    if backup["staging_dir"] and _inside(backup["staging_dir"], data_dir):
+        problems.append(f"{at(('backup', 'staging_dir'), lines)}: must be outside the replica's data_dir "
+                        f"{data_dir}: immudb loads every folder there as a database")
+    for name, target in backup["targets"].items():
+        path = ("backup", "targets", name)
+        kind = target["type"]
+        if kind == "file" and _inside(os.path.dirname(target["path"]) or ".", data_dir):
+            problems.append(f"{at(path + ('path',), lines)}: archives must not be written inside the replica's "
+                            f"data_dir {data_dir}")
+        if kind == "sftp":
+            problems += _secret_problems(target, path, lines, "password", required=False)
+            problems += _secret_problems(target, path, lines, "passphrase", required=False)
+            if "password" not in target and "password_file" not in target and "private_key_file" not in target:
+                problems.append(f"{at(path, lines)}: set password, password_file or private_key_file")
+        if kind == "s3":
+            problems += _secret_problems(target, path, lines, "secret_key", required=False)
+            problems += _secret_problems(target, path, lines, "access_key", required=False)
+            has_access = "access_key" in target or "access_key_file" in target
+            has_secret = "secret_key" in target or "secret_key_file" in target
+            if has_access != has_secret:
+                problems.append(f"{at(path, lines)}: give both access_key and secret_key, or neither "
+                                f"(then the standard AWS credential chain applies)")
+    for i, schedule in enumerate(backup["schedules"]):
+        path = ("backup", "schedules", i)
+        if schedule["target"] not in backup["targets"]:
+            known = ", ".join(sorted(backup["targets"])) or "none defined"
+            problems.append(f"{at(path + ('target',), lines)}: unknown target '{schedule['target']}' "
+                            f"(targets: {known})")
+        problem = cron_problem(schedule["cron"], schedule["timezone"])
+        if problem:
+            problems.append(f"{at(path + ('cron',), lines)}: {problem}")
+    return problems
+
+
+def cron_problem(expression: str, timezone: str | None) -> str | None:
+    """None when APScheduler accepts the five-field expression and time zone."""
+    from apscheduler.triggers.cron import CronTrigger
+
+    if len(expression.split()) != 5:
+        return f"expected five fields (minute hour day month weekday), got {expression!r}"
+    try:
+        CronTrigger.from_crontab(expression, timezone=timezone)
+    except (ValueError, LookupError) as exc:
+        return f"invalid cron expression {expression!r}: {exc}"
+    except Exception as exc:  # unknown time zone names raise the zoneinfo library's own errors
+        return f"invalid time zone {timezone!r}: {type(exc).__name__}"
+    return None
+

@@ -1,0 +1,72 @@
+"""A secret value that never prints itself.
+
+A `Secret` holds either a value (from the YAML, the environment or a flag) or
+the path of a file to read it from. The file is read each time the value is
+needed (`reveal()`), so a rotated Kubernetes Secret or systemd credential is
+picked up without a restart, and the content is never kept in the parsed
+configuration. `str()`, `repr()` and formatting give `***`.
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from reconciler.errors import ConfigError
+
+REDACTED = "***"
+
+
+class Secret:
+    __slots__ = ("_value", "_file", "origin")
+
+    def __init__(self, value: str | None = None, *, file: str | Path | None = None, origin: str = ""):
+        if (value is None) == (file is None):
+            raise ValueError("a Secret takes a value or a file, not both")
+        self._value = value
+        self._file = Path(file) if file is not None else None
+        self.origin = origin  # where it came from, for messages: 'primary.password_file'
+
+    @property
+    def file(self) -> Path | None:
+        return self._file
+
+    def reveal(self) -> str:
+        """The secret itself. Raises ConfigError (naming the file, never its
+        content) when the file cannot be read or is empty."""
+        if self._file is None:
+            return self._value  # type: ignore[return-value]
+        where = f"At '{self.origin}': " if self.origin else ""
+        try:
+            text = self._file.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"{where}cannot read secret file {self._file}: {exc.strerror or exc}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{where}secret file {self._file} is not UTF-8 text") from None
+        # files written by `echo` or editors end with a newline that is not part of the secret
+        text = text.rstrip("\r\n")
+        if not text:
+            raise ConfigError(f"{where}secret file {self._file} is empty")
+        return text
+
+    def fingerprint(self) -> str:
+        """A short digest to tell two values apart without showing either."""
+        return hashlib.sha256(self.reveal().encode()).hexdigest()[:12]
+
+    def __str__(self) -> str:
+        return REDACTED
+
+    __repr__ = __str__
+
+    def __format__(self, spec: str) -> str:
+        return REDACTED
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Secret):
+            return NotImplemented
+        return (self._value, self._file) == (other._value, other._file)
+
+    def __hash__(self) -> int:
+        return hash((self._value, self._file))
+
+    def __reduce__(self):  # pickling would write the value somewhere unexpected
+        raise TypeError("Secret cannot be pickled")

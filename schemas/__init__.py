@@ -1,0 +1,1 @@
+"""JSON Schemas shipped with the package as `reconciler.schemas` (see pyproject.toml)."""

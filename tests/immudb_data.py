@@ -1,0 +1,62 @@
+"""Writing and reading test data with immudb-py's own client: an independent
+path to the servers, so tests do not check the admin module with itself."""
+from __future__ import annotations
+
+import time
+import warnings
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", DeprecationWarning)
+    from immudb import ImmudbClient
+
+
+def client(server, database: str) -> ImmudbClient:
+    c = ImmudbClient(server.address, timeout=10)
+    c.login(server.username, server.password, database=database.encode())
+    return c
+
+
+def write(server, database: str, count: int, prefix: str = "key") -> dict[bytes, bytes]:
+    """`count` keys in one transaction each; returns what was written."""
+    c = client(server, database)
+    written = {}
+    for i in range(count):
+        key, value = f"{prefix}{i}".encode(), f"value-{prefix}-{i}".encode() * 3
+        c.set(key, value)
+        written[key] = value
+    c.shutdown()
+    return written
+
+
+def state(server, database: str) -> tuple[int, bytes]:
+    c = client(server, database)
+    s = c.currentState()
+    c.shutdown()
+    return s.txId, s.txHash
+
+
+def read(server, database: str, keys) -> dict[bytes, bytes | None]:
+    c = client(server, database)
+    out = {}
+    for key in keys:
+        r = c.get(key)
+        out[key] = r.value if r is not None else None
+    c.shutdown()
+    return out
+
+
+def wait_caught_up(primary_server, replica_server, primary_db: str, replica_db: str, timeout: float = 30) -> tuple:
+    """Wait until the replica database has the primary's tx id and hash;
+    returns (primary_state, replica_state) at the end, equal or not."""
+    deadline = time.monotonic() + timeout
+    want = state(primary_server, primary_db)
+    got = None
+    while time.monotonic() < deadline:
+        try:
+            got = state(replica_server, replica_db)
+        except Exception:  # noqa: BLE001 - the replica db may still be starting
+            got = None
+        if got == want:
+            break
+        time.sleep(0.2)
+    return want, got

