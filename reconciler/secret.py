@@ -14,6 +14,25 @@ from pathlib import Path
 from reconciler.errors import ConfigError
 
 REDACTED = "***"
+_MIN_REDACTED_LENGTH = 4  # shorter strings would blot out ordinary words
+_revealed: set[str] = set()
+
+
+def redact(text: str) -> str:
+    """`text` with every secret value this process has used replaced by `***`:
+    the last line of defence for log lines and error messages."""
+    for value in sorted(_revealed, key=len, reverse=True):
+        if value in text:
+            text = text.replace(value, REDACTED)
+    return text
+
+
+def remember(value: str) -> str:
+    """Register a secret value that did not come through a Secret (e.g. one
+    read back from a server) so that `redact` hides it too."""
+    if len(value) >= _MIN_REDACTED_LENGTH:
+        _revealed.add(value)
+    return value
 
 
 class Secret:
@@ -23,6 +42,8 @@ class Secret:
         if (value is None) == (file is None):
             raise ValueError("a Secret takes a value or a file, not both")
         self._value = value
+        if value is not None:
+            remember(value)
         self._file = Path(file) if file is not None else None
         self.origin = origin  # where it came from, for messages: 'primary.password_file'
 
@@ -34,7 +55,7 @@ class Secret:
         """The secret itself. Raises ConfigError (naming the file, never its
         content) when the file cannot be read or is empty."""
         if self._file is None:
-            return self._value  # type: ignore[return-value]
+            return remember(self._value)  # type: ignore[arg-type]
         where = f"At '{self.origin}': " if self.origin else ""
         try:
             text = self._file.read_text(encoding="utf-8")
@@ -46,7 +67,7 @@ class Secret:
         text = text.rstrip("\r\n")
         if not text:
             raise ConfigError(f"{where}secret file {self._file} is empty")
-        return text
+        return remember(text)
 
     def fingerprint(self) -> str:
         """A short digest to tell two values apart without showing either."""

@@ -19,6 +19,7 @@ import contextlib
 import ctypes
 import json
 import os
+import pwd
 import shutil
 import signal
 import socket
@@ -281,10 +282,8 @@ class SftpServer:
     def client_key(self) -> Path:
         return self.root / "client_ed25519"
 
-    @property
-    def upload_dir(self) -> Path:
-        """A folder the test user may write to (absolute path on the server)."""
-        return self.root / "upload"
+    upload_dir: Path | None = None  # a folder the test user may write to, in its home
+
 
     @property
     def known_hosts(self) -> Path:
@@ -303,12 +302,15 @@ class SftpServer:
         for key in (self.host_key, self.client_key):
             if not key.exists():
                 subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
-        authorized = self.root / "authorized_keys"
-        shutil.copy(self.client_key.with_suffix(".pub"), authorized)
-        os.chmod(authorized, 0o644)
-        self.upload_dir.mkdir(exist_ok=True)
-        shutil.chown(self.upload_dir, user=self.username)
         self.port = self.port or free_port()
+        # sshd reads authorized keys as the user: they live in its home, beside the upload folder
+        account = pwd.getpwnam(self.username)
+        self.upload_dir = Path(account.pw_dir) / f"upload-{self.port}"
+        self.upload_dir.mkdir(exist_ok=True)
+        authorized = self.upload_dir / ".authorized_keys"
+        shutil.copy(self.client_key.with_suffix(".pub"), authorized)
+        for path in (self.upload_dir, authorized):
+            os.chown(path, account.pw_uid, account.pw_gid)
         pub = self.host_key.with_suffix(".pub").read_text().split()
         self.known_hosts.write_text(f"[127.0.0.1]:{self.port} {pub[0]} {pub[1]}\n")
         conf = self.root / "sshd_config"
@@ -326,6 +328,8 @@ class SftpServer:
     def stop(self) -> None:
         if self.process is not None:
             self.process.stop()
+        if self.upload_dir is not None:
+            shutil.rmtree(self.upload_dir, ignore_errors=True)
 
 
 def ensure_sftp_user(username: str, password: str) -> None:

@@ -56,12 +56,18 @@ def dotted(path: Iterable) -> str:
     return out or "(top level)"
 
 
-def at(path: tuple, lines: Lines) -> str:
-    line = None
+def line_of(path: tuple, lines: Lines) -> int:
+    """The line of `path`, or of its nearest ancestor in the file; 0 if none."""
     probe = tuple(path)
-    while line is None and probe:
-        line = lines.get(probe)
+    while probe:
+        if probe in lines:
+            return lines[probe]
         probe = probe[:-1]
+    return 0
+
+
+def at(path: tuple, lines: Lines) -> str:
+    line = line_of(path, lines)
     return f"At '{dotted(path)}'" + (f" (line {line})" if line else "")
 
 
@@ -69,14 +75,14 @@ def schema_problems(data: dict, lines: Lines, schema_name: str = "replicator.sch
     """Validate `data` in place (filling defaults); one line per problem."""
     schema = load_schema(schema_name)
     validator = DefaultingValidator(schema)
-    problems = []
-    for error in sorted(validator.iter_errors(data), key=lambda e: [str(p) for p in e.absolute_path]):
-        path = tuple(error.absolute_path)
+    found = []
+    for error in validator.iter_errors(data):
         extra_path, message = _describe(error, schema)
-        path += extra_path
+        path = tuple(error.absolute_path) + extra_path
         hint = (legacy.hint(path) or legacy.hint(path + ("host",))) if error.validator == "required" else ""
-        problems.append(f"{at(path, lines)}: {message}" + (f" (or {hint})" if hint else ""))
-    return list(dict.fromkeys(problems))
+        found.append((line_of(path, lines), dotted(path), f"{at(path, lines)}: {message}" + (f" (or {hint})" if hint else "")))
+    # in file order, as an operator reads them
+    return list(dict.fromkeys(problem for _, _, problem in sorted(found)))
 
 
 def _type_name(value: Any) -> str:
@@ -99,7 +105,8 @@ def _describe(error: jsonschema.ValidationError, root: dict) -> tuple[tuple, str
     shown = "the value" if secret or isinstance(value, (dict, list)) else repr(value)
     if kind == "type":
         wanted = " or ".join(expected) if isinstance(expected, list) else expected
-        return (), f"expected {wanted}, got {_type_name(value)}"
+        quote = ": put it in quotes" if wanted == "string" and isinstance(value, (int, float, bool)) else ""
+        return (), f"expected {wanted}, got {_type_name(value)}{quote}"
     if kind == "required":
         # one error per missing key, named in jsonschema's message
         name = error.message.split("'")[1] if error.message.count("'") >= 2 else "?"

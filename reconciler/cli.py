@@ -1,0 +1,92 @@
+"""The `replicator` command. Errors a user can meet print as one line each
+(`error: ...`) with an exit code, never a traceback:
+0 ok / in sync, 1 failure, 2 invalid configuration or usage, or changes
+pending (`plan`, as `terraform plan -detailed-exitcode`), 130 interrupted."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Callable
+
+from reconciler import __version__
+from reconciler.config import legacy
+from reconciler.errors import ReplicatorError
+from reconciler.secret import redact
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
+
+
+def command(name: str):
+    def register(func):
+        COMMANDS[name] = func
+        return func
+    return register
+
+
+def _config_args(parser: argparse.ArgumentParser, required: bool = False) -> None:
+    parser.add_argument("-c", "--config", metavar="FILE", default=os.environ.get("REPLICATOR_CONFIG"),
+                        required=required and not os.environ.get("REPLICATOR_CONFIG"),
+                        help="YAML configuration (default: $REPLICATOR_CONFIG; optional where the Go "
+                             "tool's flags/environment give everything)")
+    legacy.add_flags(parser)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="replicator",
+        description="Keeps an immudb replica server following every database of its primary, and backs it up.",
+        epilog="Exit codes: 0 ok/in sync, 1 failure, 2 invalid configuration (plan: changes pending), "
+               "130 interrupted.")
+    parser.add_argument("--version", action="version", version=f"immudb-replicator {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("validate", help="check a configuration file; print every problem with its YAML path")
+    _config_args(p, required=True)
+
+    p = sub.add_parser("plan", help="show what a reconcile pass would change (exit 0 in sync, 2 changes pending)")
+    _config_args(p)
+
+    p = sub.add_parser("reconcile", help="run reconcile passes now")
+    p.add_argument("--once", action="store_true", help="one pass, then exit (non-zero if anything failed)")
+    _config_args(p)
+
+    p = sub.add_parser("status", help="per replica database: state, lag, last error")
+    _config_args(p)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = sub.add_parser("run", help="the daemon: reconcile every interval until SIGTERM/SIGINT")
+    _config_args(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return 2
+    # imported here so that `--help` and `validate` stay quick and need no gRPC
+    from reconciler import commands  # noqa: F401  (registers the commands)
+    try:
+        return COMMANDS[args.command](args)
+    except ReplicatorError as exc:
+        for line in str(exc).splitlines() or [type(exc).__name__]:
+            print(f"error: {redact(line)}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 1
+    except Exception as exc:  # noqa: BLE001 - the last net: one line, no traceback
+        print(f"error: internal error ({type(exc).__name__}): {redact(str(exc))}; "
+              f"run with REPLICATOR_DEBUG=1 for details and please report it", file=sys.stderr)
+        if os.environ.get("REPLICATOR_DEBUG"):
+            import traceback
+            print(redact(traceback.format_exc()), file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

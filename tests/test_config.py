@@ -1,0 +1,270 @@
+"""The configuration file: schema, defaults, interpolation, overrides, secrets."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from reconciler import config
+from reconciler.cli import build_parser
+from reconciler.errors import ConfigError
+from reconciler.secret import Secret
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = ROOT / "examples" / "replicator.yaml"
+
+MINIMAL = """
+primary: {host: 10.0.0.5, password: "Primary-pw-1"}
+replica: {host: 127.0.0.1, password: "Replica-pw-1"}
+follower: {password: "Follower-pw-1"}
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "replicator.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def problems(path, args=None, env=None) -> list[str]:
+    with pytest.raises(ConfigError) as caught:
+        config.load(path, args, env or {})
+    return caught.value.problems
+
+
+def run_cli(*argv: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    import os
+    full_env = {k: v for k, v in os.environ.items() if k not in ("MASTER_PASSWORD", "FOLLOWER_PASSWORD")}
+    full_env.update(env or {})
+    return subprocess.run([sys.executable, "-m", "reconciler", *argv], capture_output=True, text=True,
+                          env=full_env, cwd=ROOT, timeout=60)
+
+
+# ---------------------------------------------------------------- example and defaults
+
+def test_example_config_is_valid():
+    cfg = config.load(EXAMPLE, env={})
+    assert set(cfg.backup.targets) == {"local", "offsite", "cloud"}
+    assert len(cfg.backup.schedules) == 2
+
+
+def test_validate_command_accepts_the_example():
+    result = run_cli("validate", "-c", str(EXAMPLE))
+    assert result.returncode == 0, result.stderr
+    assert "valid" in result.stdout
+
+
+def test_defaults_match_the_go_tool(tmp_path):
+    cfg = config.load(write(tmp_path, MINIMAL), env={})
+    assert (cfg.primary.port, cfg.primary.username) == (3322, "immudb")
+    assert (cfg.replica.port, str(cfg.replica.data_dir)) == (3322, "/var/lib/immudb")
+    assert cfg.follower.username == "follower"
+    assert cfg.reconcile.interval == 3600
+    assert dict(cfg.reconcile.rename) == {"defaultdb": "defaultdbbak"}
+    assert cfg.reconcile.on_primary_removed == "ignore"
+    assert cfg.api.listen == "127.0.0.1:8081"
+    assert cfg.reconcile.replication.primary_host == "10.0.0.5"
+
+
+def test_follower_password_has_no_default(tmp_path):
+    text = MINIMAL.replace('follower: {password: "Follower-pw-1"}', "")
+    found = problems(write(tmp_path, text))
+    assert any(p.startswith("At 'follower'") and "FOLLOWER_PASSWORD" in p for p in found), found
+
+
+# ---------------------------------------------------------------- errors
+
+def test_every_error_has_its_path_and_line(tmp_path):
+    path = write(tmp_path, """\
+        primary:
+          host: 10.0.0.1
+          port: "x"
+          pasword: Hunter2-secret
+        replica:
+          host: 127.0.0.1
+          password: 12345678
+        follower: {password: "Follower-pw-1"}
+        reconcile:
+          on_primary_removed: nuke
+        """)
+    found = problems(path)
+    assert "At 'primary.port' (line 3): expected integer, got a string" in found
+    assert "At 'primary.pasword' (line 4): unknown key (did you mean 'password'?)" in found
+    assert any(p.startswith("At 'replica.password' (line 7): expected string") for p in found)
+    assert any(p.startswith("At 'reconcile.on_primary_removed' (line 10): must be one of") for p in found)
+
+
+def test_broken_config_exits_2_with_one_line_per_error_and_no_traceback(tmp_path):
+    path = write(tmp_path, """\
+        primary: {host: 10.0.0.1, port: 99999, password: "Very-Secret-77"}
+        replica: {host: 127.0.0.1, password: "Other-Secret-88"}
+        follower: {password: "Third-Secret-99", username: "bad name"}
+        """)
+    result = run_cli("validate", "-c", str(path))
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 2
+    assert all(line.startswith("error: At '") for line in lines)
+    for secret in ("Very-Secret-77", "Other-Secret-88", "Third-Secret-99"):
+        assert secret not in result.stderr + result.stdout
+
+
+def test_secret_of_wrong_type_is_not_echoed(tmp_path):
+    path = write(tmp_path, MINIMAL.replace('"Follower-pw-1"', "[Listed-Secret-1]"))
+    found = problems(path)
+    assert found and not any("Listed-Secret-1" in p for p in found)
+
+
+def test_yaml_syntax_error_gives_line_without_echoing_it(tmp_path):
+    path = write(tmp_path, 'primary:\n  host: x\n  password: "Unclosed-Secret-5\nreplica: {host: y}\n')
+    found = problems(path)
+    assert len(found) == 1 and "line" in found[0] and "invalid YAML" in found[0]
+    assert "Unclosed-Secret-5" not in found[0]
+
+
+def test_duplicate_keys_are_reported(tmp_path):
+    path = write(tmp_path, MINIMAL + "follower: {password: Other-pw-2}\n")
+    assert any("duplicate key" in p and "follower" in p for p in problems(path))
+
+
+def test_missing_file_is_a_config_error(tmp_path):
+    assert problems(tmp_path / "nope.yaml") == [f"{tmp_path / 'nope.yaml'}: no such file"]
+
+
+def test_primary_and_replica_must_differ(tmp_path):
+    path = write(tmp_path, MINIMAL.replace("10.0.0.5", "localhost"))
+    assert any("the replica is the primary" in p for p in problems(path))
+
+
+def test_schedule_must_name_a_known_target(tmp_path):
+    path = write(tmp_path, MINIMAL + """
+backup:
+  targets: {local: {type: file, path: /srv/backups/a.tar.gz}}
+  schedules: [{cron: "0 3 * * *", target: remote}]
+""")
+    found = problems(path)
+    assert any("unknown target 'remote'" in p and "local" in p for p in found), found
+
+
+def test_invalid_cron_expression_is_reported(tmp_path):
+    path = write(tmp_path, MINIMAL + """
+backup:
+  targets: {local: {type: file, path: /srv/backups/a.tar.gz}}
+  schedules: [{cron: "61 3 * * *", target: local}]
+""")
+    assert any(p.startswith("At 'backup.schedules[0].cron'") for p in problems(path))
+
+
+def test_rename_into_the_replicas_own_database_is_refused(tmp_path):
+    path = write(tmp_path, MINIMAL + "reconcile: {rename: {defaultdb: defaultdb}}\n")
+    assert any("cannot become a replica" in p for p in problems(path))
+
+
+def test_two_databases_renamed_to_one_name_are_refused(tmp_path):
+    path = write(tmp_path, MINIMAL + "reconcile: {rename: {a: c, b: c}}\n")
+    assert any("would both be replicated into 'c'" in p for p in problems(path))
+
+
+def test_staging_dir_inside_data_dir_is_refused(tmp_path):
+    path = write(tmp_path, MINIMAL + "backup: {staging_dir: /var/lib/immudb/staging}\n")
+    assert any("outside the replica's data_dir" in p for p in problems(path))
+
+
+# ---------------------------------------------------------------- environment and secrets
+
+def test_environment_references_are_resolved(tmp_path):
+    path = write(tmp_path, MINIMAL.replace("10.0.0.5", "\"${PRIMARY_HOST}\"").replace(
+        '"Follower-pw-1"', '"${FOLLOWER_PW:-Fallback-pw-1}"'))
+    cfg = config.load(path, env={"PRIMARY_HOST": "db.internal"})
+    assert cfg.primary.host == "db.internal"
+    assert cfg.follower.password.reveal() == "Fallback-pw-1"
+
+
+def test_unset_variable_without_default_is_an_error(tmp_path):
+    path = write(tmp_path, MINIMAL.replace("10.0.0.5", "\"${PRIMARY_HOST}\""))
+    found = problems(path)
+    assert any("At 'primary.host'" in p and "PRIMARY_HOST is not set" in p for p in found)
+
+
+def test_double_dollar_escapes_a_reference(tmp_path):
+    path = write(tmp_path, MINIMAL.replace('"Follower-pw-1"', '"Pa$${NOT_A_VAR}1x"'))
+    assert config.load(path, env={}).follower.password.reveal() == "Pa${NOT_A_VAR}1x"
+
+
+def test_password_file_is_read_at_the_point_of_use(tmp_path):
+    secret_file = tmp_path / "follower"
+    secret_file.write_text("From-file-pw-1\n")
+    path = write(tmp_path, MINIMAL.replace('follower: {password: "Follower-pw-1"}',
+                                           f"follower: {{password_file: {secret_file}}}"))
+    cfg = config.load(path, env={})
+    assert cfg.follower.password.reveal() == "From-file-pw-1"
+    secret_file.write_text("Rotated-pw-2\n")  # a rotated Kubernetes Secret
+    assert cfg.follower.password.reveal() == "Rotated-pw-2"
+    assert "Rotated" not in repr(cfg)
+
+
+def test_unreadable_password_file_is_reported(tmp_path):
+    path = write(tmp_path, MINIMAL.replace('follower: {password: "Follower-pw-1"}',
+                                           f"follower: {{password_file: {tmp_path / 'missing'}}}"))
+    assert any("cannot read secret file" in p for p in problems(path))
+
+
+def test_secret_prints_as_stars():
+    secret = Secret("Top-secret-1")
+    assert str(secret) == repr(secret) == f"{secret}" == "***"
+    assert "Top-secret-1" not in repr({"password": secret})
+
+
+# ---------------------------------------------------------------- Go tool overrides
+
+GO_ENV = {"MASTER_ADDRESS": "10.1.1.1", "MASTER_PASSWORD": "Env-master-1", "REPLICA_ADDRESS": "127.0.0.1",
+          "REPLICA_PASSWORD": "Env-replica-1", "FOLLOWER_PASSWORD": "Env-follower-1", "DATADIR": "/data"}
+
+
+def _args(*argv: str):
+    return build_parser().parse_args(["plan", *argv])
+
+
+def test_go_tool_environment_alone_is_a_complete_config():
+    cfg = config.load(None, _args(), GO_ENV)
+    assert cfg.primary.host == "10.1.1.1" and cfg.primary.password.reveal() == "Env-master-1"
+    assert str(cfg.replica.data_dir) == "/data"
+    assert cfg.follower.password.reveal() == "Env-follower-1"
+
+
+def test_go_tool_flags_with_one_dash_work_without_yaml():
+    args = _args("-master-addr", "10.2.2.2", "-master-pass", "Flag-master-1", "-replica-addr", "127.0.0.1",
+                 "-replica-pass", "Flag-replica-1", "-follower-pass", "Flag-follower-1", "-delay", "60",
+                 "--master-port", "4000", "-follower-user", "repl")
+    cfg = config.load(None, args, {})
+    assert (cfg.primary.host, cfg.primary.port, cfg.reconcile.interval) == ("10.2.2.2", 4000, 60)
+    assert cfg.follower.username == "repl"
+
+
+def test_precedence_is_flags_then_environment_then_file(tmp_path):
+    path = write(tmp_path, MINIMAL.replace("10.0.0.5", "file-host"))
+    assert config.load(path, _args(), {}).primary.host == "file-host"
+    assert config.load(path, _args(), {"MASTER_ADDRESS": "env-host"}).primary.host == "env-host"
+    assert config.load(path, _args("--master-addr", "flag-host"), {"MASTER_ADDRESS": "env-host"}).primary.host == "flag-host"
+
+
+def test_password_file_variable_overrides_the_file(tmp_path):
+    secret_file = tmp_path / "pw"
+    secret_file.write_text("Env-file-pw-1")
+    cfg = config.load(write(tmp_path, MINIMAL), _args(), {"FOLLOWER_PASSWORD_FILE": str(secret_file)})
+    assert cfg.follower.password.reveal() == "Env-file-pw-1"
+    assert cfg.follower.password.file == secret_file
+
+
+def test_variable_and_its_file_twin_together_are_refused(tmp_path):
+    found = problems(write(tmp_path, MINIMAL), _args(), {"FOLLOWER_PASSWORD": "a-Secret-1", "FOLLOWER_PASSWORD_FILE": "/x"})
+    assert "set FOLLOWER_PASSWORD or FOLLOWER_PASSWORD_FILE, not both" in found
+
+
+def test_missing_primary_names_the_go_flag():
+    found = problems(None, _args(), {})
+    assert any(p.startswith("At 'primary'") and "--master-addr" in p for p in found)
