@@ -25,7 +25,7 @@ import logging
 import threading
 import warnings
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 with warnings.catch_warnings():
     # immudb-py pulls in `google-api` -> `appier`, which imports the removed `imp` module
@@ -35,7 +35,7 @@ with warnings.catch_warnings():
     from immudb.grpc import schema_pb2 as pb
     from immudb.grpc import schema_pb2_grpc as pb_grpc
 
-from reconciler.config.model import ReplicationOptions, ServerConfig
+from reconciler.config.model import ServerConfig
 from reconciler.errors import ReplicatorError
 from reconciler.secret import Secret
 from reconciler.state import DatabaseInfo, ReplicationSettings, StoreLimits, UserInfo
@@ -99,14 +99,26 @@ class ImmudbAdmin:
         self.username = username
         self._password = password
         self.timeout = timeout
+        self._token: str | None = None
+        self._lock = threading.Lock()
+        self._warned = False
+        self.calls = 0  # RPCs sent, for tests and benchmarks
+        self._connect()
+
+    def _connect(self) -> None:
         self._channel = grpc.insecure_channel(self.address, options=[
             ("grpc.max_receive_message_length", 64 * 1024 * 1024),
             ("grpc.enable_retries", 0),
         ])
         self._stub = pb_grpc.ImmuServiceStub(self._channel)
-        self._token: str | None = None
-        self._lock = threading.Lock()
-        self.calls = 0  # RPCs sent, for tests and benchmarks
+
+    def _reconnect(self) -> None:
+        """A fresh channel. After a server restart, gRPC's channel sits in
+        reconnect backoff and fails calls at once for up to minutes; a new
+        channel connects on the first call."""
+        old = self._channel
+        self._connect()
+        old.close()
 
     @classmethod
     def from_config(cls, name: str, server: ServerConfig) -> "ImmudbAdmin":
@@ -151,12 +163,9 @@ class ImmudbAdmin:
 
     def _login(self) -> str:
         request = pb.LoginRequest(user=self.username.encode(), password=self._password.reveal().encode())
-        self.calls += 1
-        try:
-            response = self._stub.Login(request, timeout=self.timeout)
-        except grpc.RpcError as exc:
-            raise self._error("login", exc) from None
-        if response.warning:
+        response = self._unary("login", "Login", request, None)
+        if response.warning and not self._warned:
+            self._warned = True
             log.warning("server=%s event=login_warning message=%r", self.name,
                         response.warning.decode(errors="replace"))
         return response.token
@@ -167,15 +176,29 @@ class ImmudbAdmin:
                 self._token = self._login()
             return self._token
 
+    def _unary(self, operation: str, method: str, request: Any, token: str | None) -> Any:
+        """One RPC; when the server refuses the connection, once more on a
+        fresh channel (see _reconnect). Raises grpc.RpcError."""
+        metadata = (("authorization", "Bearer " + token),) if token else None
+        for attempt in (1, 2):
+            self.calls += 1
+            try:
+                return getattr(self._stub, method)(request, timeout=self.timeout, metadata=metadata)
+            except grpc.RpcError as exc:
+                if attempt == 2 or exc.code() != grpc.StatusCode.UNAVAILABLE:
+                    if method == "Login":
+                        raise self._error(operation, exc) from None
+                    raise
+                self._reconnect()
+        raise AssertionError("unreachable")
+
     def _call(self, operation: str, method: str, request: Any, token: str | None = None) -> Any:
         """One RPC with the session token (or `token`); on an expired token,
         log in again once and retry."""
-        rpc: Callable = getattr(self._stub, method)
         for attempt in (1, 2):
             use = token or self._token_for_call(None)
-            self.calls += 1
             try:
-                return rpc(request, timeout=self.timeout, metadata=(("authorization", "Bearer " + use),))
+                return self._unary(operation, method, request, use)
             except grpc.RpcError as exc:
                 detail = (exc.details() or "").lower() if hasattr(exc, "details") else ""
                 relogin = exc.code() == grpc.StatusCode.UNAUTHENTICATED or any(m in detail for m in _RELOGIN_MESSAGES)
@@ -205,16 +228,12 @@ class ImmudbAdmin:
         """True when `username`/`password` may log in; False when refused.
         Raises Unreachable when the server does not answer. Opens no session
         that needs closing (immudb tokens expire by themselves)."""
-        self.calls += 1
+        request = pb.LoginRequest(user=username.encode(), password=password.reveal().encode())
         try:
-            self._stub.Login(pb.LoginRequest(user=username.encode(), password=password.reveal().encode()),
-                             timeout=self.timeout)
+            self._unary(f"login as {username}", "Login", request, None)
             return True
-        except grpc.RpcError as exc:
-            err = self._error(f"login as {username}", exc)
-            if isinstance(err, AuthenticationFailed):
-                return False
-            raise err from None
+        except AuthenticationFailed:
+            return False
 
     # ------------------------------------------------------------------
     # databases
@@ -323,17 +342,6 @@ def _replication_message(r: ReplicationSettings) -> pb.ReplicationNullableSettin
         skipIntegrityCheck=pb.NullableBool(value=r.skip_integrity_check),
         waitForIndexing=pb.NullableBool(value=r.wait_for_indexing),
     )
-
-
-def replication_settings(options: ReplicationOptions, primary_database: str, username: str,
-                         password: Secret) -> ReplicationSettings:
-    """The settings a replica of `primary_database` should have."""
-    return ReplicationSettings(
-        replica=True, primary_database=primary_database, primary_host=options.primary_host,
-        primary_port=options.primary_port, primary_username=username, primary_password=password,
-        sync_replication=options.sync_replication, prefetch_tx_buffer_size=options.prefetch_tx_buffer_size,
-        commit_concurrency=options.commit_concurrency, allow_tx_discarding=options.allow_tx_discarding,
-        skip_integrity_check=options.skip_integrity_check, wait_for_indexing=options.wait_for_indexing)
 
 
 def _set_limits(settings: pb.DatabaseNullableSettings, limits: StoreLimits) -> None:

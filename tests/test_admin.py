@@ -3,12 +3,17 @@ from __future__ import annotations
 
 import pytest
 
-from reconciler.admin import AlreadyExists, AuthenticationFailed, ImmudbAdmin, Unreachable, replication_settings
-from reconciler.config.model import ReplicationOptions
+from reconciler.admin import AlreadyExists, AuthenticationFailed, ImmudbAdmin, Unreachable
 from reconciler.secret import Secret
-from reconciler.state import PERMISSION_ADMIN
+from reconciler.state import PERMISSION_ADMIN, ReplicationSettings
 from tests import immudb_data
 from tests.conftest import unique_name
+
+
+def replication_settings(primary_server, database: str, user: str, password: str) -> ReplicationSettings:
+    return ReplicationSettings(replica=True, primary_database=database, primary_host="127.0.0.1",
+                               primary_port=primary_server.port, primary_username=user,
+                               primary_password=Secret(password), prefetch_tx_buffer_size=100, commit_concurrency=10)
 
 
 def _follower(primary, database: str, name: str, password: str) -> None:
@@ -22,8 +27,7 @@ def test_replica_created_from_raw_protobuf_catches_up_with_primary(primary_serve
     follower = unique_name("fol")
     _follower(primary, db, follower, "F0llower-secret")
 
-    settings = replication_settings(ReplicationOptions("127.0.0.1", primary_server.port), db, follower,
-                                    Secret("F0llower-secret"))
+    settings = replication_settings(primary_server, db, follower, "F0llower-secret")
     replica.create_replica(db, settings, primary.limits(db))
 
     want, got = immudb_data.wait_caught_up(primary_server, replica_server, db, db)
@@ -42,8 +46,7 @@ def test_writes_after_creation_reach_the_replica(primary_server, replica_server,
     primary.create_database(db)
     follower = unique_name("fol")
     _follower(primary, db, follower, "pw-Later-1")
-    replica.create_replica(db, replication_settings(ReplicationOptions("127.0.0.1", primary_server.port), db,
-                                                    follower, Secret("pw-Later-1")))
+    replica.create_replica(db, replication_settings(primary_server, db, follower, "pw-Later-1"))
     later = immudb_data.write(primary_server, db, 5, prefix="later")
     want, got = immudb_data.wait_caught_up(primary_server, replica_server, db, db)
     assert got == want
@@ -62,7 +65,7 @@ def test_list_databases_reports_transaction_counts(primary_server, primary):
 def test_creating_an_existing_database_is_refused_not_converted(primary_server, primary, replica):
     db = unique_name()
     replica.create_database(db)
-    settings = replication_settings(ReplicationOptions("127.0.0.1", primary_server.port), db, "x", Secret("y"))
+    settings = replication_settings(primary_server, db, "x", "y-Password-1")
     with pytest.raises(AlreadyExists):
         replica.create_replica(db, settings)
     assert not {d.name: d for d in replica.list_databases()}[db].is_replica

@@ -1,0 +1,234 @@
+"""The planner: desired state (config + what the primary has) against observed
+state (what the replica has) in, the actions that make them agree out.
+
+Pure: no I/O, no clock, no logging. `plan()` is what `replicator plan` prints
+and exactly what `apply` executes. Running it on its own output's result
+gives no actions (idempotent).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Iterable
+
+from reconciler.config.model import Config
+from reconciler.secret import Secret
+from reconciler.state import (PERMISSION_ADMIN, DatabaseInfo, ReplicationSettings, StoreLimits, UserInfo)
+
+# the replica server's own databases: never replicas, never orphans
+SERVER_DATABASES = frozenset({"defaultdb", "systemdb"})
+
+# per-database states, as `status` shows them
+IN_SYNC, MISSING, DRIFT, UNLOADED, CONFLICT, ORPHAN, BUSY = (
+    "in_sync", "missing", "drift", "unloaded", "conflict", "orphan", "busy")
+
+
+@dataclass(frozen=True)
+class Observed:
+    """What one pass saw: both servers' databases and the follower user."""
+
+    primary: tuple[DatabaseInfo, ...]
+    replica: tuple[DatabaseInfo, ...]
+    follower: UserInfo | None            # None: no such user on the primary
+    follower_password_ok: bool = True    # the configured password logs in as the follower
+
+
+@dataclass(frozen=True)
+class Action:
+    """One change. `server` is where it happens; `requires` names the keys of
+    actions that must succeed first (apply skips this one otherwise)."""
+
+    kind: str
+    server: str
+    database: str | None
+    description: str
+    primary_database: str | None = None
+    settings: ReplicationSettings | None = None
+    limits: StoreLimits | None = None
+    requires: tuple[str, ...] = ()
+
+    @property
+    def key(self) -> str:
+        return f"{self.kind}:{self.database or ''}"
+
+
+@dataclass(frozen=True)
+class Finding:
+    """Something the plan will not change but an operator must know."""
+
+    kind: str        # conflict | orphan | limits
+    database: str
+    description: str
+
+
+@dataclass(frozen=True)
+class DatabasePlan:
+    """One replica database as the plan sees it."""
+
+    name: str                    # on the replica
+    primary_database: str | None  # None for an orphan
+    state: str
+    primary_tx: int | None = None
+    replica_tx: int | None = None
+
+    @property
+    def lag(self) -> int | None:
+        if self.primary_tx is None or self.replica_tx is None:
+            return None
+        return max(0, self.primary_tx - self.replica_tx)
+
+
+@dataclass(frozen=True)
+class Plan:
+    actions: tuple[Action, ...] = ()
+    findings: tuple[Finding, ...] = ()
+    databases: tuple[DatabasePlan, ...] = ()
+
+    @property
+    def in_sync(self) -> bool:
+        return not self.actions
+
+    def lines(self) -> list[str]:
+        return [a.description for a in self.actions] + [f.description for f in self.findings]
+
+
+# ---------------------------------------------------------------------------
+
+def desired_replication(cfg: Config, primary_database: str, password: Secret) -> ReplicationSettings:
+    """The settings a replica of `primary_database` should have."""
+    o = cfg.reconcile.replication
+    return ReplicationSettings(
+        replica=True, primary_database=primary_database, primary_host=o.primary_host,
+        primary_port=o.primary_port, primary_username=cfg.follower.username, primary_password=password,
+        sync_replication=o.sync_replication, prefetch_tx_buffer_size=o.prefetch_tx_buffer_size,
+        commit_concurrency=o.commit_concurrency, allow_tx_discarding=o.allow_tx_discarding,
+        skip_integrity_check=o.skip_integrity_check, wait_for_indexing=o.wait_for_indexing)
+
+
+def replication_differences(have: ReplicationSettings, want: ReplicationSettings) -> list[str]:
+    """Human-readable differences; a password shows only as 'changed'."""
+    out = []
+    for f in fields(ReplicationSettings):
+        a, b = getattr(have, f.name), getattr(want, f.name)
+        if a == b:
+            continue
+        if f.name == "primary_password":
+            out.append("primary_password changed" if a is not None else "primary_password set")
+        else:
+            out.append(f"{f.name} {a!r} -> {b!r}")
+    return out
+
+
+def selected_databases(cfg: Config, primary: Iterable[DatabaseInfo]) -> dict[str, DatabaseInfo]:
+    """Replica name -> primary database, for every primary database the config follows."""
+    out = {}
+    for db in sorted(primary, key=lambda d: d.name):
+        if db.name == "systemdb" or db.name not in cfg.reconcile.databases:
+            continue
+        out[cfg.reconcile.replica_name(db.name)] = db
+    return out
+
+
+def plan(cfg: Config, observed: Observed, follower_password: Secret,
+         busy: frozenset[str] = frozenset()) -> Plan:
+    """What to do so that every selected primary database has a working
+    replica. `follower_password` is the configured password, already read;
+    databases in `busy` (a backup has them unloaded) are left alone."""
+    actions: list[Action] = []
+    findings: list[Finding] = []
+    states: list[DatabasePlan] = []
+    primary_addr = f"{cfg.reconcile.replication.primary_host}:{cfg.reconcile.replication.primary_port}"
+    wanted = selected_databases(cfg, observed.primary)
+    replica = {d.name: d for d in observed.replica}
+    follower = cfg.follower.username
+
+    # -- the follower user on the primary: before anything that logs in as it
+    follower_ready: tuple[str, ...] = ()
+    if wanted:
+        if observed.follower is None:
+            first = next(iter(wanted.values())).name
+            a = Action("create_follower", "primary", None,
+                       f"+ create user {follower} on primary (Admin on {first})", primary_database=first)
+            actions.append(a)
+            follower_ready = (a.key,)
+            granted = {first}
+        else:
+            granted = {p for p in (d.name for d in wanted.values()) if observed.follower.may_export(p)}
+            if not observed.follower.active:
+                a = Action("activate_follower", "primary", None, f"~ activate user {follower} on primary")
+                actions.append(a)
+                follower_ready += (a.key,)
+            if not observed.follower_password_ok:
+                a = Action("change_follower_password", "primary", None,
+                           f"~ change password of {follower} on primary (then on every replica database)")
+                actions.append(a)
+                follower_ready += (a.key,)
+        for replica_name, source in wanted.items():
+            if source.name not in granted:
+                actions.append(Action("grant", "primary", source.name,
+                                      f"+ grant Admin on {source.name} to {follower} on primary",
+                                      primary_database=source.name, requires=follower_ready))
+
+    # -- one replica database per selected primary database
+    for name, source in wanted.items():
+        want = desired_replication(cfg, source.name, follower_password)
+        needs = follower_ready + tuple(a.key for a in actions if a.kind == "grant" and a.database == source.name)
+        have = replica.get(name)
+        if name in busy:
+            states.append(DatabasePlan(name, source.name, BUSY, source.tx_count, have.tx_count if have else None))
+            continue
+        if have is None:
+            actions.append(Action("create_replica", "replica", name,
+                                  f"+ create replica {name} <- {primary_addr}/{source.name}",
+                                  primary_database=source.name, settings=want, limits=source.limits, requires=needs))
+            states.append(DatabasePlan(name, source.name, MISSING, source.tx_count, None))
+            continue
+        state = IN_SYNC
+        if not have.is_replica:
+            if cfg.reconcile.adopt_existing:
+                actions.append(Action("adopt", "replica", name,
+                                      f"~ adopt {name} as replica of {primary_addr}/{source.name} "
+                                      f"(reconcile.adopt_existing)", primary_database=source.name,
+                                      settings=want, requires=needs))
+                state = DRIFT
+            else:
+                findings.append(Finding(CONFLICT, name, f"! conflict {name}: exists on the replica and is not a "
+                                        f"replica; left untouched (set reconcile.adopt_existing to convert it)"))
+                state = CONFLICT
+        else:
+            diff = replication_differences(have.replication, want)
+            if diff:
+                actions.append(Action("update_replica", "replica", name, f"~ update replica {name}: {', '.join(diff)}",
+                                      primary_database=source.name, settings=want, requires=needs))
+                state = DRIFT
+            if not have.limits.accepts(source.limits):
+                findings.append(Finding("limits", name, f"! {name}: created with smaller limits than "
+                                        f"{source.name} on the primary; transactions beyond them cannot replicate "
+                                        f"(recreate the replica database)"))
+        if not have.loaded and state != CONFLICT:
+            actions.append(Action("load", "replica", name, f"~ load {name} (it is unloaded)"))
+            state = UNLOADED if state == IN_SYNC else state
+        states.append(DatabasePlan(name, source.name, state, source.tx_count, have.tx_count))
+
+    # -- replica databases whose primary database is gone
+    primary_names = {d.name for d in observed.primary}
+    for name, have in sorted(replica.items()):
+        if name in wanted or name in SERVER_DATABASES or not have.is_replica or name in busy:
+            continue
+        r = have.replication
+        ours = (r.primary_host, r.primary_port) == (cfg.reconcile.replication.primary_host,
+                                                     cfg.reconcile.replication.primary_port)
+        if not ours or r.primary_database in primary_names or r.primary_database not in cfg.reconcile.databases:
+            continue  # another primary's replica, or one the config does not select: not ours to touch
+        states.append(DatabasePlan(name, r.primary_database, ORPHAN, None, have.tx_count))
+        policy = cfg.reconcile.on_primary_removed
+        gone = f"{r.primary_database} is gone from the primary"
+        if policy == "ignore":
+            findings.append(Finding(ORPHAN, name, f"! orphan {name}: {gone} (on_primary_removed: ignore)"))
+        elif policy == "unload" and have.loaded:
+            actions.append(Action("unload", "replica", name, f"- unload {name}: {gone}"))
+        elif policy == "promote":
+            actions.append(Action("promote", "replica", name, f"~ promote {name} to a writable database: {gone}"))
+        elif policy == "delete":
+            actions.append(Action("delete", "replica", name, f"- delete {name} and its data: {gone}"))
+
+    return Plan(tuple(actions), tuple(findings), tuple(states))

@@ -1,0 +1,292 @@
+"""A reconcile pass: observe both servers, plan, apply; and the memory that
+passes share (per-database status, backoff, what was logged last).
+
+Level-triggered: each pass reads the world as it is. One database failing
+does not stop the others. Errors are temporary (retried on a later pass
+with per-database exponential backoff) or permanent (retried only when the
+config changes, the planned action changes, or after `backoff.max`).
+A state change is logged once, not on every pass.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from reconciler.admin import ImmudbAdmin, ImmudbError, Unreachable
+from reconciler.config.model import Config
+from reconciler.log import event
+from reconciler.plan import Action, Observed, Plan, plan
+from reconciler.secret import Secret
+from reconciler.state import PERMISSION_ADMIN
+
+log = logging.getLogger(__name__)
+
+DONE, FAILED, SKIPPED, DEFERRED = "done", "failed", "skipped", "deferred"
+ERROR = "error"  # database state: its last action failed
+FOLLOWER = "(follower)"  # status key of actions on the follower user
+
+
+@dataclass
+class Outcome:
+    action: Action
+    result: str                 # done | failed | skipped | deferred
+    detail: str = ""
+
+    def line(self) -> str:
+        return f"{self.action.description}: {self.result}" + (f" ({self.detail})" if self.detail else "")
+
+
+@dataclass
+class PassResult:
+    started: float
+    finished: float = 0.0
+    plan: Plan | None = None
+    outcomes: list[Outcome] = field(default_factory=list)
+    error: str | None = None    # the pass could not observe (a server down, bad credentials)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and all(o.result in (DONE, DEFERRED) for o in self.outcomes)
+
+    @property
+    def failed(self) -> list[Outcome]:
+        return [o for o in self.outcomes if o.result == FAILED]
+
+
+@dataclass
+class DatabaseStatus:
+    """What `status` shows for one replica database."""
+
+    name: str
+    primary_database: str | None
+    state: str
+    primary_tx: int | None = None
+    replica_tx: int | None = None
+    progressing: bool | None = None   # replica tx moved since the previous pass (None: unknown)
+    last_error: str | None = None
+    last_error_at: float | None = None
+    failures: int = 0
+
+    @property
+    def lag(self) -> int | None:
+        if self.primary_tx is None or self.replica_tx is None:
+            return None
+        return max(0, self.primary_tx - self.replica_tx)
+
+
+@dataclass
+class _Backoff:
+    failures: int
+    retry_at: float
+    description: str
+    config_digest: str
+    error: str
+    at: float
+
+
+class Reconciler:
+    """Runs passes for one config; safe to call from the scheduler thread
+    and the API thread (one pass at a time)."""
+
+    def __init__(self, cfg: Config, primary: ImmudbAdmin, replica: ImmudbAdmin,
+                 clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time):
+        self.cfg = cfg
+        self.primary = primary
+        self.replica = replica
+        self._clock, self._wall = clock, wall
+        self._pass_lock = threading.Lock()
+        self._busy: set[str] = set()       # databases a backup holds
+        self._busy_lock = threading.Lock()
+        self._backoff: dict[str, _Backoff] = {}
+        self._states: dict[str, DatabaseStatus] = {}
+        self._last_pass_error: str | None = None
+        self.last_result: PassResult | None = None
+        self.passes = 0
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> "Reconciler":
+        return cls(cfg, ImmudbAdmin.from_config("primary", cfg.primary), ImmudbAdmin.from_config("replica", cfg.replica))
+
+    def close(self) -> None:
+        self.primary.close()
+        self.replica.close()
+
+    # -- backups hold databases so that no pass touches them mid-copy
+    def hold(self, database: str) -> None:
+        with self._busy_lock:
+            self._busy.add(database)
+
+    def release(self, database: str) -> None:
+        with self._busy_lock:
+            self._busy.discard(database)
+
+    @property
+    def busy(self) -> frozenset[str]:
+        with self._busy_lock:
+            return frozenset(self._busy)
+
+    # ------------------------------------------------------------------
+
+    def follower_password(self) -> Secret:
+        """The configured follower password, read now (a file may have rotated)."""
+        return Secret(self.cfg.follower.password.reveal(), origin="follower.password")
+
+    def observe(self, password: Secret) -> Observed:
+        """Two DatabaseListV2, one ListUsers and one follower login: the same
+        number of RPCs whatever the number of databases."""
+        primary_dbs = tuple(self.primary.list_databases())
+        replica_dbs = tuple(self.replica.list_databases())
+        users = {u.name: u for u in self.primary.list_users()}
+        follower = users.get(self.cfg.follower.username)
+        password_ok = follower is None or self.primary.check_credentials(self.cfg.follower.username, password)
+        return Observed(primary_dbs, replica_dbs, follower, password_ok)
+
+    def plan(self) -> tuple[Observed, Plan]:
+        """Observe and plan, changing nothing. Raises ImmudbError, ConfigError."""
+        password = self.follower_password()
+        observed = self.observe(password)
+        return observed, plan(self.cfg, observed, password, self.busy)
+
+    def run_pass(self) -> PassResult:
+        """One pass. Never raises for server errors: they are in the result."""
+        with self._pass_lock:
+            result = PassResult(started=self._wall())
+            self.passes += 1
+            try:
+                observed, the_plan = self.plan()
+            except ImmudbError as exc:
+                result.error = str(exc)
+            else:
+                result.plan = the_plan
+                result.outcomes = self._apply(the_plan)
+                self._record_states(the_plan)
+            result.finished = self._wall()
+            self._log_pass(result)
+            self.last_result = result
+            return result
+
+    # ------------------------------------------------------------------
+
+    def _apply(self, the_plan: Plan) -> list[Outcome]:
+        outcomes: list[Outcome] = []
+        failed_keys: set[str] = set()
+        down: dict[str, str] = {}  # server -> why: the rest of its actions wait for the next pass
+        now = self._clock()
+        password = None
+        for action in the_plan.actions:
+            status_key = action.database or FOLLOWER
+            missing = [k for k in action.requires if k in failed_keys]
+            if missing:
+                outcomes.append(Outcome(action, SKIPPED, f"needs {', '.join(missing)}"))
+                failed_keys.add(action.key)
+                continue
+            if action.server in down:
+                outcomes.append(Outcome(action, SKIPPED, down[action.server]))
+                failed_keys.add(action.key)
+                continue
+            backoff = self._backoff.get(status_key)
+            if backoff and backoff.retry_at > now and backoff.description == action.description \
+                    and backoff.config_digest == self.cfg.digest:
+                outcomes.append(Outcome(action, DEFERRED, f"retry in {backoff.retry_at - now:.0f}s after: {backoff.error}"))
+                failed_keys.add(action.key)
+                continue
+            try:
+                password = password or self.follower_password()
+                self._execute(action, password)
+            except ImmudbError as exc:
+                outcomes.append(Outcome(action, FAILED, str(exc)))
+                failed_keys.add(action.key)
+                if isinstance(exc, Unreachable):
+                    down[action.server] = f"{action.server} unreachable"
+                else:
+                    self._fail(status_key, action, exc, now)
+                event(log, "action_failed", logging.WARNING, action=action.kind, database=action.database,
+                      server=action.server, error=str(exc))
+            else:
+                outcomes.append(Outcome(action, DONE))
+                self._backoff.pop(status_key, None)
+                event(log, "action_done", action=action.kind, database=action.database, server=action.server,
+                      change=action.description)
+        return outcomes
+
+    def _fail(self, key: str, action: Action, exc: ImmudbError, now: float) -> None:
+        previous = self._backoff.get(key)
+        failures = (previous.failures + 1) if previous else 1
+        b = self.cfg.reconcile
+        delay = min(b.backoff_max, b.backoff_initial * 2 ** (failures - 1)) if exc.temporary else b.backoff_max
+        self._backoff[key] = _Backoff(failures, now + delay, action.description, self.cfg.digest, str(exc), self._wall())
+
+    def _execute(self, action: Action, password: Secret) -> None:
+        follower = self.cfg.follower.username
+        kind, db = action.kind, action.database
+        if kind == "create_follower":
+            self.primary.create_user(follower, password, PERMISSION_ADMIN, action.primary_database)
+        elif kind == "activate_follower":
+            self.primary.set_active(follower, True)
+        elif kind == "change_follower_password":
+            self.primary.change_password(follower, password)
+        elif kind == "grant":
+            self.primary.grant(follower, db, PERMISSION_ADMIN)
+        elif kind == "create_replica":
+            self.replica.create_replica(db, action.settings, action.limits)
+        elif kind in ("update_replica", "adopt"):
+            self.replica.update_replication(db, action.settings)
+        elif kind == "load":
+            self.replica.load(db)
+        elif kind == "unload":
+            self.replica.unload(db)
+        elif kind == "promote":
+            self.replica.promote(db)
+        elif kind == "delete":
+            try:
+                self.replica.unload(db)  # immudb deletes only unloaded databases
+            except ImmudbError as exc:
+                if "already closed" not in exc.detail and "not loaded" not in exc.detail:
+                    raise
+            self.replica.delete(db)
+        else:
+            raise AssertionError(f"unknown action {kind}")
+
+    # ------------------------------------------------------------------
+
+    def _record_states(self, the_plan: Plan) -> None:
+        seen = set()
+        for db in the_plan.databases:
+            seen.add(db.name)
+            before = self._states.get(db.name)
+            progressing = None
+            if before is not None and before.replica_tx is not None and db.replica_tx is not None:
+                progressing = db.replica_tx > before.replica_tx or (db.lag == 0)
+            elif db.lag == 0:
+                progressing = True
+            backoff = self._backoff.get(db.name)
+            status = DatabaseStatus(db.name, db.primary_database, ERROR if backoff else db.state,
+                                    db.primary_tx, db.replica_tx,
+                                    progressing, backoff.error if backoff else None,
+                                    backoff.at if backoff else None, backoff.failures if backoff else 0)
+            if before is None or before.state != status.state or before.last_error != status.last_error:
+                event(log, "database_state", logging.WARNING if status.last_error else logging.INFO,
+                      database=db.name, state=status.state, previous=before.state if before else None,
+                      lag=status.lag, error=status.last_error)
+            self._states[db.name] = status
+        for gone in set(self._states) - seen:
+            event(log, "database_state", database=gone, state="gone", previous=self._states[gone].state)
+            del self._states[gone]
+
+    def _log_pass(self, result: PassResult) -> None:
+        if result.error != self._last_pass_error:
+            if result.error:
+                event(log, "pass_failed", logging.ERROR, error=result.error)
+            else:
+                event(log, "pass_recovered", previous_error=self._last_pass_error)
+            self._last_pass_error = result.error
+        changed = sum(1 for o in result.outcomes if o.result == DONE)
+        if changed or result.failed:
+            event(log, "pass_done", changes=changed, failures=len(result.failed),
+                  seconds=round(result.finished - result.started, 3))
+
+    def statuses(self) -> list[DatabaseStatus]:
+        return [self._states[k] for k in sorted(self._states)]

@@ -1,0 +1,274 @@
+"""The planner on its own: desired vs observed in, actions out. No servers."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from reconciler import config
+from reconciler.plan import (BUSY, CONFLICT, DRIFT, IN_SYNC, MISSING, ORPHAN, UNLOADED, Observed,
+                             desired_replication, plan)
+from reconciler.secret import Secret
+from reconciler.state import PERMISSION_ADMIN, PERMISSION_READ_WRITE, DatabaseInfo, StoreLimits, UserInfo
+
+PASSWORD = Secret("Follower-pw-1")
+
+
+def make_config(**reconcile) -> config.Config:
+    data = {
+        "primary": {"host": "10.0.0.5", "password": "Primary-pw-1"},
+        "replica": {"host": "127.0.0.1", "password": "Replica-pw-1"},
+        "follower": {"password": "Follower-pw-1"},
+        "reconcile": reconcile,
+    }
+    from reconciler.config.validate import logic_problems, schema_problems
+    assert not schema_problems(data, {}) and not logic_problems(data, {})
+    return config.Config.from_dict(data, "test")
+
+
+def primary_db(name: str, tx: int = 5) -> DatabaseInfo:
+    return DatabaseInfo(name, tx_count=tx, limits=StoreLimits(max_key_len=1024, max_value_len=4096, max_tx_entries=1024))
+
+
+def replica_of(cfg, name: str, source: str | None = None, tx: int = 5, loaded: bool = True,
+               password: Secret = PASSWORD, **changes) -> DatabaseInfo:
+    settings = dataclasses.replace(desired_replication(cfg, source or name, password), **changes)
+    return DatabaseInfo(name, loaded=loaded, tx_count=tx, replication=settings,
+                        limits=StoreLimits(max_key_len=1024, max_value_len=4096, max_tx_entries=1024))
+
+
+def follower(*databases: str, active: bool = True) -> UserInfo:
+    return UserInfo("follower", active, {d: PERMISSION_ADMIN for d in databases})
+
+
+def kinds(p) -> list[tuple[str, str | None]]:
+    return [(a.kind, a.database) for a in p.actions]
+
+
+def states(p) -> dict[str, str]:
+    return {d.name: d.state for d in p.databases}
+
+
+# --------------------------------------------------------------------------- creation
+
+def test_new_primary_databases_get_follower_grants_and_replicas():
+    cfg = make_config()
+    p = plan(cfg, Observed((primary_db("a"), primary_db("b")), (), None), PASSWORD)
+    assert kinds(p) == [("create_follower", None), ("grant", "b"), ("create_replica", "a"), ("create_replica", "b")]
+    create_a = p.actions[2]
+    assert create_a.description == "+ create replica a <- 10.0.0.5:3322/a"
+    assert create_a.settings.primary_password == PASSWORD and create_a.settings.primary_port == 3322
+    assert create_a.limits.max_tx_entries == 1024
+    assert "create_follower:" in create_a.requires
+    assert set(p.actions[3].requires) == {"create_follower:", "grant:b"}
+    assert states(p) == {"a": MISSING, "b": MISSING}
+
+
+def test_synced_system_plans_nothing():
+    cfg = make_config()
+    observed = Observed((primary_db("a"),), (replica_of(cfg, "a"),), follower("a"))
+    p = plan(cfg, observed, PASSWORD)
+    assert p.in_sync and p.actions == () and p.findings == ()
+    assert states(p) == {"a": IN_SYNC}
+
+
+def test_applying_a_plan_then_planning_again_gives_nothing():
+    cfg = make_config()
+    first = plan(cfg, Observed((primary_db("a"),), (), None), PASSWORD)
+    # the world after the actions succeeded
+    after = Observed((primary_db("a"),), tuple(replica_of(cfg, a.database) for a in first.actions
+                                                if a.kind == "create_replica"), follower("a"))
+    assert plan(cfg, after, PASSWORD).in_sync
+
+
+def test_primary_defaultdb_goes_to_defaultdbbak_and_replicas_own_dbs_are_left_alone():
+    cfg = make_config()
+    observed = Observed((primary_db("defaultdb"),), (DatabaseInfo("defaultdb"), DatabaseInfo("systemdb")), follower())
+    p = plan(cfg, observed, PASSWORD)
+    assert ("create_replica", "defaultdbbak") in kinds(p)
+    assert p.actions[-1].primary_database == "defaultdb"
+    assert ("grant", "defaultdb") in kinds(p)
+
+
+def test_systemdb_is_never_followed_even_if_included():
+    cfg = make_config(databases={"include": ["*"], "exclude": []})
+    p = plan(cfg, Observed((primary_db("systemdb"), primary_db("a")), (), follower("a")), PASSWORD)
+    assert kinds(p) == [("create_replica", "a")]
+
+
+def test_include_and_exclude_patterns_select_databases():
+    cfg = make_config(databases={"include": ["app_*", "billing"], "exclude": ["app_tmp*"]})
+    dbs = tuple(primary_db(n) for n in ("app_one", "app_tmp1", "billing", "other"))
+    p = plan(cfg, Observed(dbs, (), follower("app_one", "billing")), PASSWORD)
+    assert [a.database for a in p.actions if a.kind == "create_replica"] == ["app_one", "billing"]
+
+
+def test_rename_map_names_the_replica_database():
+    cfg = make_config(rename={"orders": "orders_copy"})
+    p = plan(cfg, Observed((primary_db("orders"),), (), follower("orders")), PASSWORD)
+    assert kinds(p) == [("create_replica", "orders_copy")]
+    assert p.actions[0].settings.primary_database == "orders"
+
+
+def test_replication_options_from_config_reach_the_settings():
+    cfg = make_config(replication={"primary_host": "primary.svc", "primary_port": 4000, "sync_replication": True,
+                                   "prefetch_tx_buffer_size": 50, "commit_concurrency": 3})
+    p = plan(cfg, Observed((primary_db("a"),), (), follower("a")), PASSWORD)
+    s = p.actions[0].settings
+    assert (s.primary_host, s.primary_port, s.sync_replication, s.prefetch_tx_buffer_size,
+            s.commit_concurrency) == ("primary.svc", 4000, True, 50, 3)
+
+
+# --------------------------------------------------------------------------- the follower user
+
+def test_follower_without_grant_is_granted():
+    cfg = make_config()
+    user = UserInfo("follower", True, {"a": PERMISSION_READ_WRITE})  # RW is refused for replication
+    p = plan(cfg, Observed((primary_db("a"),), (replica_of(cfg, "a"),), user), PASSWORD)
+    assert kinds(p) == [("grant", "a")]
+    assert states(p) == {"a": IN_SYNC}
+
+
+def test_follower_with_sysadmin_wildcard_needs_no_grant():
+    cfg = make_config()
+    user = UserInfo("follower", True, {"*": 255})
+    assert plan(cfg, Observed((primary_db("a"),), (replica_of(cfg, "a"),), user), PASSWORD).in_sync
+
+
+def test_inactive_follower_is_activated_first():
+    cfg = make_config()
+    p = plan(cfg, Observed((primary_db("a"),), (replica_of(cfg, "a"),), follower("a", active=False)), PASSWORD)
+    assert kinds(p) == [("activate_follower", None)]
+
+
+def test_password_rotation_changes_primary_first_then_every_replica():
+    cfg = make_config()
+    old = Secret("Old-follower-pw-1")
+    observed = Observed((primary_db("a"), primary_db("b")),
+                        (replica_of(cfg, "a", password=old), replica_of(cfg, "b", password=old)),
+                        follower("a", "b"), follower_password_ok=False)
+    p = plan(cfg, observed, PASSWORD)
+    assert kinds(p) == [("change_follower_password", None), ("update_replica", "a"), ("update_replica", "b")]
+    assert all("change_follower_password:" in a.requires for a in p.actions[1:])
+    assert all("primary_password changed" in a.description for a in p.actions[1:])
+    assert "Old-follower" not in " ".join(p.lines()) and "Follower-pw" not in " ".join(p.lines())
+
+
+def test_no_databases_selected_means_no_follower_user():
+    cfg = make_config(databases={"include": ["nothing*"]})
+    assert plan(cfg, Observed((primary_db("a"),), (), None), PASSWORD).actions == ()
+
+
+# --------------------------------------------------------------------------- drift and repair
+
+@pytest.mark.parametrize("change, shown", [
+    ({"primary_port": 9999}, "primary_port 9999 -> 3322"),
+    ({"primary_host": "elsewhere"}, "primary_host 'elsewhere' -> '10.0.0.5'"),
+    ({"primary_database": "other"}, "primary_database 'other' -> 'a'"),
+    ({"primary_username": "someone"}, "primary_username 'someone' -> 'follower'"),
+    ({"commit_concurrency": 1}, "commit_concurrency 1 -> 10"),
+])
+def test_replica_pointing_elsewhere_is_updated(change, shown):
+    cfg = make_config()
+    observed = Observed((primary_db("a"),), (replica_of(cfg, "a", **change),), follower("a"))
+    p = plan(cfg, observed, PASSWORD)
+    assert kinds(p) == [("update_replica", "a")]
+    assert shown in p.actions[0].description
+    assert states(p) == {"a": DRIFT}
+
+
+def test_wrong_stored_password_is_updated_without_showing_it():
+    cfg = make_config()
+    observed = Observed((primary_db("a"),), (replica_of(cfg, "a", password=Secret("Stale-pw-9")),), follower("a"))
+    p = plan(cfg, observed, PASSWORD)
+    assert kinds(p) == [("update_replica", "a")]
+    assert p.actions[0].description == "~ update replica a: primary_password changed"
+
+
+def test_non_replica_database_of_the_same_name_is_a_conflict_and_untouched():
+    cfg = make_config()
+    observed = Observed((primary_db("a"),), (DatabaseInfo("a", tx_count=3),), follower("a"))
+    p = plan(cfg, observed, PASSWORD)
+    assert p.actions == ()
+    assert [f.kind for f in p.findings] == [CONFLICT]
+    assert "adopt_existing" in p.findings[0].description
+    assert states(p) == {"a": CONFLICT}
+
+
+def test_conflict_is_adopted_only_when_the_config_allows_it():
+    cfg = make_config(adopt_existing=True)
+    observed = Observed((primary_db("a"),), (DatabaseInfo("a", tx_count=3),), follower("a"))
+    assert kinds(plan(cfg, observed, PASSWORD)) == [("adopt", "a")]
+
+
+def test_unloaded_replica_is_loaded_again():
+    cfg = make_config()
+    p = plan(cfg, Observed((primary_db("a"),), (replica_of(cfg, "a", loaded=False),), follower("a")), PASSWORD)
+    assert kinds(p) == [("load", "a")]
+    assert states(p) == {"a": UNLOADED}
+
+
+def test_databases_held_by_a_backup_are_not_touched():
+    cfg = make_config()
+    observed = Observed((primary_db("a"), primary_db("b")),
+                        (replica_of(cfg, "a", loaded=False), replica_of(cfg, "b", loaded=False)), follower("a", "b"))
+    p = plan(cfg, observed, PASSWORD, busy=frozenset({"a"}))
+    assert kinds(p) == [("load", "b")]
+    assert states(p)["a"] == BUSY
+
+
+def test_replica_with_smaller_limits_than_its_primary_is_reported():
+    cfg = make_config()
+    small = dataclasses.replace(replica_of(cfg, "a"), limits=StoreLimits(max_tx_entries=10))
+    p = plan(cfg, Observed((primary_db("a"),), (small,), follower("a")), PASSWORD)
+    assert p.actions == () and [f.kind for f in p.findings] == ["limits"]
+
+
+def test_lag_is_primary_tx_minus_replica_tx():
+    cfg = make_config()
+    p = plan(cfg, Observed((primary_db("a", tx=50),), (replica_of(cfg, "a", tx=42),), follower("a")), PASSWORD)
+    assert p.databases[0].lag == 8
+
+
+# --------------------------------------------------------------------------- primary database gone
+
+@pytest.mark.parametrize("policy, expected", [
+    ("ignore", []), ("unload", [("unload", "gone")]), ("promote", [("promote", "gone")]), ("delete", [("delete", "gone")]),
+])
+def test_policy_for_a_database_gone_from_the_primary(policy, expected):
+    cfg = make_config(on_primary_removed=policy)
+    observed = Observed((primary_db("a"),), (replica_of(cfg, "a"), replica_of(cfg, "gone")), follower("a"))
+    p = plan(cfg, observed, PASSWORD)
+    assert kinds(p) == expected
+    assert states(p)["gone"] == ORPHAN
+    if policy == "ignore":
+        assert [f.kind for f in p.findings] == [ORPHAN]
+
+
+def test_orphan_already_unloaded_is_not_unloaded_again_nor_loaded():
+    cfg = make_config(on_primary_removed="unload")
+    observed = Observed((), (replica_of(cfg, "gone", loaded=False),), follower())
+    assert plan(cfg, observed, PASSWORD).actions == ()
+
+
+def test_replicas_of_another_primary_are_never_orphans():
+    cfg = make_config(on_primary_removed="delete")
+    other = replica_of(cfg, "x", primary_host="other-primary")
+    assert plan(cfg, Observed((), (other,), follower()), PASSWORD).actions == ()
+
+
+def test_deselected_database_is_left_alone_not_deleted():
+    cfg = make_config(on_primary_removed="delete", databases={"include": ["a"]})
+    observed = Observed((primary_db("a"), primary_db("b")), (replica_of(cfg, "a"), replica_of(cfg, "b")), follower("a"))
+    assert plan(cfg, observed, PASSWORD).actions == ()
+
+
+def test_ordinary_databases_on_the_replica_are_not_orphans():
+    cfg = make_config(on_primary_removed="delete")
+    assert plan(cfg, Observed((), (DatabaseInfo("local_only"),), follower()), PASSWORD).actions == ()
+
+
+def test_orphans_outside_the_selection_are_not_ours():
+    cfg = make_config(on_primary_removed="delete", databases={"include": ["mine_*"]})
+    observed = Observed((), (replica_of(cfg, "theirs_gone"), replica_of(cfg, "mine_gone")), follower())
+    assert kinds(plan(cfg, observed, PASSWORD)) == [("delete", "mine_gone")]

@@ -1,0 +1,342 @@
+"""Reconcile passes against the real primary and replica servers.
+
+Each test selects only databases with its own name prefix and uses its own
+follower user, so tests sharing the session's servers do not see each
+other's databases."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from reconciler import config
+from reconciler.reconcile import DONE, Reconciler
+from reconciler.secret import Secret
+from reconciler.state import PERMISSION_READ
+from tests import immudb_data
+from tests.conftest import admin_for, unique_name
+from tests.servers import ImmudbServer
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def write_config(tmp_path: Path, primary_server, replica_server, prefix: str, follower: str,
+                 password: str = "Follower-pw-1", name: str = "replicator.yaml", **reconcile) -> Path:
+    """A config file following databases named `prefix*`; `reconcile` adds to that section."""
+    data = {
+        "primary": {"host": "127.0.0.1", "port": primary_server.port, "password": "immudb", "timeout": 5},
+        "replica": {"host": "127.0.0.1", "port": replica_server.port, "password": "immudb", "timeout": 5,
+                    "data_dir": str(replica_server.data_dir)},
+        "follower": {"username": follower, "password": password},
+        "reconcile": {"databases": {"include": [f"{prefix}*"]}, "backoff": {"initial": 0.1, "max": 1}, **reconcile},
+    }
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.fixture
+def prefix():
+    return unique_name("t") + "_"
+
+
+@pytest.fixture
+def follower_name():
+    return unique_name("fol")
+
+
+def reconciler_for(path: Path) -> Reconciler:
+    return Reconciler.from_config(config.load(path, env={}))
+
+
+def run_cli(*argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "reconciler", *argv], capture_output=True, text=True,
+                          cwd=ROOT, timeout=120)
+
+
+def create_with_data(primary, primary_server, name: str, count: int = 10) -> dict:
+    primary.create_database(name)
+    return immudb_data.write(primary_server, name, count, prefix=name)
+
+
+def assert_follows(primary_server, replica_server, primary_db: str, replica_db: str) -> None:
+    want, got = immudb_data.wait_caught_up(primary_server, replica_server, primary_db, replica_db)
+    assert got == want, f"{replica_db} did not catch up with {primary_db}: {got} != {want}"
+
+
+# --------------------------------------------------------------------------- the main job
+
+def test_one_pass_brings_every_primary_database_to_the_replica(tmp_path, primary_server, replica_server,
+                                                               primary, replica, prefix, follower_name):
+    names = [f"{prefix}{i}" for i in range(3)]
+    written = {n: create_with_data(primary, primary_server, n) for n in names}
+    rec = reconciler_for(write_config(tmp_path, primary_server, replica_server, prefix, follower_name))
+
+    result = rec.run_pass()
+
+    assert result.ok, [o.line() for o in result.outcomes]
+    infos = {d.name: d for d in replica.list_databases()}
+    for name in names:
+        r = infos[name].replication
+        assert infos[name].is_replica and infos[name].loaded
+        assert (r.primary_database, r.primary_host, r.primary_port, r.primary_username) == (
+            name, "127.0.0.1", primary_server.port, follower_name)
+        assert r.primary_password.reveal() == "Follower-pw-1"
+        assert_follows(primary_server, replica_server, name, name)
+        assert immudb_data.read(replica_server, name, written[name]) == written[name]
+    # writes made afterwards arrive too
+    later = immudb_data.write(primary_server, names[0], 5, prefix="later")
+    assert_follows(primary_server, replica_server, names[0], names[0])
+    assert immudb_data.read(replica_server, names[0], later) == later
+
+
+def test_second_pass_plans_nothing_and_plan_exits_0(tmp_path, primary_server, replica_server, primary,
+                                                    prefix, follower_name):
+    create_with_data(primary, primary_server, f"{prefix}a")
+    path = write_config(tmp_path, primary_server, replica_server, prefix, follower_name)
+    before = run_cli("plan", "-c", str(path))
+    assert before.returncode == 2, before.stdout + before.stderr
+    assert f"+ create replica {prefix}a <- 127.0.0.1:{primary_server.port}/{prefix}a" in before.stdout
+
+    assert reconciler_for(path).run_pass().ok
+    after = run_cli("plan", "-c", str(path))
+    assert after.returncode == 0, after.stdout + after.stderr
+    assert "In sync" in after.stdout
+    assert "Follower-pw-1" not in before.stdout + after.stdout
+
+
+def test_database_created_later_is_picked_up_by_the_next_pass(tmp_path, primary_server, replica_server,
+                                                              primary, replica, prefix, follower_name):
+    create_with_data(primary, primary_server, f"{prefix}first")
+    rec = reconciler_for(write_config(tmp_path, primary_server, replica_server, prefix, follower_name))
+    assert rec.run_pass().ok
+    create_with_data(primary, primary_server, f"{prefix}second")
+    result = rec.run_pass()
+    assert [(o.action.kind, o.action.database, o.result) for o in result.outcomes] == [
+        ("grant", f"{prefix}second", DONE), ("create_replica", f"{prefix}second", DONE)]
+    assert_follows(primary_server, replica_server, f"{prefix}second", f"{prefix}second")
+
+
+def test_reconcile_once_cli_prints_what_it_did(tmp_path, primary_server, replica_server, primary, prefix, follower_name):
+    create_with_data(primary, primary_server, f"{prefix}x")
+    path = write_config(tmp_path, primary_server, replica_server, prefix, follower_name)
+    result = run_cli("reconcile", "--once", "-c", str(path))
+    assert result.returncode == 0, result.stderr
+    assert f"+ create replica {prefix}x" in result.stdout and ": done" in result.stdout
+    status = run_cli("status", "-c", str(path))
+    assert status.returncode == 0, status.stdout + status.stderr
+    assert f"{prefix}x" in status.stdout and "in_sync" in status.stdout
+
+
+# --------------------------------------------------------------------------- names
+
+def test_rename_map_and_exclude_patterns(tmp_path, primary_server, replica_server, primary, replica,
+                                         prefix, follower_name):
+    for n in ("keep", "skipme", "renamed"):
+        create_with_data(primary, primary_server, f"{prefix}{n}", 3)
+    path = write_config(tmp_path, primary_server, replica_server, prefix, follower_name,
+                        databases={"include": [f"{prefix}*"], "exclude": ["*skip*"]},
+                        rename={f"{prefix}renamed": f"{prefix}copy"})
+    assert reconciler_for(path).run_pass().ok
+    names = {d.name for d in replica.list_databases()}
+    assert f"{prefix}keep" in names and f"{prefix}copy" in names
+    assert f"{prefix}skipme" not in names and f"{prefix}renamed" not in names
+    assert_follows(primary_server, replica_server, f"{prefix}renamed", f"{prefix}copy")
+
+
+def test_primary_defaultdb_is_followed_as_defaultdbbak(tmp_path):
+    # own servers: defaultdb is shared by every test on the session's servers
+    primary_server = ImmudbServer("primary-dd", tmp_path / "p").start()
+    replica_server = ImmudbServer("replica-dd", tmp_path / "r").start()
+    try:
+        immudb_data.write(primary_server, "defaultdb", 4, prefix="dd")
+        path = write_config(tmp_path, primary_server, replica_server, "", "follower")
+        assert reconciler_for(path).run_pass().ok
+        with admin_for(replica_server, "replica") as replica:
+            names = {d.name: d for d in replica.list_databases()}
+        assert names["defaultdbbak"].is_replica and not names["defaultdb"].is_replica
+        assert_follows(primary_server, replica_server, "defaultdb", "defaultdbbak")
+    finally:
+        primary_server.stop()
+        replica_server.stop()
+
+
+# --------------------------------------------------------------------------- the follower user
+
+def test_existing_follower_without_grants_is_granted(tmp_path, primary_server, replica_server, primary,
+                                                      prefix, follower_name):
+    create_with_data(primary, primary_server, f"{prefix}g")
+    other = unique_name("other")
+    primary.create_database(other)
+    primary.create_user(follower_name, Secret("Follower-pw-1"), PERMISSION_READ, other)  # no right on ours
+    result = reconciler_for(write_config(tmp_path, primary_server, replica_server, prefix, follower_name)).run_pass()
+    assert result.ok
+    assert [o.action.kind for o in result.outcomes] == ["grant", "create_replica"]
+    assert {u.name: u for u in primary.list_users()}[follower_name].may_export(f"{prefix}g")
+    assert_follows(primary_server, replica_server, f"{prefix}g", f"{prefix}g")
+
+
+def test_follower_password_rotation_keeps_replication_working(tmp_path, primary_server, replica_server,
+                                                              primary, replica, prefix, follower_name):
+    for n in ("r1", "r2"):
+        create_with_data(primary, primary_server, f"{prefix}{n}", 3)
+    assert reconciler_for(write_config(tmp_path, primary_server, replica_server, prefix, follower_name)).run_pass().ok
+
+    rotated = write_config(tmp_path, primary_server, replica_server, prefix, follower_name,
+                           password="Rotated-pw-2", name="rotated.yaml")
+    result = reconciler_for(rotated).run_pass()
+    assert result.ok
+    assert [o.action.kind for o in result.outcomes] == ["change_follower_password", "update_replica", "update_replica"]
+    assert primary.check_credentials(follower_name, Secret("Rotated-pw-2"))
+    assert not primary.check_credentials(follower_name, Secret("Follower-pw-1"))
+    for n in ("r1", "r2"):
+        immudb_data.write(primary_server, f"{prefix}{n}", 4, prefix="after-rotation")
+        assert_follows(primary_server, replica_server, f"{prefix}{n}", f"{prefix}{n}")
+    assert reconciler_for(rotated).run_pass().plan.in_sync
+
+
+# --------------------------------------------------------------------------- drift and conflicts
+
+def test_replica_pointed_elsewhere_by_hand_is_repaired(tmp_path, primary_server, replica_server, primary, replica,
+                                                       prefix, follower_name):
+    name = f"{prefix}d"
+    create_with_data(primary, primary_server, name, 3)
+    path = write_config(tmp_path, primary_server, replica_server, prefix, follower_name)
+    assert reconciler_for(path).run_pass().ok
+    info = {d.name: d for d in replica.list_databases()}[name]
+    import dataclasses
+    replica.update_replication(name, dataclasses.replace(info.replication, primary_port=1,
+                                                         primary_password=Secret("Wrong-pw-3")))
+    result = reconciler_for(path).run_pass()
+    assert [(o.action.kind, o.result) for o in result.outcomes] == [("update_replica", DONE)]
+    assert "primary_port 1 -> " in result.outcomes[0].action.description
+    assert "Wrong-pw-3" not in result.outcomes[0].line()
+    immudb_data.write(primary_server, name, 3, prefix="after-repair")
+    assert_follows(primary_server, replica_server, name, name)
+
+
+def test_non_replica_database_of_same_name_is_a_conflict_and_its_data_is_untouched(
+        tmp_path, primary_server, replica_server, primary, replica, prefix, follower_name):
+    name = f"{prefix}c"
+    create_with_data(primary, primary_server, name, 3)
+    replica.create_database(name)
+    own = immudb_data.write(replica_server, name, 2, prefix="replica-own")
+    before = immudb_data.state(replica_server, name)
+    result = reconciler_for(write_config(tmp_path, primary_server, replica_server, prefix, follower_name)).run_pass()
+    assert result.ok
+    assert [f.kind for f in result.plan.findings] == ["conflict"]
+    assert not {d.name: d for d in replica.list_databases()}[name].is_replica
+    assert immudb_data.state(replica_server, name) == before
+    assert immudb_data.read(replica_server, name, own) == own
+
+
+def test_unloaded_replica_is_loaded_again(tmp_path, primary_server, replica_server, primary, replica,
+                                          prefix, follower_name):
+    name = f"{prefix}u"
+    create_with_data(primary, primary_server, name, 3)
+    path = write_config(tmp_path, primary_server, replica_server, prefix, follower_name)
+    assert reconciler_for(path).run_pass().ok
+    replica.unload(name)
+    result = reconciler_for(path).run_pass()
+    assert [(o.action.kind, o.result) for o in result.outcomes] == [("load", DONE)]
+    assert {d.name: d for d in replica.list_databases()}[name].loaded
+
+
+# --------------------------------------------------------------------------- primary database removed
+
+def _remove_on_primary(primary, name: str) -> None:
+    primary.unload(name)
+    primary.delete(name)
+
+
+@pytest.mark.parametrize("policy", ["ignore", "unload", "promote", "delete"])
+def test_policy_when_the_primary_database_is_removed(tmp_path, primary_server, replica_server, primary, replica,
+                                                     prefix, follower_name, policy):
+    name = f"{prefix}gone"
+    create_with_data(primary, primary_server, name, 3)
+    path = write_config(tmp_path, primary_server, replica_server, prefix, follower_name, on_primary_removed=policy)
+    assert reconciler_for(path).run_pass().ok
+    _remove_on_primary(primary, name)
+
+    result = reconciler_for(path).run_pass()
+    assert result.ok, [o.line() for o in result.outcomes]
+    infos = {d.name: d for d in replica.list_databases()}
+    if policy == "ignore":
+        assert result.outcomes == [] and [f.kind for f in result.plan.findings] == ["orphan"]
+        assert infos[name].is_replica and infos[name].loaded
+    elif policy == "unload":
+        assert not infos[name].loaded
+    elif policy == "promote":
+        assert not infos[name].is_replica
+        immudb_data.write(replica_server, name, 1, prefix="writable")  # promoted: accepts writes
+    else:
+        assert name not in infos
+        assert not (replica_server.data_dir / name).exists()
+    # the next pass changes nothing more
+    assert reconciler_for(path).run_pass().outcomes == []
+
+
+# --------------------------------------------------------------------------- failures
+
+def test_primary_down_during_a_pass_then_back(tmp_path):
+    primary_server = ImmudbServer("primary-down", tmp_path / "p").start()
+    replica_server = ImmudbServer("replica-down", tmp_path / "r").start()
+    try:
+        with admin_for(primary_server, "primary") as primary:
+            create_with_data(primary, primary_server, "fa_one", 3)
+        path = write_config(tmp_path, primary_server, replica_server, "fa_", "follower")
+        rec = reconciler_for(path)
+        primary_server.stop()
+        result = rec.run_pass()
+        assert not result.ok and f"primary (127.0.0.1:{primary_server.port})" in result.error
+        primary_server.process.start()  # same port, same data: a restart
+        result = rec.run_pass()
+        assert result.ok, result.error or [o.line() for o in result.outcomes]
+        assert_follows(primary_server, replica_server, "fa_one", "fa_one")
+    finally:
+        primary_server.stop()
+        replica_server.stop()
+
+
+def test_replica_restart_between_passes_logs_in_again(tmp_path):
+    primary_server = ImmudbServer("primary-rs", tmp_path / "p").start()
+    replica_server = ImmudbServer("replica-rs", tmp_path / "r").start()
+    try:
+        with admin_for(primary_server, "primary") as primary:
+            create_with_data(primary, primary_server, "rs_one", 3)
+            rec = reconciler_for(write_config(tmp_path, primary_server, replica_server, "rs_", "follower"))
+            assert rec.run_pass().ok
+            replica_server.restart()  # every token it issued is now invalid
+            primary.create_database("rs_two")
+        result = rec.run_pass()
+        assert result.ok, result.error
+        assert [(o.action.database, o.result) for o in result.outcomes if o.action.kind == "create_replica"] == [
+            ("rs_two", DONE)]
+        assert_follows(primary_server, replica_server, "rs_one", "rs_one")
+    finally:
+        primary_server.stop()
+        replica_server.stop()
+
+
+# --------------------------------------------------------------------------- scale
+
+def test_fifty_databases_come_up_in_one_pass(tmp_path, primary_server, replica_server, primary, replica,
+                                             prefix, follower_name):
+    names = [f"{prefix}{i:02d}" for i in range(50)]
+    for n in names:
+        primary.create_database(n)
+    immudb_data.write(primary_server, names[-1], 3)
+    rec = reconciler_for(write_config(tmp_path, primary_server, replica_server, prefix, follower_name))
+    result = rec.run_pass()
+    assert result.ok
+    assert sum(1 for o in result.outcomes if o.action.kind == "create_replica" and o.result == DONE) == 50
+    infos = {d.name: d for d in replica.list_databases()}
+    assert all(infos[n].is_replica for n in names)
+    assert_follows(primary_server, replica_server, names[-1], names[-1])
+    # a pass that changes nothing costs the same few RPCs whatever the number of databases
+    calls = rec.primary.calls + rec.replica.calls
+    assert rec.run_pass().plan.in_sync
+    assert rec.primary.calls + rec.replica.calls - calls <= 4
