@@ -37,6 +37,7 @@ with warnings.catch_warnings():
 
 from reconciler.config.model import ServerConfig
 from reconciler.errors import ReplicatorError
+from reconciler.log import event
 from reconciler.secret import Secret
 from reconciler.state import DatabaseInfo, ReplicationSettings, StoreLimits, UserInfo
 
@@ -109,6 +110,12 @@ class ImmudbAdmin:
         self._channel = grpc.insecure_channel(self.address, options=[
             ("grpc.max_receive_message_length", 64 * 1024 * 1024),
             ("grpc.enable_retries", 0),
+            # a channel of its own: with gRPC's global subchannel pool a fresh channel would
+            # inherit the old one's reconnect backoff and fail just the same
+            ("grpc.use_local_subchannel_pool", 1),
+            ("grpc.initial_reconnect_backoff_ms", 200),
+            ("grpc.min_reconnect_backoff_ms", 200),
+            ("grpc.max_reconnect_backoff_ms", 5000),
         ])
         self._stub = pb_grpc.ImmuServiceStub(self._channel)
 
@@ -166,8 +173,8 @@ class ImmudbAdmin:
         response = self._unary("login", "Login", request, None)
         if response.warning and not self._warned:
             self._warned = True
-            log.warning("server=%s event=login_warning message=%r", self.name,
-                        response.warning.decode(errors="replace"))
+            event(log, "login_warning", logging.WARNING, server=self.name,
+                  message=response.warning.decode(errors="replace"))
         return response.token
 
     def _token_for_call(self, stale: str | None) -> str:
@@ -203,7 +210,7 @@ class ImmudbAdmin:
                 detail = (exc.details() or "").lower() if hasattr(exc, "details") else ""
                 relogin = exc.code() == grpc.StatusCode.UNAUTHENTICATED or any(m in detail for m in _RELOGIN_MESSAGES)
                 if attempt == 1 and relogin and token is None:
-                    log.info("server=%s event=relogin reason=%r", self.name, detail or str(exc.code()))
+                    event(log, "relogin", server=self.name, reason=detail or str(exc.code()))
                     self._token_for_call(use)
                     continue
                 raise self._error(operation, exc) from None

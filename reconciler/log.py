@@ -15,7 +15,7 @@ from typing import Any
 from reconciler.secret import redact
 
 
-def event(logger: logging.Logger, name: str, level: int = logging.INFO, **fields: Any) -> None:
+def event(logger: logging.Logger, name: str, level: int = logging.INFO, /, **fields: Any) -> None:
     logger.log(level, name, extra={"fields": fields})
 
 

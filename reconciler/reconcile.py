@@ -9,6 +9,7 @@ A state change is logged once, not on every pass.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -18,7 +19,7 @@ from typing import Callable
 from reconciler.admin import ImmudbAdmin, ImmudbError, Unreachable
 from reconciler.config.model import Config
 from reconciler.log import event
-from reconciler.plan import Action, Observed, Plan, plan
+from reconciler.plan import DRIFT, IN_SYNC, MISSING, UNLOADED, Action, Observed, Plan, plan
 from reconciler.secret import Secret
 from reconciler.state import PERMISSION_ADMIN
 
@@ -162,7 +163,7 @@ class Reconciler:
             else:
                 result.plan = the_plan
                 result.outcomes = self._apply(the_plan)
-                self._record_states(the_plan)
+                self._record_states(the_plan, result.outcomes)
             result.finished = self._wall()
             self._log_pass(result)
             self.last_result = result
@@ -252,10 +253,17 @@ class Reconciler:
 
     # ------------------------------------------------------------------
 
-    def _record_states(self, the_plan: Plan) -> None:
+    def _record_states(self, the_plan: Plan, outcomes: list[Outcome]) -> None:
+        """Remember each database's state after this pass; log the changes."""
+        results: dict[str, set[str]] = {}
+        for o in outcomes:
+            if o.action.database:
+                results.setdefault(o.action.database, set()).add(o.result)
         seen = set()
         for db in the_plan.databases:
             seen.add(db.name)
+            if results.get(db.name) == {DONE} and db.state in (MISSING, DRIFT, UNLOADED):
+                db = dataclasses.replace(db, state=IN_SYNC)  # repaired by this pass
             before = self._states.get(db.name)
             progressing = None
             if before is not None and before.replica_tx is not None and db.replica_tx is not None:

@@ -215,7 +215,7 @@ class ImmudbServer:
     port: int = 0
     metrics_port: int = 0
     username: str = "immudb"
-    password: str = "immudb"
+    password: str = "Immudb-admin-1"  # set on first start; not the default, which immudb warns about
     process: Process | None = None
 
     @property
@@ -236,7 +236,7 @@ class ImmudbServer:
                 "--port", str(self.port), "--pgsql-server=false", "--web-server=false",
                 f"--metrics-server={'true' if self.metrics else 'false'}",
                 "--metrics-server-port", str(self.metrics_port),
-                "--pidfile", "", "--logfile", ""]
+                "--admin-password", self.password, "--pidfile", "", "--logfile", ""]
         # HOME points into the server's folder so that no ~/immudb.toml is read,
         # and no IMMUDB_* variable of the caller leaks in.
         env = {k: v for k, v in os.environ.items() if not k.startswith("IMMUDB_")}

@@ -74,7 +74,7 @@ def test_one_failing_database_does_not_stop_the_others():
     assert results(result) == {("create_replica", "a"): DONE, ("create_replica", "b"): FAILED,
                                ("create_replica", "c"): DONE}
     assert not result.ok
-    assert {s.name: s.state for s in rec.statuses()} == {"a": "missing", "b": "error", "c": "missing"}
+    assert {s.name: s.state for s in rec.statuses()} == {"a": "in_sync", "b": "error", "c": "in_sync"}
     assert {s.name: s.last_error for s in rec.statuses()}["b"] == "replica: create b failed: boom"
 
 

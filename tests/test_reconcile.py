@@ -27,8 +27,8 @@ def write_config(tmp_path: Path, primary_server, replica_server, prefix: str, fo
                  password: str = "Follower-pw-1", name: str = "replicator.yaml", **reconcile) -> Path:
     """A config file following databases named `prefix*`; `reconcile` adds to that section."""
     data = {
-        "primary": {"host": "127.0.0.1", "port": primary_server.port, "password": "immudb", "timeout": 5},
-        "replica": {"host": "127.0.0.1", "port": replica_server.port, "password": "immudb", "timeout": 5,
+        "primary": {"host": "127.0.0.1", "port": primary_server.port, "password": primary_server.password, "timeout": 5},
+        "replica": {"host": "127.0.0.1", "port": replica_server.port, "password": replica_server.password, "timeout": 5,
                     "data_dir": str(replica_server.data_dir)},
         "follower": {"username": follower, "password": password},
         "reconcile": {"databases": {"include": [f"{prefix}*"]}, "backoff": {"initial": 0.1, "max": 1}, **reconcile},
@@ -340,3 +340,38 @@ def test_fifty_databases_come_up_in_one_pass(tmp_path, primary_server, replica_s
     calls = rec.primary.calls + rec.replica.calls
     assert rec.run_pass().plan.in_sync
     assert rec.primary.calls + rec.replica.calls - calls <= 4
+
+
+# --------------------------------------------------------------------------- the daemon
+
+def test_run_reconciles_at_start_and_stops_cleanly_on_sigterm(tmp_path, primary_server, replica_server, primary,
+                                                              replica, prefix, follower_name):
+    import signal
+    import time
+    name = f"{prefix}daemon"
+    create_with_data(primary, primary_server, name, 3)
+    path = write_config(tmp_path, primary_server, replica_server, prefix, follower_name, password="Daemon-pw-77",
+                        interval=1)
+    proc = subprocess.Popen([sys.executable, "-m", "reconciler", "run", "-c", str(path)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and name not in {d.name for d in replica.list_databases()}:
+            time.sleep(0.2)
+        assert name in {d.name for d in replica.list_databases()}
+        # a database created while it runs is picked up by a later pass (interval 1 s)
+        create_with_data(primary, primary_server, f"{prefix}later", 2)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and f"{prefix}later" not in {d.name for d in replica.list_databases()}:
+            time.sleep(0.2)
+        assert f"{prefix}later" in {d.name for d in replica.list_databases()}
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert "started" in err and "stopped" in err
+    assert "Traceback" not in err
+    for secret in ("Daemon-pw-77", primary_server.password):
+        assert secret not in out + err
