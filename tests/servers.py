@@ -33,6 +33,7 @@ from pathlib import Path
 IMMUDB_VERSION = os.environ.get("IMMUDB_VERSION", "1.11.1")
 IMMUDB_MODULE = "github.com/codenotary/immudb"
 SFTP_USER = "replsftp"
+IMMUCLIENT_USER = "replimmuc"
 SFTP_PASSWORD = "sftp-test-Passw0rd"
 S3_ACCESS_KEY = "replicator-test-key"
 S3_SECRET_KEY = "replicator-test-secret-0123456789"
@@ -254,9 +255,35 @@ class ImmudbServer:
         if self.process is not None:
             self.process.stop()
 
-    def client_argv(self, tool: str) -> list[str]:
-        """argv prefix of immuadmin/immuclient pointed at this server."""
-        return [str(immudb_bin_dir() / tool), "--immudb-address", "127.0.0.1", "--immudb-port", str(self.port)]
+    def immuclient(self, database: str, *args: str) -> str:
+        """Run immudb's own `immuclient` against this server (an independent
+        real client); its output. Raises ServerError when it fails.
+
+        immuclient always keeps its login token in `~/token` of the calling
+        user (whatever --tokenfile or $HOME say) and does not log in again when
+        that token belongs to another server. So it runs as a test user of its
+        own, whose stale token is removed first."""
+        account = ensure_local_user(IMMUCLIENT_USER)
+        Path(account.pw_dir, "token").unlink(missing_ok=True)
+        binary = Path(account.pw_dir) / f"immuclient-{IMMUDB_VERSION}"  # the cache is private to root
+        if not binary.exists():
+            shutil.copy(immudb_bin_dir() / "immuclient", binary)
+            os.chmod(binary, 0o755)
+        argv = [str(binary), "--immudb-address", "127.0.0.1",
+                "--immudb-port", str(self.port), "--username", self.username, "--password", self.password,
+                "--database", database, *args]
+        done = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=30,
+                              user=account.pw_uid, group=account.pw_gid, cwd=account.pw_dir,
+                              env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": account.pw_dir})
+        if done.returncode != 0 or any(w in done.stdout.lower() for w in ("error", "invalid", "denied")):
+            raise ServerError(f"immuclient {' '.join(args)} failed: {done.stdout}{done.stderr}")
+        return done.stdout
+
+    def get(self, database: str, key: str) -> tuple[int, str]:
+        """(transaction id, value) of `key` read with immuclient."""
+        fields = {k.strip(): v.strip() for k, v in (line.split(":", 1) for line in
+                  self.immuclient(database, "get", key).splitlines() if ":" in line)}
+        return int(fields["tx"]), fields["value"]
 
 
 # --------------------------------------------------------------------------
@@ -332,10 +359,18 @@ class SftpServer:
             shutil.rmtree(self.upload_dir, ignore_errors=True)
 
 
+def ensure_local_user(username: str) -> pwd.struct_passwd:
+    """A local test user with a home, created once (needs root)."""
+    try:
+        return pwd.getpwnam(username)
+    except KeyError:
+        subprocess.run(["useradd", "-m", "-s", "/bin/sh", username], check=True, capture_output=True)
+        return pwd.getpwnam(username)
+
+
 def ensure_sftp_user(username: str, password: str) -> None:
     """Create the local test user once; (re)set its password every time."""
-    if subprocess.run(["id", username], capture_output=True).returncode != 0:
-        subprocess.run(["useradd", "-m", "-s", "/bin/sh", username], check=True, capture_output=True)
+    ensure_local_user(username)
     subprocess.run(["chpasswd"], input=f"{username}:{password}\n", text=True, check=True, capture_output=True)
 
 

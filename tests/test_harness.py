@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import os
+from pathlib import Path
 
 import paramiko
 import pytest
 from botocore.exceptions import ClientError
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def _ssh(sftp_server, known_hosts, **auth) -> paramiko.SSHClient:
@@ -85,3 +88,65 @@ def test_s3_wrong_credentials_are_refused(s3_server):
     with pytest.raises(ClientError) as caught:
         s3.list_buckets()
     assert caught.value.response["Error"]["Code"] in ("SignatureDoesNotMatch", "InvalidAccessKeyId", "AccessDenied")
+
+
+def test_immuclient_reads_what_immudb_py_wrote(primary_server, primary, replica_server):
+    from tests import immudb_data
+    from tests.conftest import unique_name
+    db = unique_name()
+    primary.create_database(db)
+    immudb_data.write(primary_server, db, 3, prefix="ic")
+    assert primary_server.get(db, "ic1") == (2, "value-ic-1" * 3)
+    replica_server.immuclient("defaultdb", "info")  # another server in between: no stale login
+    assert primary_server.get(db, "ic2") == (3, "value-ic-2" * 3)
+
+
+def test_servers_started_by_a_process_die_with_it(tmp_path):
+    """A crashed test run (SIGKILL: no cleanup runs) leaves no server behind."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    script = (f"import sys, time; sys.path.insert(0, {str(ROOT)!r});"
+              f"from tests.servers import ImmudbServer;"
+              f"s = ImmudbServer('orphan', __import__('pathlib').Path({str(tmp_path)!r}) / 's').start();"
+              f"print(s.process.pid, flush=True); time.sleep(60)")
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    child_pid = int(parent.stdout.readline())
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and _alive(child_pid):
+        time.sleep(0.1)
+    assert not _alive(child_pid)
+
+
+def _alive(pid: int) -> bool:
+    from tests.servers import _pid_alive
+    return _pid_alive(pid)
+
+
+def test_servers_up_and_down_by_hand(tmp_path):
+    import json
+    import subprocess
+    import sys
+    env = dict(__import__("os").environ, TMPDIR=str(tmp_path))
+    up = subprocess.run([sys.executable, "-m", "tests.servers", "up", "--immudb-only"], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=120)
+    assert up.returncode == 0, up.stderr
+    info = json.loads(up.stdout)
+    pids = [info["primary"]["pid"], info["replica"]["pid"]]
+    assert all(_alive(p) for p in pids)
+    down = subprocess.run([sys.executable, "-m", "tests.servers", "down"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert down.returncode == 0, down.stderr
+    assert not any(_alive(p) for p in pids)
+    assert not Path(info["root"]).exists()
+
+
+def test_immudb_build_failure_says_why(tmp_path, monkeypatch):
+    from tests.servers import ServerError, build_immudb
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    with pytest.raises(ServerError) as caught:
+        build_immudb("0.0.0-no-such-version")
+    assert "cannot build immudb" in str(caught.value) and "go mod download" in str(caught.value)

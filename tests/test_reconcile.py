@@ -87,6 +87,9 @@ def test_one_pass_brings_every_primary_database_to_the_replica(tmp_path, primary
         assert r.primary_password.reveal() == "Follower-pw-1"
         assert_follows(primary_server, replica_server, name, name)
         assert immudb_data.read(replica_server, name, written[name]) == written[name]
+        # immudb's own client reads the same key at the same transaction on both servers
+        key = next(iter(written[name])).decode()
+        assert replica_server.get(name, key) == primary_server.get(name, key)
     # writes made afterwards arrive too
     later = immudb_data.write(primary_server, names[0], 5, prefix="later")
     assert_follows(primary_server, replica_server, names[0], names[0])
