@@ -57,6 +57,41 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="the daemon: reconcile every interval until SIGTERM/SIGINT")
     _config_args(p)
+
+    p = sub.add_parser("backup", help="back up the replica's databases now (progress on a terminal)",
+                       description="Back up to a target named in the configuration (--target) or to one "
+                                   "given inline with the Go tool's request fields (--type, --path, ...).")
+    _config_args(p)
+    p.add_argument("--target", metavar="NAME", help="a target from backup.targets")
+    inline = p.add_argument_group("inline target (the Go tool's REST fields)")
+    inline.add_argument("--type", choices=["file", "sftp", "s3"])
+    inline.add_argument("--path", help="file path, remote path, or s3://bucket/key; may contain {timestamp}")
+    inline.add_argument("--host", help="sftp host, or the AWS region for s3")
+    inline.add_argument("--port", type=int, help="sftp port (22)")
+    inline.add_argument("--username", help="sftp user, or the access key for s3")
+    inline.add_argument("--password-file", metavar="FILE",
+                        help="file holding the sftp password or s3 secret key (a flag would show in ps)")
+    inline.add_argument("--endpoint-url", help="s3: an S3-compatible endpoint")
+    inline.add_argument("--known-hosts-file", help="sftp: known_hosts to check the host key against")
+
+    p = sub.add_parser("verify", help="check an archive: structure, every file's size and sha256 (exit 0 only if all match)")
+    p.add_argument("archive", help="a local path, s3://bucket/key or sftp://host/path, or a name with --target")
+    p.add_argument("--target", metavar="NAME", help="the archive is at this configured target")
+    p.add_argument("-c", "--config", metavar="FILE", default=os.environ.get("REPLICATOR_CONFIG"),
+                   help="configuration, for the credentials of remote archives")
+
+    p = sub.add_parser("restore", help="extract an archive into an immudb data directory, checking every file")
+    p.add_argument("archive", help="a local path, s3://bucket/key or sftp://host/path, or a name with --target")
+    p.add_argument("--data-dir", required=True, metavar="DIR", help="where to restore (must be empty unless --force)")
+    p.add_argument("--database", action="append", metavar="NAME", help="restore only this database (repeatable)")
+    p.add_argument("--force", action="store_true", help="restore into a non-empty directory, replacing those databases")
+    p.add_argument("--target", metavar="NAME", help="the archive is at this configured target")
+    p.add_argument("-c", "--config", metavar="FILE", default=os.environ.get("REPLICATOR_CONFIG"),
+                   help="configuration, for the credentials of remote archives")
+
+    p = sub.add_parser("list", help="archives at a target, with size and time")
+    _config_args(p)
+    p.add_argument("--target", metavar="NAME", required=True)
     return parser
 
 

@@ -26,6 +26,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,11 +96,15 @@ class Process:
         return self.workdir / f"{self.name}.log"
 
     def start(self, timeout: float = 60) -> None:
+        # PR_SET_PDEATHSIG fires when the *thread* that started the child ends: only the main
+        # thread lives as long as the process (a server restarted from a helper thread is
+        # stopped by its fixture instead)
+        die_with_us = not self.daemon and threading.current_thread() is threading.main_thread()
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(
                 self.argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 cwd=self.workdir, env=self.env,
-                preexec_fn=None if self.daemon else _die_with_parent,
+                preexec_fn=_die_with_parent if die_with_us else None,
                 start_new_session=self.daemon,
             )
         self.pid = self.proc.pid

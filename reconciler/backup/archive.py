@@ -1,0 +1,370 @@
+"""The archive format: one tar stream (PAX), compressed with gzip (default),
+zstd or nothing, whose members are `<database>/<path>` and, last,
+`MANIFEST.json`: tool and immudb versions, times, every database's state
+and every file's path, size and sha256. A manifest at the end lets the
+archive be written in one pass with bounded memory; readers hash as they go
+and compare at the end.
+
+Readers accept only what writers produce: relative paths under a database
+folder, regular files and directories. Absolute paths, `..`, links and
+device files make an archive invalid.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import re
+import tarfile
+import threading
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import BinaryIO, Callable, Iterator
+
+from reconciler.errors import ReplicatorError
+
+MANIFEST = "MANIFEST.json"
+FORMAT = 1
+CHUNK = 1024 * 1024
+GZIP_MAGIC, ZSTD_MAGIC = b"\x1f\x8b", b"\x28\xb5\x2f\xfd"
+DATABASE_NAME = re.compile(r"^[a-z0-9_]{1,128}$")
+
+
+class ArchiveError(ReplicatorError):
+    """The archive is invalid: corrupt, truncated, unsafe, or not ours."""
+
+
+class Cancelled(ReplicatorError):
+    """The work was cancelled (shutdown, operator)."""
+
+
+# --------------------------------------------------------------------------- compression
+
+def default_level(kind: str) -> int:
+    # gzip 1: the fastest level, within a few percent of level 6's size on immudb's
+    # files (see docs/benchmarks.md); zstd 3 is zstd's own default
+    return {"gzip": 1, "zstd": 3}.get(kind, 0)
+
+
+def open_compressor(kind: str, level: int | None, raw: BinaryIO, threads: int | None = None) -> BinaryIO:
+    """A writable stream that compresses into `raw` (not closed with it)."""
+    level = level or default_level(kind)
+    threads = threads or max(1, min(4, os.cpu_count() or 1))
+    if kind == "none":
+        return _Unclosable(raw)
+    if kind == "gzip":
+        if level <= 3:
+            from isal import igzip_threaded  # ISA-L: several times zlib's speed at levels 0-3
+            return igzip_threaded.open(_Unclosable(raw), "wb", compresslevel=level, threads=threads)
+        import gzip
+        return gzip.GzipFile(fileobj=_Unclosable(raw), mode="wb", compresslevel=level, mtime=0)
+    if kind == "zstd":
+        import zstandard
+        return zstandard.ZstdCompressor(level=level, threads=threads).stream_writer(raw, closefd=False)
+    raise ValueError(f"unknown compression {kind!r}")
+
+
+def open_decompressor(stream: BinaryIO) -> tuple[str, BinaryIO]:
+    """(kind, readable plain stream), the kind told by the magic bytes."""
+    buffered = stream if isinstance(stream, io.BufferedReader) else io.BufferedReader(_Readable(stream), CHUNK)
+    head = buffered.peek(4)[:4]
+    if head.startswith(GZIP_MAGIC):
+        from isal import igzip
+        return "gzip", igzip.IGzipFile(fileobj=buffered, mode="rb")
+    if head.startswith(ZSTD_MAGIC):
+        import zstandard
+        return "zstd", zstandard.ZstdDecompressor().stream_reader(buffered, read_across_frames=True)
+    return "none", buffered
+
+
+class _Unclosable(io.RawIOBase):
+    """Passes writes to `target`; closing it does not close the target."""
+
+    def __init__(self, target):
+        self.target = target
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        self.target.write(bytes(data))
+        return len(data)
+
+
+class _Readable(io.RawIOBase):
+    """Adapts anything with read(n) (boto3's StreamingBody, paramiko files)."""
+
+    def __init__(self, source):
+        self.source = source
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        data = self.source.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+
+# --------------------------------------------------------------------------- writing
+
+@dataclass
+class FileEntry:
+    path: str
+    size: int
+    sha256: str
+
+
+class _CountingSink(io.RawIOBase):
+    """The compressed byte stream going to the target, counted."""
+
+    def __init__(self, upload):
+        self.upload, self.count = upload, 0
+        self.discarding = False
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        if not self.discarding:
+            self.upload.write(bytes(data))
+            self.count += len(data)
+        return len(data)
+
+
+class _HashingReader:
+    def __init__(self, f: BinaryIO, on_bytes: Callable[[int], None], cancel: threading.Event | None):
+        self.f, self.on_bytes, self.cancel = f, on_bytes, cancel
+        self.sha, self.size = hashlib.sha256(), 0
+
+    def read(self, n: int = -1) -> bytes:
+        if self.cancel is not None and self.cancel.is_set():
+            raise Cancelled("cancelled")
+        data = self.f.read(n)
+        self.sha.update(data)
+        self.size += len(data)
+        self.on_bytes(len(data))
+        return data
+
+
+class ArchiveWriter:
+    """Streams files into a compressed tar on `upload`, hashing each."""
+
+    def __init__(self, upload, compression: str = "gzip", level: int | None = None,
+                 on_bytes: Callable[[int], None] = lambda n: None, cancel: threading.Event | None = None):
+        self.sink = _CountingSink(upload)
+        self.compressor = open_compressor(compression, level, self.sink)
+        self.tar = tarfile.open(fileobj=self.compressor, mode="w|", format=tarfile.PAX_FORMAT, bufsize=CHUNK,
+                                copybufsize=CHUNK)
+        self.files: list[FileEntry] = []
+        self.on_bytes, self.cancel = on_bytes, cancel
+
+    @property
+    def bytes_written(self) -> int:
+        return self.sink.count
+
+    def _info(self, path: Path, arcname: str, st: os.stat_result) -> tarfile.TarInfo:
+        info = tarfile.TarInfo(arcname)
+        info.mode, info.mtime = st.st_mode & 0o7777, int(st.st_mtime)
+        info.uid = info.gid = 0
+        info.uname = info.gname = ""
+        return info
+
+    def add_tree(self, source: Path, prefix: str) -> list[FileEntry]:
+        """Add the directory `source` as `prefix/...`: directories and
+        regular files, in name order. Returns the files' entries."""
+        added: list[FileEntry] = []
+        self._add_dir(source, prefix)
+        for root, dirs, files in os.walk(source):
+            dirs.sort()
+            rel_root = Path(root).relative_to(source)
+            for d in dirs:
+                self._add_dir(Path(root) / d, str(PurePosixPath(prefix, rel_root, d)))
+            for name in sorted(files):
+                path = Path(root) / name
+                st = path.lstat()
+                if not path.is_file() or path.is_symlink():
+                    continue  # immudb writes only regular files; anything else is not ours to archive
+                added.append(self.add_file(path, str(PurePosixPath(prefix, rel_root, name)), st))
+        return added
+
+    def _add_dir(self, path: Path, arcname: str) -> None:
+        info = self._info(path, arcname, path.stat())
+        info.type = tarfile.DIRTYPE
+        self.tar.addfile(info)
+
+    def add_file(self, path: Path, arcname: str, st: os.stat_result | None = None) -> FileEntry:
+        st = st or path.stat()
+        info = self._info(path, arcname, st)
+        info.size = st.st_size
+        with open(path, "rb") as f:
+            reader = _HashingReader(f, self.on_bytes, self.cancel)
+            self.tar.addfile(info, reader)  # type: ignore[arg-type]
+        entry = FileEntry(arcname, reader.size, reader.sha.hexdigest())
+        self.files.append(entry)
+        return entry
+
+    def discard(self) -> None:
+        """Stop after a failure: close the compressor (and its threads)
+        without sending anything more to the upload. Never raises."""
+        self.sink.discarding = True
+        self.tar.closed = True
+        self.tar.fileobj.closed = True  # the stream would otherwise flush itself when collected
+        with contextlib.suppress(Exception):
+            self.compressor.close()
+
+    def finish(self, manifest: dict) -> None:
+        """Append the manifest (with every file added) and close the streams."""
+        manifest = dict(manifest, format=FORMAT,
+                        files=[{"path": f.path, "size": f.size, "sha256": f.sha256} for f in self.files])
+        data = json.dumps(manifest, indent=1, sort_keys=True).encode()
+        info = tarfile.TarInfo(MANIFEST)
+        info.size, info.mode, info.mtime = len(data), 0o644, int(manifest.get("finished_unix", 0))
+        self.tar.addfile(info, io.BytesIO(data))
+        self.tar.close()
+        self.compressor.close()
+
+
+# --------------------------------------------------------------------------- reading
+
+def check_member(member: tarfile.TarInfo) -> str | None:
+    """Why `member` is unacceptable, or None."""
+    name = member.name
+    if member.issym() or member.islnk():
+        return f"{name!r} is a link (to {member.linkname!r}): archives of this tool hold none"
+    if not (member.isfile() or member.isdir()):
+        return f"{name!r} is not a regular file or directory"
+    if name.startswith("/") or name.startswith("\\"):
+        return f"{name!r} is an absolute path"
+    parts = PurePosixPath(name).parts
+    if ".." in parts or not parts:
+        return f"{name!r} leaves the archive's folder"
+    if name == MANIFEST:
+        return None if member.isfile() else f"{MANIFEST} is not a file"
+    if not DATABASE_NAME.match(parts[0]):
+        return f"{name!r} is not under a database folder"
+    return None
+
+
+@dataclass
+class Verification:
+    manifest: dict | None = None
+    files: dict[str, FileEntry] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+    compression: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems and self.manifest is not None
+
+    @property
+    def databases(self) -> list[str]:
+        return [d["name"] for d in (self.manifest or {}).get("databases", [])]
+
+
+@contextlib.contextmanager
+def _damage_is_archive_error():
+    try:
+        yield
+    except (tarfile.TarError, EOFError, zlib.error, OSError, ValueError) as exc:
+        raise ArchiveError(f"archive is truncated or corrupt: {exc}") from None
+    except Exception as exc:
+        if type(exc).__module__.startswith("zstandard"):
+            raise ArchiveError(f"archive is truncated or corrupt: {exc}") from None
+        raise
+
+
+class _Content:
+    """A member's content; damage found while reading is an ArchiveError."""
+
+    def __init__(self, f: BinaryIO):
+        self.f = f
+
+    def read(self, n: int = -1) -> bytes:
+        with _damage_is_archive_error():
+            return self.f.read(n)
+
+
+def iterate(stream: BinaryIO) -> Iterator[tuple[tarfile.TarInfo, BinaryIO | None, str]]:
+    """(member, its content or None, compression) for each member; raises
+    ArchiveError for an unsafe member and for corrupt or truncated data."""
+    with _damage_is_archive_error():
+        kind, plain = open_decompressor(stream)
+        tar = tarfile.open(fileobj=plain, mode="r|", bufsize=CHUNK)
+    with tar:
+        while True:
+            with _damage_is_archive_error():
+                member = tar.next()
+            if member is None:
+                return
+            problem = check_member(member)
+            if problem:
+                raise ArchiveError(f"unsafe archive: {problem}")
+            content = _Content(tar.extractfile(member)) if member.isfile() else None
+            yield member, content, kind  # type: ignore[misc]
+
+
+def hash_stream(f: BinaryIO, sink: Callable[[bytes], None] | None = None,
+                on_bytes: Callable[[int], None] = lambda n: None) -> tuple[int, str]:
+    sha, size = hashlib.sha256(), 0
+    while True:
+        chunk = f.read(CHUNK)
+        if not chunk:
+            return size, sha.hexdigest()
+        sha.update(chunk)
+        size += len(chunk)
+        on_bytes(len(chunk))
+        if sink is not None:
+            sink(chunk)
+
+
+def compare(result: Verification, only: set[str] | None = None) -> None:
+    """Check what was read against the manifest; add problems to `result`."""
+    if result.manifest is None:
+        result.problems.append(f"no {MANIFEST}: not an archive of this tool, or truncated")
+        return
+    if result.manifest.get("format") != FORMAT:
+        result.problems.append(f"unknown archive format {result.manifest.get('format')!r}")
+        return
+    expected = {f["path"]: f for f in result.manifest.get("files", [])}
+    for path, want in sorted(expected.items()):
+        if only is not None and path.split("/", 1)[0] not in only:
+            continue
+        got = result.files.get(path)
+        if got is None:
+            result.problems.append(f"{path}: listed in the manifest, missing from the archive")
+        elif got.size != want["size"]:
+            result.problems.append(f"{path}: {got.size} bytes, the manifest says {want['size']}")
+        elif got.sha256 != want["sha256"]:
+            result.problems.append(f"{path}: sha256 differs from the manifest (the file is damaged)")
+    for path in sorted(set(result.files) - set(expected)):
+        result.problems.append(f"{path}: in the archive, not in the manifest")
+
+
+def verify(stream: BinaryIO, on_bytes: Callable[[int], None] = lambda n: None) -> Verification:
+    """Read the whole archive: structure, every file's size and sha256
+    against the manifest. Never raises ArchiveError: problems are listed."""
+    result = Verification()
+    try:
+        for member, content, kind in iterate(stream):
+            result.compression = kind
+            if content is None:
+                continue
+            if member.name == MANIFEST:
+                try:
+                    result.manifest = json.loads(content.read())
+                except ValueError:
+                    result.problems.append(f"{MANIFEST} is not valid JSON")
+                continue
+            if result.manifest is not None:
+                result.problems.append(f"{member.name}: after the manifest")
+            size, digest = hash_stream(content, on_bytes=on_bytes)
+            result.files[member.name] = FileEntry(member.name, size, digest)
+    except ArchiveError as exc:
+        result.problems.append(str(exc))
+        return result
+    compare(result)
+    return result

@@ -1,0 +1,297 @@
+"""Taking a backup of the replica: one archive, whole or absent.
+
+For each selected database: hold it (reconcile passes leave it alone),
+read its state, unload it, copy its folder, load it again, release it. The
+copy goes either straight into the archive (no staging_dir: the database is
+unavailable while it is compressed and uploaded) or to staging_dir first
+(the database is back after a local copy at disk speed; compression and
+upload follow). A database is loaded again whatever happens; one that a
+crash leaves unloaded is loaded by the next reconcile pass.
+
+One backup at a time per process: a second gets BackupAlreadyRunning.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from reconciler import __version__
+from reconciler.admin import ImmudbAdmin, ImmudbError
+from reconciler.backup import retention, targets
+from reconciler.backup.archive import ArchiveWriter, Cancelled
+from reconciler.backup.progress import Progress
+from reconciler.config.model import Config, TargetConfig
+from reconciler.errors import ReplicatorError
+from reconciler.log import event
+
+log = logging.getLogger(__name__)
+
+UNLOADABLE = frozenset({"defaultdb", "systemdb"})  # immudb cannot unload these
+STAGING_PREFIX = ".replicator-staging-"
+
+
+class BackupError(ReplicatorError):
+    """A backup failed; nothing was left at the target."""
+
+
+class BackupAlreadyRunning(ReplicatorError):
+    exit_code = 1
+
+
+class Holder(Protocol):
+    def hold(self, database: str) -> None: ...
+
+    def release(self, database: str) -> None: ...
+
+
+class _NoHolder:
+    def hold(self, database: str) -> None:
+        pass
+
+    def release(self, database: str) -> None:
+        pass
+
+
+@dataclass
+class BackupResult:
+    backup_id: str
+    target: str
+    started_at: float
+    finished_at: float = 0.0
+    ok: bool = False
+    error: str | None = None
+    location: str | None = None
+    databases: list[str] = field(default_factory=list)
+    bytes_in: int = 0
+    bytes_out: int = 0
+    deleted: list[str] = field(default_factory=list)     # by retention
+    unload_windows: dict[str, float] = field(default_factory=dict)  # database -> seconds unavailable
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+class Backups:
+    """Runs backups one at a time; keeps the progress and the last results."""
+
+    def __init__(self, cfg: Config, replica: ImmudbAdmin | None = None, holder: Holder | None = None):
+        self.cfg = cfg
+        self.replica = replica or ImmudbAdmin.from_config("replica", cfg.replica)
+        self.holder = holder or _NoHolder()
+        self._lock = threading.Lock()
+        self.progress: Progress | None = None
+        self.history: list[BackupResult] = []
+        self.cancel = threading.Event()
+
+    @property
+    def running(self) -> bool:
+        return self._lock.locked()
+
+    def run(self, target_cfg: TargetConfig, backup_id: str | None = None, progress: Progress | None = None) -> BackupResult:
+        """Take one backup now, in this thread. Raises BackupAlreadyRunning;
+        any other failure is in the result (ok False, error)."""
+        if not self._lock.acquire(blocking=False):
+            raise BackupAlreadyRunning("a backup is already running; wait for it to finish")
+        try:
+            self.cancel.clear()
+            self.progress = progress or Progress()
+            self.progress.update(backup_id=backup_id or new_id(), target=target_cfg.name, started_at=time.time())
+            result = BackupResult(self.progress.backup_id, target_cfg.name, self.progress.started_at)
+            try:
+                self._run(target_cfg, result)
+                result.ok = True
+            except (ReplicatorError, OSError) as exc:
+                result.error = str(exc) if not isinstance(exc, OSError) else f"{exc.strerror or exc}: {exc.filename}"
+                if isinstance(exc, Cancelled):
+                    result.error = "cancelled"
+                event(log, "backup_failed", logging.ERROR, backup=result.backup_id, target=target_cfg.name,
+                      error=result.error)
+            result.finished_at = time.time()
+            self.progress.update(phase="done" if result.ok else "failed", current_database=None)
+            self.history = (self.history + [result])[-50:]
+            return result
+        finally:
+            self._lock.release()
+
+    # ------------------------------------------------------------------
+
+    def select(self) -> list[tuple[str, bool]]:
+        """(name, loaded) of the replica databases to back up."""
+        chosen = []
+        for db in sorted(self.replica.list_databases(), key=lambda d: d.name):
+            if db.name in UNLOADABLE or db.name not in self.cfg.backup.databases:
+                continue
+            chosen.append((db.name, db.loaded))
+        return chosen
+
+    def _run(self, target_cfg: TargetConfig, result: BackupResult) -> None:
+        progress = self.progress
+        assert progress is not None
+        data_dir = self.cfg.replica.data_dir
+        if not data_dir.is_dir():
+            raise BackupError(f"replica data_dir {data_dir} is not a directory this process can read")
+        chosen = self.select()
+        if not chosen:
+            raise BackupError("no replica database to back up (defaultdb and systemdb cannot be unloaded)")
+        sizes = {name: _tree_size(data_dir / name) for name, _ in chosen}
+        progress.update(databases_total=len(chosen), bytes_total=sum(sizes.values()), phase="starting")
+        immudb_version = self.replica.version()
+        staging_root = self._prepare_staging()
+        target = targets.build(target_cfg)
+        try:
+            for leftover in target.cleanup_partial():
+                event(log, "partial_removed", target=target.name, what=leftover)
+            name = target.archive_name(result.started_at)
+            upload = target.open(name)
+            writer = None
+            try:
+                writer = ArchiveWriter(upload, self.cfg.backup.compression, self.cfg.backup.compression_level,
+                                       on_bytes=progress.add_bytes, cancel=self.cancel)
+                states = []
+                for db_name, loaded in chosen:
+                    states.append(self._one(writer, db_name, loaded, staging_root, result))
+                    progress.update(databases_done=progress.databases_done + 1, bytes_written=writer.bytes_written)
+                progress.update(phase="uploading", current_database=None)
+                result.finished_at = time.time()
+                writer.finish({
+                    "tool": "immudb-replicator", "tool_version": __version__, "immudb_version": immudb_version,
+                    "replica": self.cfg.replica.address, "backup_id": result.backup_id,
+                    "started_at": _iso(result.started_at), "finished_at": _iso(result.finished_at),
+                    "finished_unix": int(result.finished_at), "compression": self.cfg.backup.compression,
+                    "databases": states,
+                })
+                result.location = upload.commit()
+            except BaseException:
+                if writer is not None:
+                    writer.discard()
+                upload.abort()
+                raise
+            result.bytes_out = writer.bytes_written
+            result.bytes_in = progress.bytes_done
+            result.databases = [n for n, _ in chosen]
+            progress.update(bytes_written=writer.bytes_written)
+            event(log, "backup_done", backup=result.backup_id, target=target.name, location=result.location,
+                  databases=len(chosen), bytes_in=result.bytes_in, bytes_out=result.bytes_out,
+                  seconds=round(time.time() - result.started_at, 1))
+            progress.update(phase="retention")
+            result.deleted = self._apply_retention(target, target_cfg, name)
+        finally:
+            target.close()
+            if staging_root is not None:
+                shutil.rmtree(staging_root, ignore_errors=True)
+
+    def _one(self, writer: ArchiveWriter, name: str, loaded: bool, staging_root: Path | None,
+             result: BackupResult) -> dict:
+        """Archive one database; returns its manifest entry."""
+        progress = self.progress
+        source = self.cfg.replica.data_dir / name
+        self.holder.hold(name)
+        progress.update(current_database=name, phase="copying" if staging_root else "archiving")
+        unloaded_at = None
+        try:
+            state = None
+            if loaded:
+                state = self.replica.state(name)
+                self.replica.unload(name)
+                unloaded_at = time.monotonic()
+            if staging_root is None:
+                files = writer.add_tree(source, name)
+            else:
+                staged = staging_root / name
+                _copy_tree(source, staged, self.cancel)
+                if unloaded_at is not None:
+                    self._load_again(name)
+                    result.unload_windows[name] = time.monotonic() - unloaded_at
+                    unloaded_at = None
+                self.holder.release(name)
+                progress.update(phase="archiving")
+                files = writer.add_tree(staged, name)
+                shutil.rmtree(staged, ignore_errors=True)
+        except ImmudbError as exc:
+            raise BackupError(f"database {name}: {exc}") from None
+        finally:
+            if unloaded_at is not None:
+                self._load_again(name)
+                result.unload_windows[name] = time.monotonic() - unloaded_at
+            self.holder.release(name)
+        return {"name": name, "tx_id": state.tx_id if state else None,
+                "tx_hash": state.tx_hash.hex() if state else None, "was_loaded": loaded,
+                "files": len(files), "bytes": sum(f.size for f in files)}
+
+    def _load_again(self, name: str) -> None:
+        """Load `name`; a few tries, then leave it to the next reconcile pass."""
+        for attempt in range(3):
+            try:
+                self.replica.load(name)
+                return
+            except ImmudbError as exc:
+                if "already loaded" in exc.detail:
+                    return
+                if attempt == 2:
+                    event(log, "load_failed", logging.ERROR, database=name, error=str(exc),
+                          note="the next reconcile pass loads it")
+                    return
+                time.sleep(1)
+
+    def _prepare_staging(self) -> Path | None:
+        root = self.cfg.backup.staging_dir
+        if root is None:
+            return None
+        root.mkdir(parents=True, exist_ok=True)
+        for leftover in root.glob(STAGING_PREFIX + "*"):  # a crashed run's copy
+            shutil.rmtree(leftover, ignore_errors=True)
+            event(log, "staging_removed", path=str(leftover))
+        path = root / f"{STAGING_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        path.mkdir()
+        return path
+
+    def _apply_retention(self, target, target_cfg: TargetConfig, just_written: str) -> list[str]:
+        try:
+            doomed = retention.expired(target.list(), target_cfg.retention, time.time(), just_written)
+            for archive in doomed:
+                target.delete(archive.name)
+                event(log, "archive_deleted", target=target.name, archive=archive.name, reason="retention")
+            return [a.name for a in doomed]
+        except targets.TargetError as exc:
+            # the backup itself succeeded; report and keep going
+            event(log, "retention_failed", logging.WARNING, target=target.name, error=str(exc))
+            return []
+
+
+def new_id() -> str:
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
+
+
+def _iso(t: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+
+
+def _tree_size(path: Path) -> int:
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(root, name)).st_size
+            except OSError:
+                pass
+    return total
+
+
+def _copy_tree(source: Path, dest: Path, cancel: threading.Event) -> None:
+    """Copy a database folder at disk speed (copy_file_range/sendfile)."""
+    for root, dirs, files in os.walk(source):
+        rel = Path(root).relative_to(source)
+        (dest / rel).mkdir(parents=True, exist_ok=True)
+        for name in files:
+            if cancel.is_set():
+                raise Cancelled("cancelled")
+            src = Path(root) / name
+            if src.is_file() and not src.is_symlink():
+                shutil.copy2(src, dest / rel / name)

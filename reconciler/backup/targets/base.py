@@ -1,0 +1,136 @@
+"""The one small interface every backup target implements.
+
+A target is a place for archives: a directory (local or over SFTP) or an S3
+prefix. Writing is whole or absent: `open()` returns an Upload that writes
+under a temporary name; `commit()` makes the archive visible under its final
+name, `abort()` leaves nothing behind. Archive names come from the target's
+path template (`immudb-{timestamp}.tar.gz`); only names that match it are
+ever listed or deleted.
+"""
+from __future__ import annotations
+
+import calendar
+import re
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from reconciler.errors import ReplicatorError
+
+TIMESTAMP_FORMAT = "%Y%m%dT%H%M%SZ"
+PARTIAL_SUFFIX = ".partial"
+
+
+class TargetError(ReplicatorError):
+    """A target failed (unreachable, refused, full, ...). The message names
+    the target and never a credential."""
+
+
+class ArchiveExists(TargetError):
+    """An archive of that name exists already; it is never overwritten."""
+
+
+@dataclass(frozen=True)
+class ArchiveInfo:
+    name: str          # the file name, relative to the target's directory or prefix
+    size: int
+    modified: float    # seconds since the epoch
+    location: str      # full location, for messages
+
+
+class Upload(ABC):
+    """One archive being written."""
+
+    @abstractmethod
+    def write(self, data: bytes) -> None: ...
+
+    @abstractmethod
+    def commit(self) -> str:
+        """Make the archive visible under its final name; its location."""
+
+    @abstractmethod
+    def abort(self) -> None:
+        """Remove everything written so far. Never raises."""
+
+    # a file-like face for compressors and tarfile
+    def writable(self) -> bool:
+        return True
+
+    def flush(self) -> None:
+        pass
+
+
+class Target(ABC):
+    kind: str = ""
+
+    def __init__(self, name: str, path_template: str):
+        self.name = name
+        self.directory, _, self.template = path_template.rpartition("/")
+        if not self.template:
+            raise TargetError(f"target {name}: path {path_template!r} names no file")
+
+    # -- names
+    def archive_name(self, when: float | None = None) -> str:
+        """The file name of a new archive, from the template."""
+        t = time.gmtime(when if when is not None else time.time())
+        return self.template.replace("{timestamp}", time.strftime(TIMESTAMP_FORMAT, t)).replace(
+            "{date}", time.strftime("%Y%m%d", t))
+
+    def owns(self, name: str) -> bool:
+        """True for names this target's template produces: the only ones
+        listing and retention ever touch."""
+        return template_pattern(self.template).fullmatch(name) is not None
+
+    @abstractmethod
+    def location(self, name: str) -> str:
+        """Where archive `name` is, for messages (no credentials)."""
+
+    # -- operations
+    @abstractmethod
+    def open(self, name: str) -> Upload:
+        """Start writing archive `name`. Raises ArchiveExists if it exists,
+        TargetError if the target cannot be written."""
+
+    @abstractmethod
+    def read(self, name: str) -> BinaryIO:
+        """A stream of archive `name`'s bytes. Raises TargetError."""
+
+    @abstractmethod
+    def list(self) -> list[ArchiveInfo]:
+        """The archives this target's template matches, oldest first."""
+
+    @abstractmethod
+    def delete(self, name: str) -> None: ...
+
+    def cleanup_partial(self) -> list[str]:
+        """Remove what an interrupted earlier run of ours left (temporary
+        files, pending multipart uploads); the names removed."""
+        return []
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name})"
+
+
+def template_pattern(template: str) -> re.Pattern:
+    parts = re.split(r"(\{timestamp\}|\{date\})", template)
+    regex = "".join(r"\d{8}T\d{6}Z" if p == "{timestamp}" else r"\d{8}" if p == "{date}" else re.escape(p)
+                    for p in parts)
+    return re.compile(regex)
+
+
+def sort_key(info: ArchiveInfo) -> tuple:
+    """Oldest first: by the time in the name where there is one, else mtime."""
+    stamp = re.search(r"\d{8}T\d{6}Z", info.name)
+    if stamp:
+        return (calendar.timegm(time.strptime(stamp.group(0), TIMESTAMP_FORMAT)), info.name)
+    return (info.modified, info.name)

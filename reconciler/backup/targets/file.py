@@ -1,0 +1,144 @@
+"""A local (or mounted) directory.
+
+Writes `.NAME.partial` beside the final name, fsyncs it, then links it to
+NAME (a link fails if NAME exists: an archive is never overwritten, even by
+a racing writer) and fsyncs the directory, so a crash leaves either the whole
+archive or none.
+"""
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+from typing import BinaryIO
+
+from reconciler.backup.targets.base import (PARTIAL_SUFFIX, ArchiveExists, ArchiveInfo, Target, TargetError,
+                                            Upload, sort_key)
+
+
+def _os_error(target: str, what: str, exc: OSError) -> TargetError:
+    reason = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
+              errno.EACCES: "permission denied", errno.EROFS: "read-only file system"}.get(exc.errno)
+    return TargetError(f"target {target}: {what}: {reason or exc.strerror or exc}")
+
+
+class FileUpload(Upload):
+    def __init__(self, target: "FileTarget", final: Path):
+        self.target, self.final = target, final
+        self.partial = final.with_name("." + final.name + PARTIAL_SUFFIX)
+        try:
+            self.file = open(self.partial, "xb")
+        except FileExistsError:
+            # another run's leftover with the same timestamp: ours to replace
+            self.partial.unlink()
+            self.file = open(self.partial, "xb")
+        except OSError as exc:
+            raise _os_error(target.name, f"cannot create {self.partial}", exc) from None
+
+    def write(self, data: bytes) -> None:
+        try:
+            self.file.write(data)
+        except OSError as exc:
+            raise _os_error(self.target.name, f"cannot write {self.partial}", exc) from None
+
+    def commit(self) -> str:
+        try:
+            self.file.flush()
+            os.fsync(self.file.fileno())
+            self.file.close()
+            os.link(self.partial, self.final)
+        except FileExistsError:
+            self.abort()
+            raise ArchiveExists(f"target {self.target.name}: {self.final} exists; it is never overwritten") from None
+        except OSError as exc:
+            self.abort()
+            raise _os_error(self.target.name, f"cannot finish {self.final}", exc) from None
+        self.partial.unlink()
+        _fsync_dir(self.final.parent)
+        return str(self.final)
+
+    def abort(self) -> None:
+        try:
+            self.file.close()
+        except OSError:
+            pass
+        try:
+            self.partial.unlink()
+        except OSError:
+            pass
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class FileTarget(Target):
+    kind = "file"
+
+    def __init__(self, name: str, path_template: str, create_dirs: bool = True):
+        super().__init__(name, path_template)
+        self.dir = Path(self.directory or ".")
+        self.create_dirs = create_dirs
+
+    def location(self, name: str) -> str:
+        return str(self.dir / name)
+
+    def open(self, name: str) -> Upload:
+        final = self.dir / name
+        if not self.dir.is_dir():
+            if not self.create_dirs:
+                raise TargetError(f"target {self.name}: directory {self.dir} does not exist (create_dirs is off)")
+            try:
+                self.dir.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise _os_error(self.name, f"cannot create directory {self.dir}", exc) from None
+        if final.exists():
+            raise ArchiveExists(f"target {self.name}: {final} exists; it is never overwritten "
+                                f"(put {{timestamp}} in the target's path)")
+        return FileUpload(self, final)
+
+    def read(self, name: str) -> BinaryIO:
+        try:
+            return open(self.dir / name, "rb")
+        except OSError as exc:
+            raise _os_error(self.name, f"cannot read {self.dir / name}", exc) from None
+
+    def list(self) -> list[ArchiveInfo]:
+        try:
+            entries = list(os.scandir(self.dir))
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise _os_error(self.name, f"cannot list {self.dir}", exc) from None
+        found = []
+        for entry in entries:
+            if entry.is_file(follow_symlinks=False) and self.owns(entry.name):
+                st = entry.stat(follow_symlinks=False)
+                found.append(ArchiveInfo(entry.name, st.st_size, st.st_mtime, str(self.dir / entry.name)))
+        return sorted(found, key=sort_key)
+
+    def delete(self, name: str) -> None:
+        try:
+            (self.dir / name).unlink()
+        except OSError as exc:
+            raise _os_error(self.name, f"cannot delete {self.dir / name}", exc) from None
+
+    def cleanup_partial(self) -> list[str]:
+        removed = []
+        try:
+            entries = list(os.scandir(self.dir))
+        except OSError:
+            return removed
+        for entry in entries:
+            name = entry.name
+            if name.startswith(".") and name.endswith(PARTIAL_SUFFIX) and self.owns(name[1:-len(PARTIAL_SUFFIX)]):
+                try:
+                    os.unlink(entry.path)
+                    removed.append(entry.path)
+                except OSError:
+                    pass
+        return removed

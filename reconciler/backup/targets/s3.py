@@ -1,0 +1,239 @@
+"""A prefix in an S3 bucket (AWS or any S3-compatible store via endpoint_url).
+
+An archive is one multipart upload, streamed in parts of `part_size_mib`
+with a bounded number of parts in flight (memory stays at about
+part size x (in flight + 1)). The object appears only when the upload is
+completed; any failure aborts the multipart upload, retrying the abort for a
+while if the store is unreachable, and `cleanup_partial` aborts uploads an
+earlier, interrupted run of ours left pending.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from typing import BinaryIO
+
+import boto3
+from botocore.config import Config as BotoConfig
+from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError
+
+from reconciler.backup.targets.base import ArchiveExists, ArchiveInfo, Target, TargetError, Upload, sort_key
+from reconciler.log import event
+from reconciler.secret import Secret
+
+log = logging.getLogger(__name__)
+
+MiB = 1024 * 1024
+IN_FLIGHT = 2          # parts uploading while the next one fills
+ABORT_RETRY_SECONDS = 60
+
+
+class S3Upload(Upload):
+    def __init__(self, target: "S3Target", key: str):
+        self.target, self.key = target, key
+        extra = {}
+        if target.sse:
+            extra["ServerSideEncryption"] = target.sse
+            if target.kms_key_id:
+                extra["SSEKMSKeyId"] = target.kms_key_id
+        if target.storage_class:
+            extra["StorageClass"] = target.storage_class
+        try:
+            self.upload_id = target.client.create_multipart_upload(Bucket=target.bucket, Key=key, **extra)["UploadId"]
+        except (ClientError, BotoCoreError) as exc:
+            raise target.error(f"cannot start uploading {key}", exc) from None
+        self.buffer = bytearray()
+        self.number = 0
+        self.parts: list[dict] = []
+        self.pending: list[Future] = []
+        self.pool = ThreadPoolExecutor(max_workers=IN_FLIGHT, thread_name_prefix="s3-part")
+        self.done = False
+
+    def write(self, data: bytes) -> None:
+        self.buffer += data
+        while len(self.buffer) >= self.target.part_size:
+            chunk = bytes(self.buffer[: self.target.part_size])
+            del self.buffer[: self.target.part_size]
+            self._send(chunk)
+
+    def _send(self, chunk: bytes) -> None:
+        self.number += 1
+        self.pending.append(self.pool.submit(self._upload_part, self.number, chunk))
+        if len(self.pending) >= IN_FLIGHT:
+            self._drain(block_until=IN_FLIGHT - 1)
+
+    def _upload_part(self, number: int, chunk: bytes) -> dict:
+        r = self.target.client.upload_part(Bucket=self.target.bucket, Key=self.key, UploadId=self.upload_id,
+                                           PartNumber=number, Body=chunk)
+        return {"PartNumber": number, "ETag": r["ETag"]}
+
+    def _drain(self, block_until: int = 0) -> None:
+        while len(self.pending) > block_until:
+            done, _ = wait(self.pending, return_when=FIRST_EXCEPTION)
+            for future in done:
+                self.pending.remove(future)
+                try:
+                    self.parts.append(future.result())
+                except (ClientError, BotoCoreError) as exc:
+                    raise self.target.error(f"cannot upload part of {self.key}", exc) from None
+
+    def commit(self) -> str:
+        try:
+            if self.buffer or self.number == 0:
+                self._send(bytes(self.buffer))
+                self.buffer.clear()
+            self._drain()
+            self.target.client.complete_multipart_upload(
+                Bucket=self.target.bucket, Key=self.key, UploadId=self.upload_id,
+                MultipartUpload={"Parts": sorted(self.parts, key=lambda p: p["PartNumber"])})
+        except TargetError:
+            self.abort()
+            raise
+        except (ClientError, BotoCoreError) as exc:
+            self.abort()
+            raise self.target.error(f"cannot complete {self.key}", exc) from None
+        finally:
+            self.pool.shutdown(wait=False)
+        self.done = True
+        return self.target.location_of_key(self.key)
+
+    def abort(self) -> None:
+        if self.done:
+            return
+        self.done = True
+        for future in self.pending:
+            future.cancel()
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        self.target.abort_upload(self.key, self.upload_id)
+
+
+class S3Target(Target):
+    kind = "s3"
+
+    def __init__(self, name: str, path_template: str, region: str | None = None, endpoint_url: str | None = None,
+                 access_key: Secret | None = None, secret_key: Secret | None = None,
+                 addressing_style: str = "auto", part_size_mib: int = 16, server_side_encryption: str | None = None,
+                 sse_kms_key_id: str | None = None, storage_class: str | None = None, timeout: float = 60):
+        super().__init__(name, path_template)
+        if not path_template.startswith("s3://"):
+            raise TargetError(f"target {name}: path must look like s3://bucket/key, got {path_template!r}")
+        bucket, _, prefix = self.directory[len("s3://"):].partition("/")
+        if not bucket:
+            raise TargetError(f"target {name}: no bucket in {path_template!r}")
+        self.bucket, self.prefix = bucket, (prefix + "/" if prefix else "")
+        self.region, self.endpoint_url = region, endpoint_url
+        self.part_size = max(5, part_size_mib) * MiB
+        self.sse, self.kms_key_id, self.storage_class = server_side_encryption, sse_kms_key_id, storage_class
+        self.client = boto3.session.Session().client(
+            "s3", region_name=region or None, endpoint_url=endpoint_url or None,
+            aws_access_key_id=access_key.reveal() if access_key else None,
+            aws_secret_access_key=secret_key.reveal() if secret_key else None,
+            config=BotoConfig(s3={"addressing_style": addressing_style}, connect_timeout=10, read_timeout=timeout,
+                              retries={"max_attempts": 3, "mode": "standard"},
+                              # bounded memory is ours to keep: no extra pool threads buffering parts
+                              max_pool_connections=IN_FLIGHT + 2))
+
+    def error(self, what: str, exc: BaseException) -> TargetError:
+        if isinstance(exc, ClientError):
+            err = exc.response.get("Error", {})
+            detail = f"{err.get('Code', 'error')}: {err.get('Message', '')}".rstrip(": ")
+            if err.get("Code") in ("InvalidAccessKeyId", "SignatureDoesNotMatch"):
+                detail += " (check the access key and secret key)"
+        elif isinstance(exc, EndpointConnectionError):
+            detail = f"cannot reach {self.endpoint_url or 'S3'}"
+        else:
+            detail = str(exc) or type(exc).__name__
+        return TargetError(f"target {self.name} (s3://{self.bucket}/{self.prefix}): {what}: {detail}")
+
+    def location_of_key(self, key: str) -> str:
+        return f"s3://{self.bucket}/{key}"
+
+    def location(self, name: str) -> str:
+        return self.location_of_key(self.prefix + name)
+
+    def _exists(self, key: str) -> bool:
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=key)
+            return True
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise self.error(f"cannot check {key}", exc) from None
+        except BotoCoreError as exc:
+            raise self.error(f"cannot check {key}", exc) from None
+
+    def open(self, name: str) -> Upload:
+        key = self.prefix + name
+        if self._exists(key):
+            raise ArchiveExists(f"target {self.name}: {self.location(name)} exists; it is never overwritten "
+                                f"(put {{timestamp}} in the target's path)")
+        return S3Upload(self, key)
+
+    def abort_upload(self, key: str, upload_id: str, patience: float = ABORT_RETRY_SECONDS) -> bool:
+        """Abort a multipart upload, retrying while the store is unreachable;
+        True when it is gone. Never raises."""
+        deadline, delay = time.monotonic() + patience, 0.5
+        while True:
+            try:
+                self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+                event(log, "upload_aborted", target=self.name, key=key)
+                return True
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") == "NoSuchUpload":
+                    return True
+                last = self.error("abort", exc)
+            except BotoCoreError as exc:
+                last = self.error("abort", exc)
+            if time.monotonic() >= deadline:
+                event(log, "abort_failed", logging.ERROR, target=self.name, key=key, error=str(last),
+                      note="the next backup to this target aborts it")
+                return False
+            time.sleep(delay)
+            delay = min(delay * 2, 5)
+
+    def read(self, name: str) -> BinaryIO:
+        try:
+            return self.client.get_object(Bucket=self.bucket, Key=self.prefix + name)["Body"]
+        except (ClientError, BotoCoreError) as exc:
+            raise self.error(f"cannot read {self.prefix + name}", exc) from None
+
+    def list(self) -> list[ArchiveInfo]:
+        found = []
+        try:
+            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self.prefix):
+                for obj in page.get("Contents", []):
+                    name = obj["Key"][len(self.prefix):]
+                    if "/" not in name and self.owns(name):
+                        found.append(ArchiveInfo(name, obj["Size"], obj["LastModified"].timestamp(),
+                                                 self.location_of_key(obj["Key"])))
+        except (ClientError, BotoCoreError) as exc:
+            raise self.error("cannot list archives", exc) from None
+        return sorted(found, key=sort_key)
+
+    def delete(self, name: str) -> None:
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=self.prefix + name)
+        except (ClientError, BotoCoreError) as exc:
+            raise self.error(f"cannot delete {self.prefix + name}", exc) from None
+
+    def pending_uploads(self) -> list[tuple[str, str]]:
+        """(key, upload id) of pending multipart uploads of our archive names."""
+        out = []
+        paginator = self.client.get_paginator("list_multipart_uploads")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix):
+            for up in page.get("Uploads", []):
+                name = up["Key"][len(self.prefix):]
+                if "/" not in name and self.owns(name):
+                    out.append((up["Key"], up["UploadId"]))
+        return out
+
+    def cleanup_partial(self) -> list[str]:
+        try:
+            pending = self.pending_uploads()
+        except (ClientError, BotoCoreError):
+            return []
+        return [key for key, upload_id in pending if self.abort_upload(key, upload_id, patience=5)]
+
+    def close(self) -> None:
+        self.client.close()

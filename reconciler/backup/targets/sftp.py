@@ -1,0 +1,246 @@
+"""A directory on an SFTP server (paramiko).
+
+The server's host key is checked: against `known_hosts_file` (strict by
+default; `accept-new` adds a host seen for the first time to that file) or
+against a pinned `host_key_fingerprint` (SHA256:..., as `ssh-keygen -l`
+prints it). Uploads go to `.NAME.partial` and are renamed on commit (SFTP's
+rename refuses to replace an existing file); abort removes the partial file.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import posixpath
+import socket
+import stat
+from pathlib import Path
+from typing import BinaryIO
+
+import paramiko
+
+from reconciler.backup.targets.base import (PARTIAL_SUFFIX, ArchiveExists, ArchiveInfo, Target, TargetError,
+                                            Upload, sort_key)
+from reconciler.secret import Secret
+
+
+def fingerprint(key: paramiko.PKey) -> str:
+    return "SHA256:" + base64.b64encode(hashlib.sha256(key.asbytes()).digest()).decode().rstrip("=")
+
+
+class _PinnedKey(paramiko.MissingHostKeyPolicy):
+    def __init__(self, expected: str):
+        self.expected = expected.rstrip("=")
+
+    def missing_host_key(self, client, hostname, key):
+        seen = fingerprint(key)
+        if seen != self.expected:
+            raise paramiko.SSHException(f"host key {seen} does not match the pinned {self.expected}")
+
+
+class _AcceptNew(paramiko.MissingHostKeyPolicy):
+    """Trust on first use: record an unknown host's key in known_hosts."""
+
+    def __init__(self, known_hosts: Path):
+        self.known_hosts = known_hosts
+
+    def missing_host_key(self, client, hostname, key):
+        self.known_hosts.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.known_hosts, "a") as out:
+            out.write(f"{hostname} {key.get_name()} {key.get_base64()}\n")
+
+
+class SftpUpload(Upload):
+    def __init__(self, target: "SftpTarget", final: str):
+        self.target, self.final = target, final
+        self.partial = posixpath.join(posixpath.dirname(final), "." + posixpath.basename(final) + PARTIAL_SUFFIX)
+        try:
+            self.file = target.sftp.open(self.partial, "wb")
+            self.file.set_pipelined(True)
+        except (OSError, paramiko.SSHException) as exc:
+            raise target.error(f"cannot create {self.partial}", exc) from None
+
+    def write(self, data: bytes) -> None:
+        try:
+            self.file.write(data)
+        except (OSError, paramiko.SSHException, EOFError) as exc:
+            raise self.target.error(f"cannot write {self.partial}", exc) from None
+
+    def commit(self) -> str:
+        try:
+            self.file.close()  # waits for every pipelined write to be acknowledged
+            self.target.sftp.rename(self.partial, self.final)
+        except (OSError, paramiko.SSHException, EOFError) as exc:
+            self.abort()
+            if self.target.exists(self.final):
+                raise ArchiveExists(f"target {self.target.name}: {self.target.location(self.final)} exists; "
+                                    f"it is never overwritten") from None
+            raise self.target.error(f"cannot finish {self.final}", exc) from None
+        return self.target.location(posixpath.basename(self.final))
+
+    def abort(self) -> None:
+        try:
+            self.file.close()
+        except Exception:  # noqa: BLE001 - the connection may be gone; nothing more to do
+            pass
+        try:
+            self.target.sftp.remove(self.partial)
+        except Exception:  # noqa: BLE001 - a dead connection leaves a partial file: cleaned on the next run
+            pass
+
+
+class SftpTarget(Target):
+    kind = "sftp"
+
+    def __init__(self, name: str, path_template: str, host: str, username: str, port: int = 22,
+                 password: Secret | None = None, private_key_file: str | None = None,
+                 passphrase: Secret | None = None, known_hosts_file: str | None = None,
+                 host_key_fingerprint: str | None = None, host_key_policy: str = "strict",
+                 timeout: float = 30, create_dirs: bool = False):
+        super().__init__(name, path_template)
+        self.host, self.port, self.username = host, port, username
+        self.password, self.private_key_file, self.passphrase = password, private_key_file, passphrase
+        self.known_hosts = Path(known_hosts_file).expanduser() if known_hosts_file else Path("~/.ssh/known_hosts").expanduser()
+        self.fingerprint, self.policy = host_key_fingerprint, host_key_policy
+        self.timeout, self.create_dirs = timeout, create_dirs
+        self._client: paramiko.SSHClient | None = None
+        self._sftp: paramiko.SFTPClient | None = None
+
+    def error(self, what: str, exc: BaseException) -> TargetError:
+        detail = str(exc) or type(exc).__name__
+        if isinstance(exc, OSError) and exc.errno is not None and exc.strerror:
+            detail = exc.strerror
+        return TargetError(f"target {self.name} (sftp {self.username}@{self.host}:{self.port}): {what}: {detail}")
+
+    def location(self, name: str) -> str:
+        return f"sftp://{self.host}:{self.port}{posixpath.join(self.directory or '.', name)}"
+
+    @property
+    def sftp(self) -> paramiko.SFTPClient:
+        if self._sftp is None:
+            self._connect()
+        return self._sftp  # type: ignore[return-value]
+
+    def _connect(self) -> None:
+        client = paramiko.SSHClient()
+        if self.fingerprint:
+            client.set_missing_host_key_policy(_PinnedKey(self.fingerprint))
+        else:
+            if self.known_hosts.exists():
+                client.load_host_keys(str(self.known_hosts))
+            elif self.policy == "strict":
+                raise TargetError(f"target {self.name}: known_hosts file {self.known_hosts} does not exist; "
+                                  f"add the server's key there, pin host_key_fingerprint, or use "
+                                  f"host_key_policy: accept-new")
+            client.set_missing_host_key_policy(
+                _AcceptNew(self.known_hosts) if self.policy == "accept-new" else paramiko.RejectPolicy())
+        pkey = None
+        try:
+            if self.private_key_file:
+                pkey = paramiko.PKey.from_path(self.private_key_file,
+                                               self.passphrase.reveal().encode() if self.passphrase else None)
+            client.connect(self.host, port=self.port, username=self.username,
+                           password=self.password.reveal() if self.password else None, pkey=pkey,
+                           timeout=self.timeout, banner_timeout=self.timeout, auth_timeout=self.timeout,
+                           allow_agent=False, look_for_keys=False)
+            self._sftp = client.open_sftp()
+            self._sftp.get_channel().settimeout(self.timeout)
+        except paramiko.BadHostKeyException as exc:
+            client.close()
+            raise TargetError(f"target {self.name}: the host key of {self.host}:{self.port} "
+                              f"({fingerprint(exc.key)}) does not match the one in {self.known_hosts}: refusing "
+                              f"to connect") from None
+        except paramiko.AuthenticationException:
+            client.close()
+            raise TargetError(f"target {self.name}: {self.username}@{self.host}:{self.port} refused the "
+                              f"credentials") from None
+        except (paramiko.SSHException, OSError, socket.timeout, EOFError, ValueError) as exc:
+            client.close()
+            text = str(exc)
+            if "not found in known_hosts" in text or "does not match the pinned" in text:
+                raise TargetError(f"target {self.name}: unknown host key for {self.host}:{self.port}: {text}; "
+                                  f"refusing to connect") from None
+            raise self.error("cannot connect", exc) from None
+        self._client = client
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+        self._client = self._sftp = None
+
+    def exists(self, path: str) -> bool:
+        try:
+            self.sftp.stat(path)
+            return True
+        except (OSError, paramiko.SSHException):
+            return False
+
+    def _ensure_dir(self) -> None:
+        directory = self.directory or "."
+        try:
+            if stat.S_ISDIR(self.sftp.stat(directory).st_mode):
+                return
+            raise TargetError(f"target {self.name}: {directory} on {self.host} is not a directory")
+        except FileNotFoundError:
+            if not self.create_dirs:
+                raise TargetError(f"target {self.name}: directory {directory} does not exist on {self.host} "
+                                  f"(create_dirs is off)") from None
+        parts, path = [p for p in directory.split("/") if p], "/" if directory.startswith("/") else ""
+        for part in parts:
+            path = posixpath.join(path, part) if path else part
+            try:
+                self.sftp.stat(path)
+            except FileNotFoundError:
+                try:
+                    self.sftp.mkdir(path)
+                except OSError as exc:
+                    raise self.error(f"cannot create directory {path}", exc) from None
+
+    def open(self, name: str) -> Upload:
+        self._ensure_dir()
+        final = posixpath.join(self.directory or ".", name)
+        if self.exists(final):
+            raise ArchiveExists(f"target {self.name}: {self.location(name)} exists; it is never overwritten "
+                                f"(put {{timestamp}} in the target's path)")
+        return SftpUpload(self, final)
+
+    def read(self, name: str) -> BinaryIO:
+        path = posixpath.join(self.directory or ".", name)
+        try:
+            f = self.sftp.open(path, "rb")
+            f.prefetch()
+            return f  # type: ignore[return-value]
+        except (OSError, paramiko.SSHException) as exc:
+            raise self.error(f"cannot read {path}", exc) from None
+
+    def list(self) -> list[ArchiveInfo]:
+        try:
+            entries = self.sftp.listdir_attr(self.directory or ".")
+        except FileNotFoundError:
+            return []
+        except (OSError, paramiko.SSHException) as exc:
+            raise self.error(f"cannot list {self.directory}", exc) from None
+        found = [ArchiveInfo(e.filename, e.st_size or 0, float(e.st_mtime or 0), self.location(e.filename))
+                 for e in entries if stat.S_ISREG(e.st_mode or 0) and self.owns(e.filename)]
+        return sorted(found, key=sort_key)
+
+    def delete(self, name: str) -> None:
+        path = posixpath.join(self.directory or ".", name)
+        try:
+            self.sftp.remove(path)
+        except (OSError, paramiko.SSHException) as exc:
+            raise self.error(f"cannot delete {path}", exc) from None
+
+    def cleanup_partial(self) -> list[str]:
+        removed = []
+        try:
+            entries = self.sftp.listdir(self.directory or ".")
+        except (OSError, paramiko.SSHException):
+            return removed
+        for entry in entries:
+            if entry.startswith(".") and entry.endswith(PARTIAL_SUFFIX) and self.owns(entry[1:-len(PARTIAL_SUFFIX)]):
+                try:
+                    self.sftp.remove(posixpath.join(self.directory or ".", entry))
+                    removed.append(entry)
+                except (OSError, paramiko.SSHException):
+                    pass
+        return removed

@@ -1,0 +1,365 @@
+"""Backups of the real replica to every target kind, verified and restored
+into a real immudb; and the failures an operator must be able to trust."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from reconciler import config
+from reconciler.backup.archive import verify
+from reconciler.backup.job import BackupAlreadyRunning, Backups
+from reconciler.backup.progress import Progress
+from reconciler.backup.targets import build
+from reconciler.plan import BUSY
+from reconciler.reconcile import Reconciler
+from tests import immudb_data
+from tests.conftest import admin_for, unique_name
+from tests.servers import ImmudbServer
+from tests.test_targets import KINDS
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def write_config(tmp_path, primary_server, replica_server, prefix, targets=None, **backup) -> Path:
+    data = {
+        "primary": {"host": "127.0.0.1", "port": primary_server.port, "password": primary_server.password},
+        "replica": {"host": "127.0.0.1", "port": replica_server.port, "password": replica_server.password,
+                    "data_dir": str(replica_server.data_dir)},
+        "follower": {"username": "fol_" + prefix.strip("_"), "password": "Follower-pw-1"},
+        "reconcile": {"databases": {"include": [f"{prefix}*"]}},
+        "backup": {"databases": {"include": [f"{prefix}*"]}, "targets": targets or {}, **backup},
+    }
+    path = tmp_path / "replicator.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.fixture
+def replicated(tmp_path, primary_server, replica_server, primary):
+    """Three replica databases with data, caught up; returns (prefix, names, written)."""
+    prefix = unique_name("bk") + "_"
+    names = [f"{prefix}{i}" for i in range(3)]
+    written = {}
+    for n in names:
+        primary.create_database(n)
+        written[n] = immudb_data.write(primary_server, n, 20, prefix=n)
+    rec = Reconciler.from_config(config.load(write_config(tmp_path, primary_server, replica_server, prefix), env={}))
+    assert rec.run_pass().ok
+    rec.close()
+    for n in names:
+        want, got = immudb_data.wait_caught_up(primary_server, replica_server, n, n)
+        assert got == want
+    return prefix, names, written
+
+
+def target_dict(kind: str, tmp_path, request) -> dict:
+    """The YAML form of a test target of `kind` (secrets inline)."""
+    servers = {}
+    if kind == "sftp":
+        servers["sftp_server"] = request.getfixturevalue("sftp_server")
+    if kind == "s3":
+        servers["s3_server"] = request.getfixturevalue("s3_server")
+    t = KINDS[kind](tmp_path, **servers)
+    out = {"type": t.kind, "path": t.path}
+    for key, value in t.options.items():
+        out[key] = value.reveal() if hasattr(value, "reveal") else value
+    return out
+
+
+def load(path) -> config.Config:
+    return config.load(path, env={})
+
+
+def assert_all_loaded(replica, names):
+    infos = {d.name: d for d in replica.list_databases()}
+    assert all(infos[n].loaded for n in names), {n: infos[n].loaded for n in names}
+
+
+def assert_restores(tmp_path, archive_stream, names, written, manifest_states) -> None:
+    """Restore into an empty data dir, start immudb on it: same keys, tx id and hash."""
+    from reconciler.backup.restore import restore
+    server = ImmudbServer("restored", tmp_path / f"restored-{unique_name('r')}")
+    result = restore(archive_stream, server.data_dir)
+    assert sorted(result.databases) == sorted(names)
+    server.start()
+    try:
+        for n in names:
+            tx_id, tx_hash = immudb_data.state(server, n)
+            assert (tx_id, tx_hash.hex()) == manifest_states[n]
+            assert immudb_data.read(server, n, written[n]) == written[n]
+    finally:
+        server.stop()
+
+
+# --------------------------------------------------------------------------- every kind
+
+@pytest.mark.parametrize("kind", ["file", "sftp", "s3"])
+def test_backup_verifies_and_restores_into_a_working_immudb(kind, tmp_path, request, primary_server, replica_server,
+                                                           replica, replicated):
+    prefix, names, written = replicated
+    cfg = load(write_config(tmp_path, primary_server, replica_server, prefix,
+                            targets={"t": target_dict(kind, tmp_path, request)}))
+    before = {n: immudb_data.state(replica_server, n) for n in names}
+
+    result = Backups(cfg).run(cfg.backup.targets["t"])
+
+    assert result.ok, result.error
+    assert sorted(result.databases) == names
+    assert_all_loaded(replica, names)
+    with build(cfg.backup.targets["t"]) as target:
+        archives = target.list()
+        assert [a.location for a in archives] == [result.location]
+        check = verify(target.read(archives[0].name))
+        assert check.ok, check.problems
+        m = check.manifest
+        assert m["immudb_version"] == "1.11.1" and m["tool"] == "immudb-replicator"
+        states = {d["name"]: (d["tx_id"], d["tx_hash"]) for d in m["databases"]}
+        assert states == {n: (before[n][0], before[n][1].hex()) for n in names}
+        assert all(f["path"].split("/")[0] in names for f in m["files"])
+        assert_restores(tmp_path, target.read(archives[0].name), names, written, states)
+
+
+@pytest.mark.parametrize("staging", [True, False])
+def test_unload_window_with_and_without_staging(staging, tmp_path, primary_server, replica_server, replica,
+                                                replicated):
+    prefix, names, _ = replicated
+    extra = {"staging_dir": str(tmp_path / "staging")} if staging else {}
+    cfg = load(write_config(tmp_path, primary_server, replica_server, prefix,
+                            targets={"t": {"type": "file", "path": str(tmp_path / "out/a-{timestamp}.tar.gz")}},
+                            **extra))
+    result = Backups(cfg).run(cfg.backup.targets["t"])
+    assert result.ok, result.error
+    assert set(result.unload_windows) == set(names)
+    assert verify(open(result.location, "rb")).ok
+    assert_all_loaded(replica, names)
+    if staging:
+        assert list((tmp_path / "staging").iterdir()) == []  # the staged copies are gone
+
+
+def test_databases_are_held_from_reconcile_while_a_backup_runs(tmp_path, primary_server, replica_server, replicated):
+    prefix, names, _ = replicated
+    cfg = load(write_config(tmp_path, primary_server, replica_server, prefix,
+                            targets={"t": {"type": "file", "path": str(tmp_path / "a-{timestamp}.tar")}},
+                            compression="none"))
+    rec = Reconciler.from_config(cfg)
+    seen = {}
+    progress = Progress()
+
+    def peek(p):
+        if p.current_database and p.current_database not in seen and p.phase == "archiving" and p.bytes_done:
+            _, plan = rec.plan()
+            seen[p.current_database] = {d.name: d.state for d in plan.databases}[p.current_database]
+
+    progress.listen(peek)
+    assert Backups(cfg, holder=rec).run(cfg.backup.targets["t"], progress=progress).ok
+    assert seen == {n: BUSY for n in names}
+    assert rec.busy == frozenset()
+    rec.close()
+
+
+def test_second_backup_while_one_runs_is_refused(tmp_path, primary_server, replica_server, replicated):
+    prefix, _, _ = replicated
+    cfg = load(write_config(tmp_path, primary_server, replica_server, prefix,
+                            targets={"t": {"type": "file", "path": str(tmp_path / "a-{timestamp}.tar.gz")}}))
+    backups = Backups(cfg)
+    inside, release = threading.Event(), threading.Event()
+    progress = Progress()
+    progress.listen(lambda p: (inside.set(), release.wait(30)) if p.bytes_done and not release.is_set() else None)
+    worker = threading.Thread(target=backups.run, args=(cfg.backup.targets["t"],), kwargs={"progress": progress})
+    worker.start()
+    assert inside.wait(30)
+    with pytest.raises(BackupAlreadyRunning):
+        backups.run(cfg.backup.targets["t"])
+    release.set()
+    worker.join(60)
+    assert backups.history[-1].ok
+
+
+# --------------------------------------------------------------------------- failures
+
+def test_full_filesystem_fails_cleanly_with_every_database_loaded(tmp_path, primary_server, replica_server, replica,
+                                                                  replicated):
+    prefix, names, _ = replicated
+    mount = tmp_path / "small"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], check=True)
+    try:
+        cfg = load(write_config(tmp_path, primary_server, replica_server, prefix, compression="none",
+                                targets={"t": {"type": "file", "path": str(mount / "a-{timestamp}.tar")}}))
+        result = Backups(cfg).run(cfg.backup.targets["t"])
+        assert not result.ok
+        assert "no space left" in result.error and "target t" in result.error
+        assert list(mount.iterdir()) == []  # no final file, no partial file
+        assert_all_loaded(replica, names)
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)
+
+
+def test_s3_stopped_mid_upload_leaves_no_object_and_no_pending_upload(tmp_path, request, primary_server,
+                                                                      replica_server, replica, primary, s3_server):
+    prefix = unique_name("bs") + "_"
+    name = f"{prefix}big"
+    primary.create_database(name)
+    client = immudb_data.client(primary_server, name)
+    import os
+    for i in range(40):  # ~20 MiB of incompressible values: several 5 MiB parts
+        client.set(f"blob{i}".encode(), os.urandom(512 * 1024))
+    client.shutdown()
+    rec = Reconciler.from_config(load(write_config(tmp_path, primary_server, replica_server, prefix)))
+    assert rec.run_pass().ok
+    rec.close()
+    assert immudb_data.wait_caught_up(primary_server, replica_server, name, name, timeout=60)[1] is not None
+    t = target_dict("s3", tmp_path, request)
+    cfg = load(write_config(tmp_path, primary_server, replica_server, prefix, targets={"t": t}))
+    progress = Progress()
+    stopped = threading.Event()
+
+    def stop_midway(p):
+        if p.bytes_done > 8 * 1024 * 1024 and not stopped.is_set():
+            stopped.set()
+            s3_server.stop()
+            # the store comes back while the backup is still trying to abort its upload
+            threading.Timer(3, s3_server.process.start).start()
+
+    progress.listen(stop_midway)
+    result = Backups(cfg).run(cfg.backup.targets["t"], progress=progress)
+    assert stopped.is_set()
+    assert not result.ok and "target t" in result.error
+    s3_server.restart()  # whatever state it is in, a clean start
+    bucket = t["path"][len("s3://"):].split("/")[0]
+    s3 = s3_server.client()
+    assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+    assert s3.list_objects_v2(Bucket=bucket).get("Contents", []) == []
+    assert_all_loaded(replica, [name])
+
+
+def _sftp_cfg(tmp_path, primary_server, replica_server, prefix, sftp_server, **changes):
+    t = {"type": "sftp", "path": f"{sftp_server.upload_dir}/{unique_name('s')}/a-{{timestamp}}.tar.gz",
+         "host": "127.0.0.1", "port": sftp_server.port, "username": sftp_server.username,
+         "password": sftp_server.password, "known_hosts_file": str(sftp_server.known_hosts), "create_dirs": True}
+    t.update(changes)
+    return load(write_config(tmp_path, primary_server, replica_server, prefix, targets={"t": t}))
+
+
+def test_sftp_wrong_password_fails_clearly(tmp_path, primary_server, replica_server, replica, replicated, sftp_server):
+    prefix, names, _ = replicated
+    cfg = _sftp_cfg(tmp_path, primary_server, replica_server, prefix, sftp_server, password="Wrong-Pass-9")
+    result = Backups(cfg).run(cfg.backup.targets["t"])
+    assert not result.ok and "refused the credentials" in result.error
+    assert "Wrong-Pass-9" not in result.error
+    assert_all_loaded(replica, names)
+
+
+def test_sftp_unknown_host_key_is_refused(tmp_path, primary_server, replica_server, replica, replicated, sftp_server):
+    prefix, names, _ = replicated
+    empty = tmp_path / "known_hosts"
+    empty.write_text("")
+    cfg = _sftp_cfg(tmp_path, primary_server, replica_server, prefix, sftp_server, known_hosts_file=str(empty))
+    result = Backups(cfg).run(cfg.backup.targets["t"])
+    assert not result.ok and "unknown host key" in result.error
+    assert_all_loaded(replica, names)
+
+
+def test_sftp_stopped_mid_upload_leaves_no_final_file(tmp_path, primary_server, replica_server, replica, primary,
+                                                      sftp_server):
+    import os
+    prefix = unique_name("bf") + "_"
+    name = f"{prefix}big"
+    primary.create_database(name)
+    client = immudb_data.client(primary_server, name)
+    for i in range(24):
+        client.set(f"blob{i}".encode(), os.urandom(512 * 1024))
+    client.shutdown()
+    rec = Reconciler.from_config(load(write_config(tmp_path, primary_server, replica_server, prefix)))
+    assert rec.run_pass().ok
+    rec.close()
+    assert immudb_data.wait_caught_up(primary_server, replica_server, name, name, timeout=60)[1] is not None
+    cfg = _sftp_cfg(tmp_path, primary_server, replica_server, prefix, sftp_server)
+    folder = Path(cfg.backup.targets["t"].path).parent
+    progress = Progress()
+
+    def kill_midway(p):
+        if p.bytes_done > 4 * 1024 * 1024 and sftp_server.process.running():
+            # sshd's children serve the session: take them all down, as a crashed server would
+            sftp_server.process.kill()
+            subprocess.run(["pkill", "-KILL", "-u", sftp_server.username], check=False)
+
+    progress.listen(kill_midway)
+    try:
+        result = Backups(cfg).run(cfg.backup.targets["t"], progress=progress)
+    finally:
+        if not sftp_server.process.running():
+            sftp_server.process.start()
+    assert not result.ok and "target t" in result.error
+    assert not any(p.name.endswith(".tar.gz") for p in folder.iterdir()) if folder.exists() else True
+    assert_all_loaded(replica, [name])
+
+
+def test_retention_keeps_exactly_the_newest(tmp_path, primary_server, replica_server, replicated):
+    prefix, _, _ = replicated
+    out = tmp_path / "kept"
+    out.mkdir()
+    old = [out / f"a-2020010{d}T000000Z.tar.gz" for d in range(1, 5)]
+    for p in old:
+        p.write_bytes(b"old archive")
+    (out / "unrelated.tar.gz").write_bytes(b"not ours")
+    cfg = load(write_config(tmp_path, primary_server, replica_server, prefix, targets={
+        "t": {"type": "file", "path": str(out / "a-{timestamp}.tar.gz"), "retention": {"keep_last": 2}}}))
+    result = Backups(cfg).run(cfg.backup.targets["t"])
+    assert result.ok
+    assert sorted(p.name for p in out.iterdir()) == sorted([old[-1].name, Path(result.location).name, "unrelated.tar.gz"])
+    assert sorted(result.deleted) == sorted(p.name for p in old[:-1])
+
+
+# --------------------------------------------------------------------------- the commands
+
+def cli(*argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "reconciler", *argv], capture_output=True, text=True, cwd=ROOT,
+                          timeout=300)
+
+
+def test_backup_list_verify_restore_commands(tmp_path, primary_server, replica_server, replicated):
+    prefix, names, _ = replicated
+    path = write_config(tmp_path, primary_server, replica_server, prefix,
+                        targets={"local": {"type": "file", "path": str(tmp_path / "out/r-{timestamp}.tar.gz")}})
+    done = cli("backup", "-c", str(path), "--target", "local")
+    assert done.returncode == 0, done.stderr
+    archive_path = done.stdout.split("-> ")[1].split()[0]
+    listed = cli("list", "-c", str(path), "--target", "local")
+    assert archive_path in listed.stdout
+    ok = cli("verify", archive_path)
+    assert ok.returncode == 0 and "OK" in ok.stdout, ok.stderr
+
+    damaged = tmp_path / "damaged.tar.gz"
+    data = bytearray(Path(archive_path).read_bytes())
+    data[len(data) // 3] ^= 0x10
+    damaged.write_bytes(bytes(data))
+    bad = cli("verify", str(damaged))
+    assert bad.returncode != 0 and "Traceback" not in bad.stderr
+
+    truncated = tmp_path / "truncated.tar.gz"
+    truncated.write_bytes(Path(archive_path).read_bytes()[:-200])
+    cut = cli("verify", str(truncated))
+    assert cut.returncode != 0 and "truncated" in cut.stderr
+
+    dest = tmp_path / "restore-here"
+    restored = cli("restore", archive_path, "--data-dir", str(dest), "--database", names[0])
+    assert restored.returncode == 0, restored.stderr
+    assert sorted(p.name for p in dest.iterdir()) == [names[0]]
+    again = cli("restore", archive_path, "--data-dir", str(dest))
+    assert again.returncode != 0 and "not empty" in again.stderr
+
+
+def test_inline_go_style_backup_command(tmp_path, primary_server, replica_server, replicated):
+    prefix, names, _ = replicated
+    path = write_config(tmp_path, primary_server, replica_server, prefix)
+    done = cli("backup", "-c", str(path), "--type", "file", "--path", str(tmp_path / "inline-{timestamp}.tar.gz"))
+    assert done.returncode == 0, done.stderr
+    assert verify(open(done.stdout.split("-> ")[1].split()[0], "rb")).ok
