@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from reconciler.admin import ImmudbAdmin, ImmudbError, Unreachable
+from reconciler.backup.lock import backup_running
 from reconciler.config.model import Config
 from reconciler.log import event
 from reconciler.plan import DRIFT, IN_SYNC, MISSING, UNLOADED, Action, Observed, Plan, plan
@@ -149,7 +150,11 @@ class Reconciler:
         """Observe and plan, changing nothing. Raises ImmudbError, ConfigError."""
         password = self.follower_password()
         observed = self.observe(password)
-        return observed, plan(self.cfg, observed, password, self.busy)
+        busy = self.busy
+        if backup_running(self.cfg.replica.data_dir):
+            # a backup (here or in another process) unloads databases on purpose: leave them be
+            busy |= {d.name for d in observed.replica if not d.loaded}
+        return observed, plan(self.cfg, observed, password, busy)
 
     def run_pass(self) -> PassResult:
         """One pass. Never raises for server errors: they are in the result."""

@@ -363,3 +363,69 @@ def test_inline_go_style_backup_command(tmp_path, primary_server, replica_server
     done = cli("backup", "-c", str(path), "--type", "file", "--path", str(tmp_path / "inline-{timestamp}.tar.gz"))
     assert done.returncode == 0, done.stderr
     assert verify(open(done.stdout.split("-> ")[1].split()[0], "rb")).ok
+
+
+def test_backup_in_another_process_is_refused_and_its_databases_are_not_loaded(tmp_path, primary_server,
+                                                                               replica_server, replica, replicated):
+    """A shell `replicator backup` and the daemon share the lock on the data dir."""
+    prefix, names, _ = replicated
+    cfg = load(write_config(tmp_path, primary_server, replica_server, prefix,
+                            targets={"t": {"type": "file", "path": str(tmp_path / "a-{timestamp}.tar.gz")}}))
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDONLY | os.O_DIRECTORY); "
+        "fcntl.flock(fd, fcntl.LOCK_EX); print('locked', flush=True); time.sleep(60)"), str(replica_server.data_dir)],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(BackupAlreadyRunning, match="another process"):
+            Backups(cfg).run(cfg.backup.targets["t"])
+        replica.unload(names[0])  # as that other backup would
+        rec = Reconciler.from_config(cfg)
+        _, plan = rec.plan()
+        assert {d.name: d.state for d in plan.databases}[names[0]] == BUSY
+        assert not [a for a in plan.actions if a.kind == "load"]
+        rec.close()
+    finally:
+        holder.kill()
+        holder.wait()
+    rec = Reconciler.from_config(cfg)
+    assert [(o.action.kind, o.action.database) for o in rec.run_pass().outcomes] == [("load", names[0])]
+    rec.close()
+
+
+@pytest.mark.parametrize("kind", ["sftp", "s3"])
+def test_verify_and_restore_remote_archives_through_the_configured_target(kind, tmp_path, request, primary_server,
+                                                                         replica_server, replicated):
+    prefix, names, _ = replicated
+    path = write_config(tmp_path, primary_server, replica_server, prefix,
+                        targets={"t": target_dict(kind, tmp_path, request)})
+    done = cli("backup", "-c", str(path), "--target", "t")
+    assert done.returncode == 0, done.stderr
+    location = done.stdout.split("-> ")[1].split()[0]
+    assert location.startswith(f"{kind}://")
+    by_url = cli("verify", "-c", str(path), location)
+    assert by_url.returncode == 0, by_url.stderr
+    by_name = cli("verify", "-c", str(path), "--target", "t", location.rsplit("/", 1)[1])
+    assert by_name.returncode == 0, by_name.stderr
+    dest = tmp_path / "from-remote"
+    restored = cli("restore", "-c", str(path), location, "--data-dir", str(dest))
+    assert restored.returncode == 0, restored.stderr
+    assert sorted(p.name for p in dest.iterdir()) == names
+
+
+def test_progress_bar_on_a_terminal(tmp_path):
+    import io
+    from reconciler.backup.progress import TerminalBar
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    screen = Tty()
+    progress = Progress(databases_total=2, bytes_total=4 * 1024 * 1024)
+    bar = TerminalBar(progress, stream=screen)
+    progress.update(current_database="db1", phase="archiving")
+    progress.add_bytes(2 * 1024 * 1024)
+    bar.close()
+    assert "archiving db1 [0/2]" in screen.getvalue() and "50%" in screen.getvalue()
+    assert TerminalBar(progress, stream=io.StringIO()).bar is None  # not a terminal: no bar

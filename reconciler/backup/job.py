@@ -26,6 +26,7 @@ from reconciler import __version__
 from reconciler.admin import ImmudbAdmin, ImmudbError
 from reconciler.backup import retention, targets
 from reconciler.backup.archive import ArchiveWriter, Cancelled
+from reconciler.backup.lock import BackupLock
 from reconciler.backup.progress import Progress
 from reconciler.config.model import Config, TargetConfig
 from reconciler.errors import ReplicatorError
@@ -99,6 +100,17 @@ class Backups:
         any other failure is in the result (ok False, error)."""
         if not self._lock.acquire(blocking=False):
             raise BackupAlreadyRunning("a backup is already running; wait for it to finish")
+        files_lock = BackupLock(self.cfg.replica.data_dir)
+        try:
+            if not files_lock.acquire():
+                raise BackupAlreadyRunning(f"another process is backing up {self.cfg.replica.data_dir}; "
+                                           f"wait for it to finish")
+        except OSError as exc:
+            self._lock.release()
+            raise BackupError(f"replica data_dir {self.cfg.replica.data_dir}: {exc.strerror or exc}") from None
+        except BackupAlreadyRunning:
+            self._lock.release()
+            raise
         try:
             self.cancel.clear()
             self.progress = progress or Progress()
@@ -118,6 +130,7 @@ class Backups:
             self.history = (self.history + [result])[-50:]
             return result
         finally:
+            files_lock.release()
             self._lock.release()
 
     # ------------------------------------------------------------------
