@@ -128,7 +128,7 @@ def _print_table(rows: list[dict]) -> None:
 def run_command(args: argparse.Namespace) -> int:
     from reconciler.daemon import Service
     cfg = _load(args)
-    return Service(cfg).run_until_signalled()
+    return Service(cfg, args.config, args).run_until_signalled()
 
 
 # --------------------------------------------------------------------------- backups

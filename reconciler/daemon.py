@@ -1,67 +1,296 @@
 """`replicator run`: the long-running process.
 
-An APScheduler BackgroundScheduler runs the reconcile pass at start and every
-`reconcile.interval` seconds (one instance at a time, missed runs coalesced
-into one). The main thread waits for SIGTERM/SIGINT and then stops the
-scheduler, letting a running pass finish.
+One process: the reconcile loop and the scheduled backups in an APScheduler
+BackgroundScheduler (one instance of each job at a time, missed runs
+coalesced), the HTTP API in its own thread (waitress), and the main thread
+waiting for signals:
+- SIGHUP, or a change of the config file's content (its hash is polled, as a
+  Kubernetes ConfigMap update swaps a symlink that mtime and inotify miss):
+  reload. An invalid new config is refused and the old one stays in force.
+- SIGTERM/SIGINT: stop accepting requests, stop the scheduler, cancel a
+  running backup at a safe point (databases loaded, partial output removed)
+  within `daemon.shutdown_grace`, exit 0.
+Under systemd (Type=notify) it sends READY=1 once the API listens, and
+WATCHDOG=1 from the main loop while the scheduler is alive.
 """
 from __future__ import annotations
 
+import argparse
+import hashlib
 import logging
 import signal
 import threading
+import time
 from datetime import datetime, timezone
+from pathlib import Path
 
 from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.cron import CronTrigger
 
-from reconciler.config.model import Config
+from reconciler import config as config_module
+from reconciler.backup.job import BackupAlreadyRunning, BackupResult, Backups
+from reconciler.config.model import Config, TargetConfig
+from reconciler.errors import ConfigError
 from reconciler.log import event
+from reconciler.notify import Notifier
 from reconciler.reconcile import Reconciler
 
 log = logging.getLogger(__name__)
 
 
 class Service:
-    def __init__(self, cfg: Config):
+    def __init__(self, cfg: Config, config_path: str | None = None, args: argparse.Namespace | None = None,
+                 notifier: Notifier | None = None):
         self.cfg = cfg
+        self.config_path, self.args = config_path, args
+        self.config_hash = _file_hash(config_path)
+        self.config_loaded_at = time.time()
+        self.last_reload_error: str | None = None
         self.reconciler = Reconciler.from_config(cfg)
+        self.backups = Backups(cfg, holder=self.reconciler)
+        self.notifier = notifier or Notifier()
         self.scheduler = BackgroundScheduler(timezone=timezone.utc, job_defaults={
             "coalesce": True, "max_instances": 1,
-            # a pass that could not start on time (process suspended, previous pass long) runs
-            # as soon as possible rather than being dropped
+            # a pass that could not start on time runs as soon as possible rather than being dropped
             "misfire_grace_time": None,
         })
+        self.api = None
         self.stopping = threading.Event()
+        self._reload_requested = threading.Event()
+        self._state_lock = threading.Lock()
+        self.stats = {"passes": 0, "pass_failures": 0, "last_pass_seconds": 0.0, "last_pass_at": 0.0,
+                      "backup_last": {}, "backup_failures": {}, "backup_bytes": {},
+                      "reloads_ok": 0, "reloads_failed": 0}
+
+    # ------------------------------------------------------------------ jobs
 
     def _reconcile_job(self) -> None:
         try:
-            self.reconciler.run_pass()
+            result = self.reconciler.run_pass()
         except Exception as exc:  # noqa: BLE001 - a pass must never kill the scheduler thread
             event(log, "pass_crashed", logging.ERROR, error=f"{type(exc).__name__}: {exc}")
+            with self._state_lock:
+                self.stats["passes"] += 1
+                self.stats["pass_failures"] += 1
+            return
+        with self._state_lock:
+            self.stats["passes"] += 1
+            self.stats["pass_failures"] += 0 if result.ok else 1
+            self.stats["last_pass_seconds"] = result.finished - result.started
+            self.stats["last_pass_at"] = result.finished
+
+    def _scheduled_backup(self, target_name: str) -> None:
+        target_cfg = self.cfg.backup.targets.get(target_name)
+        if target_cfg is None:
+            return  # removed by a reload; its job goes with the next reschedule
+        try:
+            self.backups.run(target_cfg)
+            self._backup_done(self.backups.history[-1])
+        except BackupAlreadyRunning as exc:
+            now = time.time()
+            skipped = BackupResult("skipped-" + datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ"),
+                                   target_name, now, now, ok=False, error=f"skipped: {exc}")
+            self.backups.record(skipped)
+            self._backup_done(skipped)
+            event(log, "scheduled_backup_skipped", logging.WARNING, target=target_name, reason=str(exc))
+
+    def _backup_done(self, result: BackupResult) -> None:
+        with self._state_lock:
+            last = self.stats["backup_last"].setdefault(result.target, {"duration": 0.0, "success_at": None})
+            if result.ok:
+                last["duration"] = result.finished_at - result.started_at
+                last["success_at"] = result.finished_at
+                read, written = self.stats["backup_bytes"].get(result.target, (0, 0))
+                self.stats["backup_bytes"][result.target] = (read + result.bytes_in, written + result.bytes_out)
+            else:
+                self.stats["backup_failures"][result.target] = self.stats["backup_failures"].get(result.target, 0) + 1
+
+    def start_backup(self, target_cfg: TargetConfig, source: str = "api") -> str:
+        """Start a backup in the background; its id. Raises BackupAlreadyRunning."""
+        backup_id = self.backups.start(target_cfg, on_done=self._backup_done)
+        event(log, "backup_started", backup=backup_id, target=target_cfg.name, source=source)
+        return backup_id
+
+    def _check_config(self) -> None:
+        if self._reload_requested.is_set():
+            self._reload_requested.clear()
+            self.reload("SIGHUP")
+        elif self.config_path and _file_hash(self.config_path) != self.config_hash:
+            self.reload("file changed")
+
+    # ------------------------------------------------------------------ scheduling
+
+    def _schedule(self) -> None:
+        self.scheduler.add_job(self._reconcile_job, "interval", seconds=self.cfg.reconcile.interval,
+                               id="reconcile", name="reconcile", replace_existing=True,
+                               next_run_time=datetime.now(timezone.utc))
+        self.scheduler.add_job(self._check_config, "interval", seconds=self.cfg.daemon.config_check_interval,
+                               id="config", name="config", replace_existing=True)
+        for job in self.scheduler.get_jobs():
+            if job.id.startswith("backup:"):
+                job.remove()
+        for i, schedule in enumerate(self.cfg.backup.schedules):
+            self.scheduler.add_job(
+                self._scheduled_backup, CronTrigger.from_crontab(schedule.cron, timezone=schedule.timezone or None),
+                args=[schedule.target], id=f"backup:{i}:{schedule.target}", name=f"backup to {schedule.target}",
+                misfire_grace_time=self.cfg.daemon.backup_misfire_grace, replace_existing=True)
+
+    def reload(self, reason: str) -> bool:
+        """Load the config again; keep the old one if the new one is invalid."""
+        new_hash = _file_hash(self.config_path)
+        try:
+            new = config_module.load(self.config_path, self.args)
+        except ConfigError as exc:
+            self.config_hash = new_hash  # do not retry the same broken content every few seconds
+            self.last_reload_error = "; ".join(exc.problems)
+            with self._state_lock:
+                self.stats["reloads_failed"] += 1
+            event(log, "config_rejected", logging.ERROR, reason=reason, error=self.last_reload_error,
+                  note="the previous configuration stays in force")
+            return False
+        self.config_hash, self.last_reload_error = new_hash, None
+        with self._state_lock:
+            self.stats["reloads_ok"] += 1
+        if new.digest == self.cfg.digest:
+            return True
+        old = self.cfg
+        if (new.primary, new.replica) != (old.primary, old.replica):
+            self.reconciler.close()
+            fresh = Reconciler.from_config(new)
+            self.reconciler.primary, self.reconciler.replica = fresh.primary, fresh.replica
+        if new.replica != old.replica:
+            from reconciler.admin import ImmudbAdmin
+            self.backups.replica = ImmudbAdmin.from_config("replica", new.replica)
+        self.cfg = self.reconciler.cfg = self.backups.cfg = new
+        self.config_loaded_at = time.time()
+        if new.api.listen != old.api.listen:
+            event(log, "config_needs_restart", logging.WARNING, key="api.listen", note="takes effect on restart")
+        self._schedule()
+        event(log, "config_reloaded", reason=reason, digest=new.digest[:12])
+        return True
+
+    # ------------------------------------------------------------------ state for the API
+
+    def backup_status(self) -> dict:
+        p = self.backups.progress
+        snap = p.snapshot() if p else {}
+        total, done = snap.get("databases_total") or 0, snap.get("databases_done") or 0
+        bytes_total = snap.get("bytes_total") or 0
+        last = next((r for r in reversed(self.backups.history)), None)
+        running = self.backups.running
+        return {
+            # the Go tool's fields
+            "running": running,
+            "progress": round(100 * done / total, 1) if total else (100.0 if last and not running else 0.0),
+            "progress_bytes": round(min(1.0, (snap.get("bytes_done") or 0) / bytes_total), 4) if bytes_total else 0.0,
+            # ours
+            "backup_id": snap.get("backup_id") if running else (last.backup_id if last else None),
+            "target": snap.get("target"),
+            "started_at": snap.get("started_at"),
+            "phase": snap.get("phase"),
+            "current_database": snap.get("current_database"),
+            "databases_done": done, "databases_total": total,
+            "bytes_done": snap.get("bytes_done", 0), "bytes_total": bytes_total,
+            "bytes_written": snap.get("bytes_written", 0),
+            "rate_bytes_per_second": snap.get("rate_bytes_per_second", 0.0),
+            "last_result": _result_summary(last),
+        }
+
+    def status(self) -> dict:
+        last = self.reconciler.last_result
+        return {
+            "config": {"source": self.cfg.source, "digest": self.cfg.digest, "loaded_at": self.config_loaded_at,
+                       "last_reload_error": self.last_reload_error},
+            "primary": self.cfg.primary.address, "replica": self.cfg.replica.address,
+            "last_pass": None if last is None else {"started_at": last.started, "finished_at": last.finished,
+                                                    "ok": last.ok, "error": last.error},
+            "databases": [{"name": s.name, "primary_database": s.primary_database, "state": s.state,
+                           "primary_tx": s.primary_tx, "replica_tx": s.replica_tx, "lag": s.lag,
+                           "progressing": s.progressing, "last_error": s.last_error,
+                           "last_error_at": s.last_error_at} for s in self.reconciler.statuses()],
+            "backup_running": self.backups.running,
+        }
+
+    def liveness_problems(self) -> list[str]:
+        problems = []
+        if not self.scheduler.running:
+            problems.append("scheduler stopped")
+        if self.api is not None and not self.api.alive():
+            problems.append("API thread stopped")
+        return problems
+
+    # ------------------------------------------------------------------ lifecycle
 
     def start(self) -> None:
-        self.scheduler.add_job(self._reconcile_job, "interval", seconds=self.cfg.reconcile.interval,
-                               id="reconcile", name="reconcile", next_run_time=datetime.now(timezone.utc))
+        self._schedule()
         self.scheduler.start()
+        if self.cfg.api.enabled:
+            from reconciler.api import ApiServer
+            self.api = ApiServer(self)
+            self.api.start()
+            if self.cfg.api.token is None:
+                event(log, "api_without_token", logging.WARNING, listen=self.api.address,
+                      note="anyone who can reach it may start backups: set api.token")
         event(log, "started", config=self.cfg.source, primary=self.cfg.primary.address,
-              replica=self.cfg.replica.address, interval=self.cfg.reconcile.interval)
+              replica=self.cfg.replica.address, interval=self.cfg.reconcile.interval,
+              api=self.api.address if self.api else "off", schedules=len(self.cfg.backup.schedules))
+        self.notifier.ready(f"following {self.cfg.primary.address}")
 
     def stop(self) -> None:
-        self.scheduler.shutdown(wait=True)
+        self.notifier.stopping()
+        if self.api is not None:
+            self.api.stop()
+        self.scheduler.shutdown(wait=False)
+        if self.backups.running:
+            event(log, "backup_cancelling", grace=self.cfg.daemon.shutdown_grace)
+            self.backups.cancel.set()
+            deadline = time.monotonic() + self.cfg.daemon.shutdown_grace
+            while self.backups.running and time.monotonic() < deadline:
+                time.sleep(0.1)
+            if self.backups.running:
+                event(log, "backup_still_running", logging.ERROR,
+                      note="exiting; the next reconcile pass loads any database it left unloaded")
         self.reconciler.close()
         event(log, "stopped")
 
     def run_until_signalled(self) -> int:
-        def on_signal(signum, _frame):
+        def on_stop(signum, _frame):
             event(log, "signal", name=signal.Signals(signum).name)
             self.stopping.set()
 
-        signal.signal(signal.SIGTERM, on_signal)
-        signal.signal(signal.SIGINT, on_signal)
+        def on_hup(_signum, _frame):
+            self._reload_requested.set()
+
+        signal.signal(signal.SIGTERM, on_stop)
+        signal.signal(signal.SIGINT, on_stop)
+        signal.signal(signal.SIGHUP, on_hup)
         self.start()
+        next_ping = 0.0
         try:
-            while not self.stopping.wait(1.0):
-                pass
+            while not self.stopping.wait(0.5):
+                if self._reload_requested.is_set():
+                    self._reload_requested.clear()
+                    self.reload("SIGHUP")
+                if self.notifier.watchdog_seconds and time.monotonic() >= next_ping and not self.liveness_problems():
+                    self.notifier.watchdog()
+                    next_ping = time.monotonic() + self.notifier.watchdog_seconds / 3
         finally:
             self.stop()
         return 0
+
+
+def _file_hash(path: str | None) -> str | None:
+    if not path:
+        return None
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()  # follows the ConfigMap's symlinks
+    except OSError:
+        return None
+
+
+def _result_summary(r: BackupResult | None) -> dict | None:
+    if r is None:
+        return None
+    return {"id": r.backup_id, "target": r.target, "result": "ok" if r.ok else "error", "error": r.error,
+            "started_at": r.started_at, "finished_at": r.finished_at, "location": r.location,
+            "databases": r.databases, "bytes_in": r.bytes_in, "bytes_out": r.bytes_out}

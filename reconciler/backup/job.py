@@ -89,15 +89,17 @@ class Backups:
         self._lock = threading.Lock()
         self.progress: Progress | None = None
         self.history: list[BackupResult] = []
+        self._history_lock = threading.Lock()
         self.cancel = threading.Event()
+        self.worker: threading.Thread | None = None
 
     @property
     def running(self) -> bool:
         return self._lock.locked()
 
-    def run(self, target_cfg: TargetConfig, backup_id: str | None = None, progress: Progress | None = None) -> BackupResult:
-        """Take one backup now, in this thread. Raises BackupAlreadyRunning;
-        any other failure is in the result (ok False, error)."""
+    def _claim(self) -> BackupLock:
+        """Take both locks (this process, then the data directory) or raise
+        BackupAlreadyRunning."""
         if not self._lock.acquire(blocking=False):
             raise BackupAlreadyRunning("a backup is already running; wait for it to finish")
         files_lock = BackupLock(self.cfg.replica.data_dir)
@@ -111,11 +113,37 @@ class Backups:
         except BackupAlreadyRunning:
             self._lock.release()
             raise
+        return files_lock
+
+    def run(self, target_cfg: TargetConfig, backup_id: str | None = None, progress: Progress | None = None) -> BackupResult:
+        """Take one backup now, in this thread. Raises BackupAlreadyRunning;
+        any other failure is in the result (ok False, error)."""
+        files_lock = self._claim()
+        return self._execute(files_lock, target_cfg, backup_id or new_id(), progress or Progress())
+
+    def start(self, target_cfg: TargetConfig, on_done=None) -> str:
+        """Start a backup in a background thread; its id. Raises
+        BackupAlreadyRunning at once (exactly one of concurrent callers wins)."""
+        files_lock = self._claim()
+        backup_id = new_id()
+        self.progress = Progress(backup_id=backup_id, target=target_cfg.name)
+
+        def work():
+            result = self._execute(files_lock, target_cfg, backup_id, self.progress)
+            if on_done is not None:
+                on_done(result)
+
+        self.worker = threading.Thread(target=work, name=f"backup-{backup_id}", daemon=True)
+        self.worker.start()
+        return backup_id
+
+    def _execute(self, files_lock: BackupLock, target_cfg: TargetConfig, backup_id: str,
+                 progress: Progress) -> BackupResult:
         try:
             self.cancel.clear()
-            self.progress = progress or Progress()
-            self.progress.update(backup_id=backup_id or new_id(), target=target_cfg.name, started_at=time.time())
-            result = BackupResult(self.progress.backup_id, target_cfg.name, self.progress.started_at)
+            self.progress = progress
+            self.progress.update(backup_id=backup_id, target=target_cfg.name, started_at=time.time())
+            result = BackupResult(backup_id, target_cfg.name, self.progress.started_at)
             try:
                 self._run(target_cfg, result)
                 result.ok = True
@@ -127,11 +155,15 @@ class Backups:
                       error=result.error)
             result.finished_at = time.time()
             self.progress.update(phase="done" if result.ok else "failed", current_database=None)
-            self.history = (self.history + [result])[-50:]
+            self.record(result)
             return result
         finally:
             files_lock.release()
             self._lock.release()
+
+    def record(self, result: BackupResult) -> None:
+        with self._history_lock:
+            self.history = (self.history + [result])[-50:]
 
     # ------------------------------------------------------------------
 

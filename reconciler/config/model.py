@@ -176,6 +176,13 @@ class ApiConfig:
 
 
 @dataclass(frozen=True)
+class DaemonConfig:
+    config_check_interval: float = 5
+    shutdown_grace: float = 30
+    backup_misfire_grace: int = 3600
+
+
+@dataclass(frozen=True)
 class LoggingConfig:
     level: str = "info"
     format: str = "text"
@@ -190,6 +197,7 @@ class Config:
     backup: BackupConfig
     api: ApiConfig
     logging: LoggingConfig
+    daemon: DaemonConfig = DaemonConfig()
     source: str = "(flags and environment)"
     digest: str = ""  # sha256 of the effective settings, secrets as digests
 
@@ -237,6 +245,8 @@ class Config:
                 max_body_bytes=d["api"]["max_body_bytes"],
             ),
             logging=LoggingConfig(d["logging"]["level"], d["logging"]["format"]),
+            daemon=DaemonConfig(float(d["daemon"]["config_check_interval"]), float(d["daemon"]["shutdown_grace"]),
+                                int(d["daemon"]["backup_misfire_grace"])),
             source=source,
             digest=_digest(d),
         )

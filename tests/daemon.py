@@ -1,0 +1,117 @@
+"""A real `replicator run` subprocess for tests: config written to a file,
+HTTP helpers, log capture, clean stop."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import yaml
+
+from tests.servers import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+TOKEN = "Api-token-for-tests-123"
+
+
+class Daemon:
+    def __init__(self, tmp_path: Path, primary_server, replica_server, prefix: str, extra_env: dict | None = None,
+                 **sections):
+        self.tmp_path = tmp_path
+        self.port = free_port()
+        self.config_path = tmp_path / "replicator.yaml"
+        self.data = {
+            "primary": {"host": "127.0.0.1", "port": primary_server.port, "password": primary_server.password,
+                        "timeout": 5},
+            "replica": {"host": "127.0.0.1", "port": replica_server.port, "password": replica_server.password,
+                        "timeout": 5, "data_dir": str(replica_server.data_dir)},
+            "follower": {"username": "fol_" + prefix.strip("_"), "password": "Follower-pw-1"},
+            "reconcile": {"interval": 3600, "databases": {"include": [f"{prefix}*"]}},
+            "backup": {"databases": {"include": [f"{prefix}*"]}, "targets": {}},
+            "api": {"listen": f"127.0.0.1:{self.port}", "token": TOKEN,
+                    "file_target_dirs": [str(tmp_path / "out")]},
+            "daemon": {"config_check_interval": 0.5, "shutdown_grace": 30},
+        }
+        for key, value in sections.items():
+            self.data[key] = {**self.data.get(key, {}), **value}
+        self.write_config()
+        self.env = dict(os.environ, HOME=str(tmp_path), **(extra_env or {}))
+        self.log_path = tmp_path / "daemon.log"
+        self.proc: subprocess.Popen | None = None
+
+    def write_config(self) -> None:
+        tmp = self.config_path.with_suffix(".tmp")
+        tmp.write_text(yaml.safe_dump(self.data))
+        tmp.rename(self.config_path)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, wait_ready: bool = True) -> "Daemon":
+        self.log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen([sys.executable, "-m", "reconciler", "run", "-c", str(self.config_path)],
+                                     cwd=ROOT, env=self.env, stdout=self.log, stderr=subprocess.STDOUT)
+        if wait_ready:
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    raise AssertionError(f"daemon exited {self.proc.returncode}: {self.output()}")
+                try:
+                    if self.request("GET", "/readyz", token=None)[0] == 200:
+                        return self
+                except OSError:
+                    pass
+                time.sleep(0.1)
+            raise AssertionError("daemon not ready: " + self.output())
+        return self
+
+    def request(self, method: str, path: str, body=None, token: str | None = TOKEN, raw: bytes | None = None,
+                headers: dict | None = None, timeout: float = 30) -> tuple[int, dict | str]:
+        data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+        req = urllib.request.Request(self.url + path, data=data, method=method)
+        if data is not None:
+            req.add_header("Content-Type", "application/json")
+        if token:
+            req.add_header("Authorization", f"Bearer {token}")
+        for k, v in (headers or {}).items():
+            req.add_header(k, v)
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
+                status, text, ctype = resp.status, resp.read().decode(), resp.headers.get("Content-Type", "")
+        except urllib.error.HTTPError as err:
+            status, text, ctype = err.code, err.read().decode(), err.headers.get("Content-Type", "")
+        return status, (json.loads(text) if "json" in ctype else text)
+
+    def wait_backup(self, timeout: float = 120) -> dict:
+        """Poll /backup/status until no backup runs; the last result."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            status, body = self.request("GET", "/backup/status")
+            assert status == 200, body
+            if not body["running"] and body["last_result"]:
+                return body
+            time.sleep(0.2)
+        raise AssertionError("backup did not finish")
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+        return self.proc.returncode

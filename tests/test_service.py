@@ -1,0 +1,301 @@
+"""`replicator run` as operators deploy it: a real subprocess against the real
+servers, driven over HTTP and with signals."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from reconciler.backup.archive import verify
+from tests import immudb_data
+from tests.conftest import unique_name
+from tests.daemon import TOKEN, Daemon
+from tests.test_backup import assert_all_loaded, replicated, target_dict  # noqa: F401 (fixture)
+
+
+@pytest.fixture
+def daemon_factory(tmp_path, primary_server, replica_server):
+    started = []
+
+    def make(prefix, extra_env=None, **sections):
+        d = Daemon(tmp_path, primary_server, replica_server, prefix, extra_env=extra_env, **sections)
+        started.append(d)
+        return d
+
+    yield make
+    for d in started:
+        d.stop()
+
+
+def metrics(d: Daemon) -> dict[str, float]:
+    status, text = d.request("GET", "/metrics", token=None)
+    assert status == 200
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
+            out[sample.name + (f"{{{labels}}}" if labels else "")] = sample.value
+    return out
+
+
+# --------------------------------------------------------------------------- backups over HTTP
+
+def test_go_tool_json_starts_backups_of_every_kind(tmp_path, request, daemon_factory, replica, replicated,
+                                                   sftp_server, s3_server):
+    prefix, names, _ = replicated
+    home = tmp_path / ".ssh"
+    home.mkdir()
+    (home / "known_hosts").write_text(sftp_server.known_hosts.read_text())  # the daemon's ~/.ssh/known_hosts
+    bucket = unique_name("gob").replace("_", "-")
+    s3_server.client().create_bucket(Bucket=bucket)
+    d = daemon_factory(prefix, extra_env={"AWS_ENDPOINT_URL_S3": s3_server.endpoint_url}).start()
+    sftp_dir = f"{sftp_server.upload_dir}/{unique_name('go')}"
+    bodies = {
+        "file": {"type": "file", "path": str(tmp_path / "out" / "go-{timestamp}.tar.gz"), "host": "", "port": 0,
+                 "username": "", "password": ""},
+        "sftp": {"type": "sftp", "path": f"{sftp_dir}-go.tar.gz", "host": "127.0.0.1", "port": sftp_server.port,
+                 "username": sftp_server.username, "password": sftp_server.password},
+        "s3": {"type": "s3", "path": f"s3://{bucket}/go/backup.tar.gz", "host": "us-east-1", "port": 0,
+               "username": s3_server.access_key, "password": s3_server.secret_key},
+    }
+    for kind, body in bodies.items():
+        status, answer = d.request("POST", "/backup/start", body)
+        assert status == 202, answer
+        assert answer["status"] == "/backup/status"
+        done = d.wait_backup()
+        result = done["last_result"]
+        assert result["id"] == answer["id"] and result["result"] == "ok", result
+        assert done["running"] is False and done["progress"] == 100.0 and done["progress_bytes"] == 1.0
+        assert sorted(result["databases"]) == names
+        location = result["location"]
+        if kind == "file":
+            stream = open(location, "rb")
+        elif kind == "sftp":
+            stream = open(location.split(f":{sftp_server.port}", 1)[1], "rb")  # the server's file, read locally
+        else:
+            stream = s3_server.client().get_object(Bucket=bucket, Key="go/backup.tar.gz")["Body"]
+        assert verify(stream).ok, kind
+    assert_all_loaded(replica, names)
+    for secret in (sftp_server.password, s3_server.secret_key, TOKEN):
+        assert secret not in d.output()
+
+
+def test_named_target_backup_and_history(tmp_path, daemon_factory, replicated):
+    prefix, names, _ = replicated
+    d = daemon_factory(prefix, backup={"targets": {"local": {
+        "type": "file", "path": str(tmp_path / "named" / "n-{timestamp}.tar.gz")}}}).start()
+    status, answer = d.request("POST", "/backup/start", {"target": "local"})
+    assert status == 202 and answer["target"] == "local"
+    done = d.wait_backup()
+    assert done["last_result"]["result"] == "ok"
+    assert verify(open(done["last_result"]["location"], "rb")).ok
+    status, history = d.request("GET", "/backups")
+    assert status == 200 and history["backups"][0]["backup_id"] == answer["id"]
+    assert history["backups"][0]["ok"] is True
+
+
+def test_exactly_one_of_concurrent_requests_wins(tmp_path, daemon_factory, replicated):
+    prefix, _, _ = replicated
+    d = daemon_factory(prefix, backup={"targets": {"local": {
+        "type": "file", "path": str(tmp_path / "c" / "c-{timestamp}.tar.gz")}}}).start()
+    barrier = threading.Barrier(20)
+    statuses = []
+
+    def post():
+        barrier.wait()
+        statuses.append(d.request("POST", "/backup/start", {"target": "local"})[0])
+
+    threads = [threading.Thread(target=post) for _ in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(statuses) == [202] + [409] * 19
+    assert d.wait_backup()["last_result"]["result"] == "ok"
+
+
+# --------------------------------------------------------------------------- refusals
+
+def test_token_is_required_except_on_probes_and_metrics(daemon_factory, replicated):
+    prefix, _, _ = replicated
+    d = daemon_factory(prefix).start()
+    for path in ("/backup/status", "/backups", "/status"):
+        assert d.request("GET", path, token=None)[0] == 401
+        assert d.request("GET", path, token="wrong-token")[0] == 401
+        assert d.request("GET", path)[0] == 200
+    assert d.request("POST", "/backup/start", {"target": "x"}, token=None)[0] == 401
+    for path in ("/livez", "/readyz", "/metrics"):
+        assert d.request("GET", path, token=None)[0] == 200
+
+
+@pytest.mark.parametrize("body, status, field", [
+    (b"{not json", 400, None),
+    ({"type": "ftp", "path": "/x"}, 400, "type"),
+    ({"type": "sftp", "path": "/x"}, 400, "host"),
+    ({"path": "/x"}, 400, "type"),
+    ({"type": "file", "path": 42}, 400, "path"),
+    ({"type": "sftp", "path": "/x", "host": "h", "username": "u", "port": "22"}, 400, "port"),
+    ({"type": "file", "path": "/x", "color": "blue"}, 400, "color"),
+    ({"target": "nope"}, 404, "target"),
+    ({"target": 5}, 400, "target"),
+    ([1, 2], 400, None),
+    ({"type": "file", "path": "/etc/cron.d/x-{timestamp}"}, 403, "path"),
+    ({"type": "file", "path": "OUT/../../etc/x.tar.gz"}, 400, "path"),
+])
+def test_malformed_requests_get_a_json_4xx_naming_the_field(tmp_path, daemon_factory, replicated, body, status, field):
+    prefix, _, _ = replicated
+    d = daemon_factory(prefix).start()
+    if isinstance(body, dict) and isinstance(body.get("path"), str):
+        body = dict(body, path=body["path"].replace("OUT", str(tmp_path / "out")))
+    raw = body if isinstance(body, bytes) else None
+    got, answer = d.request("POST", "/backup/start", None if raw else body, raw=raw)
+    assert got == status, answer
+    assert isinstance(answer, dict) and answer["error"]
+    assert answer.get("field") == field
+    assert d.request("GET", "/livez", token=None)[0] == 200  # and it keeps serving
+
+
+def test_oversized_body_is_413(daemon_factory, replicated):
+    prefix, _, _ = replicated
+    d = daemon_factory(prefix, api={"max_body_bytes": 1024}).start()
+    status, answer = d.request("POST", "/backup/start", raw=b'{"target": "' + b"x" * 5000 + b'"}')
+    assert status == 413, answer
+
+
+def test_unknown_endpoint_is_a_json_404(daemon_factory, replicated):
+    prefix, _, _ = replicated
+    d = daemon_factory(prefix).start()
+    status, answer = d.request("GET", "/nope")
+    assert status == 404 and answer == {"error": "no such endpoint"}
+
+
+# --------------------------------------------------------------------------- lifecycle
+
+def test_status_and_metrics_move_with_passes_and_backups(tmp_path, daemon_factory, replicated):
+    prefix, names, _ = replicated
+    d = daemon_factory(prefix, reconcile={"interval": 1}, backup={"targets": {"local": {
+        "type": "file", "path": str(tmp_path / "m" / "m-{timestamp}.tar.gz")}}}).start()
+    time.sleep(1.5)
+    first = metrics(d)
+    status, body = d.request("GET", "/status")
+    assert status == 200
+    assert sorted(db["name"] for db in body["databases"]) == names
+    assert all(db["state"] == "in_sync" and db["lag"] == 0 for db in body["databases"])
+    assert body["config"]["digest"] and body["config"]["last_reload_error"] is None
+    assert d.request("POST", "/backup/start", {"target": "local"})[0] == 202
+    d.wait_backup()
+    time.sleep(1.5)
+    second = metrics(d)
+    assert second["replicator_reconcile_passes_total"] > first["replicator_reconcile_passes_total"]
+    assert second["replicator_databases{state=in_sync}"] == len(names)
+    assert second["replicator_backup_last_success_timestamp_seconds{target=local}"] > 0
+    assert second["replicator_backup_read_bytes_total{target=local}"] > 0
+    assert all(second[f"replicator_database_lag_transactions{{database={n}}}"] == 0 for n in names)
+
+
+def test_reload_on_file_change_and_refusal_of_a_broken_file(tmp_path, daemon_factory, replicated):
+    prefix, _, _ = replicated
+    d = daemon_factory(prefix).start()
+    digest = d.request("GET", "/status")[1]["config"]["digest"]
+    d.data["reconcile"]["interval"] = 1800
+    d.write_config()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and d.request("GET", "/status")[1]["config"]["digest"] == digest:
+        time.sleep(0.2)
+    new_digest = d.request("GET", "/status")[1]["config"]["digest"]
+    assert new_digest != digest
+    d.config_path.write_text("primary: [this is not a mapping\n")
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not d.request("GET", "/status")[1]["config"]["last_reload_error"]:
+        time.sleep(0.2)
+    body = d.request("GET", "/status")[1]
+    assert "invalid YAML" in body["config"]["last_reload_error"]
+    assert body["config"]["digest"] == new_digest  # the previous configuration stays in force
+    assert "config_rejected" in d.output()
+    assert metrics(d)["replicator_config_reloads_total{result=error}"] >= 1
+    assert d.stop() == 0
+
+
+def test_sighup_reloads(daemon_factory, replicated):
+    prefix, _, _ = replicated
+    d = daemon_factory(prefix).start()
+    d.data["reconcile"]["interval"] = 900
+    d.config_path.write_text(__import__("yaml").safe_dump(d.data))
+    d.proc.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and "config_reloaded" not in d.output():
+        time.sleep(0.2)
+    assert "config_reloaded" in d.output()
+
+
+def test_sigterm_during_a_backup_loads_every_database_and_leaves_no_partial_archive(
+        tmp_path, daemon_factory, primary, primary_server, replica_server, replica):
+    prefix = unique_name("st") + "_"
+    name = f"{prefix}big"
+    primary.create_database(name)
+    client = immudb_data.client(primary_server, name)
+    for i in range(60):
+        client.set(f"blob{i}".encode(), os.urandom(512 * 1024))
+    client.shutdown()
+    out = tmp_path / "slow"
+    # zlib level 9 on random data: slow enough to be caught mid-way
+    d = daemon_factory(prefix, backup={"compression_level": 9, "targets": {"local": {
+        "type": "file", "path": str(out / "s-{timestamp}.tar.gz")}}}).start()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and d.request("GET", "/status")[1]["databases"] == []:
+        time.sleep(0.2)
+    assert immudb_data.wait_caught_up(primary_server, replica_server, name, name, timeout=60)[1] is not None
+    assert d.request("POST", "/backup/start", {"target": "local"})[0] == 202
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not d.request("GET", "/backup/status")[1]["bytes_done"]:
+        time.sleep(0.05)
+    assert d.request("GET", "/backup/status")[1]["running"]
+    assert d.stop(signal.SIGTERM) == 0
+    assert "backup_cancelling" in d.output() and "stopped" in d.output()
+    assert list(out.iterdir()) == []  # neither a final nor a partial archive
+    assert_all_loaded(replica, [name])
+
+
+def test_notify_protocol_ready_watchdog_stopping(tmp_path, daemon_factory, replicated):
+    prefix, _, _ = replicated
+    sock_path = tmp_path / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(sock_path))
+    sock.settimeout(30)
+    d = daemon_factory(prefix, extra_env={"NOTIFY_SOCKET": str(sock_path), "WATCHDOG_USEC": "600000"})
+    d.start(wait_ready=False)
+    messages = []
+    try:
+        while not any("READY=1" in m for m in messages):
+            messages.append(sock.recv(4096).decode())
+        assert d.request("GET", "/readyz", token=None)[0] == 200  # READY=1 came once the API listened
+        while not any("WATCHDOG=1" in m for m in messages):
+            messages.append(sock.recv(4096).decode())
+        d.proc.send_signal(signal.SIGTERM)
+        while not any("STOPPING=1" in m for m in messages):
+            messages.append(sock.recv(4096).decode())
+    finally:
+        sock.close()
+    assert d.stop() == 0
+
+
+@pytest.mark.timeout(180)
+def test_scheduled_backup_fires(tmp_path, daemon_factory, replicated):
+    prefix, names, _ = replicated
+    out = tmp_path / "sched"
+    d = daemon_factory(prefix, backup={"targets": {"local": {"type": "file", "path": str(out / "c-{timestamp}.tar.gz")}},
+                                       "schedules": [{"cron": "* * * * *", "target": "local"}]}).start()
+    deadline = time.monotonic() + 75  # the next minute boundary
+    while time.monotonic() < deadline and not (out.exists() and list(out.iterdir())):
+        time.sleep(0.5)
+    archives = list(out.iterdir())
+    assert len(archives) == 1
+    assert verify(open(archives[0], "rb")).ok
+    status, history = d.request("GET", "/backups")
+    assert history["backups"][0]["target"] == "local" and history["backups"][0]["ok"]
