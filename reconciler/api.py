@@ -165,6 +165,8 @@ def _target_from(service: "Service", body: Any, schema: Draft202012Validator):
         if name not in service.cfg.backup.targets:
             raise HTTPProblem(404, f"unknown target '{name}'", "target")
         return service.cfg.backup.targets[name]
+    if body["type"] not in service.cfg.api.inline_targets:
+        raise HTTPProblem(403, f"inline {body['type']} targets are disabled (api.inline_targets)", "type")
     if body["type"] == "file":
         _check_file_path(service, body["path"])
     return targets.from_request(body)

@@ -168,6 +168,7 @@ class ApiConfig:
     token: Secret | None
     file_target_dirs: tuple[Path, ...]
     max_body_bytes: int
+    inline_targets: tuple[str, ...] = ("file", "sftp", "s3")
 
     @property
     def host_port(self) -> tuple[str, int]:
@@ -243,6 +244,7 @@ class Config:
                 token=_secret(d["api"], "token", "api"),
                 file_target_dirs=tuple(Path(p) for p in d["api"]["file_target_dirs"]),
                 max_body_bytes=d["api"]["max_body_bytes"],
+                inline_targets=tuple(d["api"]["inline_targets"]),
             ),
             logging=LoggingConfig(d["logging"]["level"], d["logging"]["format"]),
             daemon=DaemonConfig(float(d["daemon"]["config_check_interval"]), float(d["daemon"]["shutdown_grace"]),

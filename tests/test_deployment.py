@@ -1,0 +1,135 @@
+"""The deployment files say what the program reads: paths, ports, variable
+names. (No container runtime or cluster here: the manifests are checked
+against the program, not run; the systemd unit is checked by systemd.)"""
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from reconciler import config
+from reconciler.config.legacy import API_TOKEN, OVERRIDES
+
+ROOT = Path(__file__).resolve().parent.parent
+K8S = ROOT / "examples" / "kubernetes"
+
+# every environment variable the program reads
+KNOWN_ENV = ({o.env for o in OVERRIDES + (API_TOKEN,) if o.env}
+             | {o.env + "_FILE" for o in OVERRIDES + (API_TOKEN,) if o.env and o.secret}
+             | {"REPLICATOR_CONFIG", "REPLICATOR_DEBUG", "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"})
+
+
+def manifests() -> dict[str, dict]:
+    out = {}
+    for path in sorted(K8S.glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            out[doc["kind"]] = doc
+    return out
+
+
+def sidecar_and_immudb():
+    pod = manifests()["StatefulSet"]["spec"]["template"]["spec"]
+    sidecar = next(c for c in pod["initContainers"] if c["name"] == "replicator")
+    immudb = next(c for c in pod["containers"] if c["name"] == "immudb")
+    return pod, sidecar, immudb
+
+
+def test_sidecar_is_a_native_sidecar_with_the_config_mounted_as_a_directory():
+    pod, sidecar, _ = sidecar_and_immudb()
+    assert sidecar["restartPolicy"] == "Always"
+    mounts = {m["name"]: m for m in sidecar["volumeMounts"]}
+    assert all("subPath" not in m for m in sidecar["volumeMounts"])
+    config_arg = sidecar["args"][sidecar["args"].index("-c") + 1]
+    assert Path(config_arg).parent == Path(mounts["config"]["mountPath"])
+    volume = next(v for v in pod["volumes"] if v["name"] == "config")
+    assert volume["configMap"]["name"] == manifests()["ConfigMap"]["metadata"]["name"]
+    assert Path(config_arg).name in manifests()["ConfigMap"]["data"]
+
+
+def test_sidecar_environment_names_are_ones_the_program_reads_and_point_into_the_secret():
+    pod, sidecar, _ = sidecar_and_immudb()
+    secret_mount = next(m for m in sidecar["volumeMounts"] if m["name"] == "secrets")["mountPath"]
+    keys = set(manifests()["Secret"]["stringData"])
+    for var in sidecar["env"]:
+        assert var["name"] in KNOWN_ENV, var["name"]
+        if var["name"].endswith("_FILE"):
+            path = Path(var["value"])
+            assert path.parent == Path(secret_mount) and path.name in keys
+
+
+def configmap_config(tmp_path) -> config.Config:
+    """The ConfigMap's config, loaded with the sidecar's environment."""
+    _, sidecar, _ = sidecar_and_immudb()
+    text = manifests()["ConfigMap"]["data"]["replicator.yaml"]
+    (tmp_path / "replicator.yaml").write_text(text)
+    env = {}
+    for var in sidecar["env"]:
+        secret = tmp_path / Path(var["value"]).name
+        secret.write_text("Some-secret-1\n")
+        env[var["name"]] = str(secret)
+    return config.load(tmp_path / "replicator.yaml", env=env)
+
+
+def test_configmap_config_is_valid_with_the_pods_secrets(tmp_path):
+    assert configmap_config(tmp_path).follower.password.reveal() == "Some-secret-1"
+
+
+def test_probes_data_volume_and_ports_match_the_config(tmp_path):
+    cfg = configmap_config(tmp_path)
+    _, sidecar, immudb = sidecar_and_immudb()
+    port = cfg.api.host_port[1]
+    assert sidecar["livenessProbe"]["httpGet"] == {"path": "/livez", "port": port}
+    assert sidecar["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": port}
+    assert {"name": "api", "containerPort": port} in sidecar["ports"]
+    data_sidecar = next(m for m in sidecar["volumeMounts"] if m["name"] == "data")
+    data_immudb = next(m for m in immudb["volumeMounts"] if m["name"] == "data")
+    assert Path(data_sidecar["mountPath"]) == cfg.replica.data_dir
+    assert immudb["args"][immudb["args"].index("--dir") + 1] == data_immudb["mountPath"]
+    grpc = next(p["containerPort"] for p in immudb["ports"] if p["name"] == "grpc")
+    assert (cfg.replica.host, cfg.replica.port) == ("127.0.0.1", grpc)
+    writable = {m["mountPath"] for m in sidecar["volumeMounts"] if not m.get("readOnly")}
+    assert str(cfg.backup.staging_dir) in writable
+    assert str(Path(cfg.backup.targets["local"].path).parent) in writable
+
+
+def test_dockerfile_runs_the_command_the_manifest_expects():
+    text = (ROOT / "Dockerfile").read_text()
+    _, sidecar, _ = sidecar_and_immudb()
+    assert 'ENTRYPOINT ["replicator"]' in text
+    assert re.search(r"EXPOSE\s+8081", text)
+    assert "USER 10001" in text and sidecar["securityContext"]["runAsUser"] == 10001
+    for path in ("pyproject.toml", "reconciler", "schemas"):
+        assert path in text
+
+
+UNIT = ROOT / "systemd" / "replicator.service"
+
+
+def test_systemd_unit_passes_systemd_analyze_verify(tmp_path):
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.fail("systemd-analyze is missing: scripts/bootstrap installs it (Debian package systemd)")
+    unit = tmp_path / "immudb-replicator.service"
+    # verify checks that ExecStart's binary exists: point it at this checkout's command
+    replicator = Path(sys.executable).parent / "replicator"
+    unit.write_text(UNIT.read_text().replace("/usr/local/bin/replicator", str(replicator)))
+    done = subprocess.run([analyze, "verify", str(unit)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stderr.strip() == "" and done.stdout.strip() == "", done.stderr
+
+
+def test_systemd_unit_uses_notify_credentials_and_variables_the_program_reads():
+    text = UNIT.read_text()
+    assert "Type=notify" in text and "WatchdogSec=" in text and "ExecReload=/bin/kill -HUP $MAINPID" in text
+    credentials = dict(re.findall(r"^LoadCredential=([^:]+):(.+)$", text, re.M))
+    for name, value in re.findall(r"^Environment=([A-Z_]+)=(.+)$", text, re.M):
+        assert name in KNOWN_ENV, name
+        assert value.startswith("%d/") and value[3:] in credentials
+    for option in ("NoNewPrivileges=yes", "ProtectSystem=strict", "PrivateTmp=yes", "ProtectHome=yes"):
+        assert option in text
+    timeout = int(re.search(r"TimeoutStopSec=(\d+)s", text).group(1))
+    assert timeout > config.load(ROOT / "examples" / "replicator.yaml", env={}).daemon.shutdown_grace
