@@ -229,7 +229,9 @@ class ImmudbAdmin:
         self._token_for_call(self._token)
 
     def version(self) -> str:
-        return self._call("server info", "ServerInfo", pb.ServerInfoRequest()).version
+        """The server's version. From Health, not ServerInfo: in immudb up to
+        1.11.1 ServerInfo fails while any database is unloaded."""
+        return self._call("health", "Health", empty_pb2.Empty()).version.rstrip("-")
 
     def check_credentials(self, username: str, password: Secret) -> bool:
         """True when `username`/`password` may log in; False when refused.

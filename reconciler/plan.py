@@ -17,6 +17,9 @@ from reconciler.state import (PERMISSION_ADMIN, DatabaseInfo, ReplicationSetting
 # the replica server's own databases: never replicas, never orphans
 SERVER_DATABASES = frozenset({"defaultdb", "systemdb"})
 
+# from this many replica databases on, warn about the primary's session limit
+SESSION_WARNING = 90
+
 # per-database states, as `status` shows them
 IN_SYNC, MISSING, DRIFT, UNLOADED, CONFLICT, ORPHAN, BUSY = (
     "in_sync", "missing", "drift", "unloaded", "conflict", "orphan", "busy")
@@ -231,4 +234,8 @@ def plan(cfg: Config, observed: Observed, follower_password: Secret,
         elif policy == "delete":
             actions.append(Action("delete", "replica", name, f"- delete {name} and its data: {gone}"))
 
+    if len(wanted) >= SESSION_WARNING:
+        findings.append(Finding("sessions", "*", f"! {len(wanted)} replica databases follow this primary and each "
+                                f"holds a session there: make sure the primary's --max-sessions (immudb's default "
+                                f"is 100) exceeds their number plus its other clients"))
     return Plan(tuple(actions), tuple(findings), tuple(states))

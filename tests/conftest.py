@@ -84,3 +84,30 @@ def replica(replica_server):
     admin = admin_for(replica_server, "replica")
     yield admin
     admin.close()
+
+
+@pytest.fixture(autouse=True)
+def _drop_new_databases(request):
+    """Delete, after each test, the databases it created on the session's
+    servers: every replica database is a replication session on the primary,
+    and hundreds of idle ones keep it busy with logins."""
+    used = [name for name in ("primary_server", "replica_server") if name in request.fixturenames]
+    before = {}
+    for name in used:
+        server = request.getfixturevalue(name)
+        with admin_for(server, name) as admin:
+            before[name] = {d.name for d in admin.list_databases()}
+    yield
+    for name in reversed(used):  # replicas first: they stop following before their primary goes
+        server = request.getfixturevalue(name)
+        if server.process is None or not server.process.running():
+            continue
+        with admin_for(server, name) as admin:
+            for db in admin.list_databases():
+                if db.name in before[name]:
+                    continue
+                for step in (admin.unload, admin.delete):
+                    try:
+                        step(db.name)
+                    except Exception:  # noqa: BLE001 - best effort: already unloaded, or busy
+                        pass

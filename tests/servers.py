@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import json
 import os
 import pwd
@@ -52,12 +51,6 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    PR_SET_PDEATHSIG = 1
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def wait_for_port(port: int, proc: subprocess.Popen | None, timeout: float, what: str, log: Path | None = None) -> None:
@@ -100,11 +93,13 @@ class Process:
         # thread lives as long as the process (a server restarted from a helper thread is
         # stopped by its fixture instead)
         die_with_us = not self.daemon and threading.current_thread() is threading.main_thread()
+        # setpriv sets the death signal and execs the server: no Python runs in the forked
+        # child (a preexec_fn would, and gRPC's threads make such a child abort)
+        argv = (["setpriv", "--pdeathsig", "KILL", "--"] if die_with_us else []) + self.argv
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(
-                self.argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 cwd=self.workdir, env=self.env,
-                preexec_fn=_die_with_parent if die_with_us else None,
                 start_new_session=self.daemon,
             )
         self.pid = self.proc.pid
@@ -242,7 +237,9 @@ class ImmudbServer:
                 "--port", str(self.port), "--pgsql-server=false", "--web-server=false",
                 f"--metrics-server={'true' if self.metrics else 'false'}",
                 "--metrics-server-port", str(self.metrics_port),
-                "--admin-password", self.password, "--pidfile", "", "--logfile", ""]
+                "--admin-password", self.password, "--pidfile", "", "--logfile", "",
+                # each replica database holds a session on its primary; immudb's default is 100
+                "--max-sessions", "2000"]
         # HOME points into the server's folder so that no ~/immudb.toml is read,
         # and no IMMUDB_* variable of the caller leaks in.
         env = {k: v for k, v in os.environ.items() if not k.startswith("IMMUDB_")}

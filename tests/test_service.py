@@ -291,10 +291,13 @@ def test_scheduled_backup_fires(tmp_path, daemon_factory, replicated):
     out = tmp_path / "sched"
     d = daemon_factory(prefix, backup={"targets": {"local": {"type": "file", "path": str(out / "c-{timestamp}.tar.gz")}},
                                        "schedules": [{"cron": "* * * * *", "target": "local"}]}).start()
+    def archives():
+        return [p for p in out.iterdir() if not p.name.startswith(".")] if out.exists() else []
+
     deadline = time.monotonic() + 75  # the next minute boundary
-    while time.monotonic() < deadline and not (out.exists() and list(out.iterdir())):
+    while time.monotonic() < deadline and not archives():
         time.sleep(0.5)
-    archives = list(out.iterdir())
+    archives = archives()
     assert len(archives) == 1
     assert verify(open(archives[0], "rb")).ok
     status, history = d.request("GET", "/backups")

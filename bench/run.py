@@ -1,0 +1,299 @@
+"""Benchmarks of immudb-replicator against the obvious alternatives, on the
+same data in the same run. Prints tables and writes JSON.
+
+    .venv/bin/python -m bench.run --quick        # a few minutes
+    .venv/bin/python -m bench.run --size-mb 2048 # the full data set
+
+1. backup throughput to a `file` target vs `tar -czf`, `tar | pigz` and a
+   plain copy of the same database folders; archive sizes
+2. unload window per database with and without a staging directory, against
+   the time to copy its files
+3. reconcile cost: a pass that changes nothing (time, RPCs) with N databases,
+   and the time to bring up N new replicas
+4. peak RSS of a backup process against the data size
+5. backup to S3 (SeaweedFS) vs boto3 upload_file of the finished archive
+6. the Go tool it replaces, if it can be built here
+
+Data is real: written to the primary and brought to the replica by
+immudb's own replication.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+warnings.filterwarnings("ignore", category=DeprecationWarning)
+
+import yaml  # noqa: E402
+
+from tests import immudb_data  # noqa: E402
+from tests.conftest import admin_for  # noqa: E402
+from tests.servers import ImmudbServer, S3Server  # noqa: E402
+
+MB = 1_000_000
+
+
+def _json_value(rng: random.Random, size: int) -> bytes:
+    """A compressible, JSON-like document of about `size` bytes."""
+    words = ["order", "customer", "amount", "currency", "EUR", "status", "shipped", "pending", "sku", "address"]
+    parts = []
+    while sum(len(p) for p in parts) < size:
+        parts.append(f'"{rng.choice(words)}_{rng.randint(0, 9999)}": "{rng.choice(words)}-{rng.randint(0, 99999)}"')
+    return ("{" + ", ".join(parts) + "}").encode()[:size]
+
+
+def fill(server, database: str, megabytes: int, seed: int) -> int:
+    """Write about `megabytes` of values, half JSON-like, half random, in
+    transactions of 64 entries of 16 KiB. Returns bytes written."""
+    rng = random.Random(seed)
+    client = immudb_data.client(server, database)
+    written, n = 0, 0
+    while written < megabytes * MB:
+        batch = {}
+        for _ in range(64):
+            value = _json_value(rng, 16384) if n % 2 == 0 else os.urandom(16384)
+            batch[f"k{n:09d}".encode()] = value
+            written += len(value)
+            n += 1
+        client.setAll(batch)
+    client.shutdown()
+    return written
+
+
+def tree_bytes(paths) -> int:
+    return sum(f.stat().st_size for p in paths for f in Path(p).rglob("*") if f.is_file())
+
+
+def timed(argv, shell=False) -> float:
+    start = time.perf_counter()
+    subprocess.run(argv, check=True, shell=shell, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+def write_config(root: Path, primary, replica, **backup) -> Path:
+    path = root / "bench.yaml"
+    path.write_text(yaml.safe_dump({
+        "primary": {"host": "127.0.0.1", "port": primary.port, "password": primary.password, "timeout": 30},
+        "replica": {"host": "127.0.0.1", "port": replica.port, "password": replica.password, "timeout": 30,
+                    "data_dir": str(replica.data_dir)},
+        "follower": {"password": "Bench-follower-1"},
+        "reconcile": {"databases": {"include": ["bench_*"]}},
+        "backup": {"databases": {"include": ["bench_*"]}, **backup},
+    }))
+    return path
+
+
+def run_backup_subprocess(config: Path, target: str) -> dict:
+    """A backup in a child process: its result and the child's peak RSS."""
+    code = (
+        "import json, resource, sys, warnings; warnings.filterwarnings('ignore');"
+        "from reconciler import config; from reconciler.backup.job import Backups;"
+        f"cfg = config.load({str(config)!r}, env={{}});"
+        f"r = Backups(cfg).run(cfg.backup.targets[{target!r}]);"
+        "print(json.dumps(dict(r.as_dict(), maxrss_kb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)))"
+    )
+    start = time.perf_counter()
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result["wall_seconds"] = time.perf_counter() - start
+    if not result["ok"]:
+        raise RuntimeError(f"backup failed: {result['error']}")
+    return result
+
+
+def bench_backup(root: Path, primary, replica, names: list[str], results: dict) -> None:
+    folders = [replica.data_dir / n for n in names]
+    data = tree_bytes(folders)
+    out = root / "out"
+    out.mkdir()
+    rows = []
+
+    def ours(label, **backup):
+        cfg = write_config(root, primary, replica, **backup, targets={
+            "t": {"type": "file", "path": str(out / f"{label}-{{timestamp}}.tar")}})
+        r = run_backup_subprocess(cfg, "t")
+        size = Path(r["location"]).stat().st_size
+        rows.append({"method": f"replicator ({label})", "seconds": r["wall_seconds"], "bytes": size,
+                     "peak_rss_mb": r["maxrss_kb"] / 1024, "unload_windows": r["unload_windows"]})
+        Path(r["location"]).unlink()
+        return r
+
+    ours("gzip", compression="gzip")
+    ours("gzip+staging", compression="gzip", staging_dir=str(root / "staging"))
+    ours("zstd", compression="zstd")
+    ours("none", compression="none")
+    rel = [n for n in names]
+    t = timed(["tar", "-czf", str(out / "tar.tgz"), "-C", str(replica.data_dir), *rel])
+    rows.append({"method": "tar -czf", "seconds": t, "bytes": (out / "tar.tgz").stat().st_size})
+    if shutil.which("pigz"):
+        t = timed(f"tar -cf - -C {replica.data_dir} {' '.join(rel)} | pigz > {out / 'pigz.tgz'}", shell=True)
+        rows.append({"method": "tar | pigz", "seconds": t, "bytes": (out / "pigz.tgz").stat().st_size})
+    copy_dir = root / "copy"
+    copy_dir.mkdir()
+    t = timed(["cp", "-r", *map(str, folders), str(copy_dir) + "/"])
+    rows.append({"method": "cp -r (disk limit)", "seconds": t, "bytes": tree_bytes([copy_dir])})
+    per_db_copy = {}
+    for n in names:
+        shutil.rmtree(root / "copy1", ignore_errors=True)
+        per_db_copy[n] = timed(["cp", "-r", str(replica.data_dir / n), str(root / "copy1")])
+    for row in rows:
+        row["MB_per_s"] = data / MB / row["seconds"]
+    results["backup"] = {"data_bytes": data, "rows": rows, "copy_seconds_per_db": per_db_copy}
+    by = {r["method"]: r for r in rows}
+    print(f"\n== backup of {data / MB:.0f} MB in {len(names)} databases (file target)")
+    print(f"{'method':28} {'seconds':>8} {'MB/s':>8} {'archive MB':>11} {'peak RSS MB':>12}")
+    for r in rows:
+        print(f"{r['method']:28} {r['seconds']:8.2f} {r['MB_per_s']:8.1f} {r['bytes'] / MB:11.1f} "
+              f"{r.get('peak_rss_mb', float('nan')):12.1f}")
+    gz, tgz = by["replicator (gzip)"], by["tar -czf"]
+    results["backup"]["ratios"] = {
+        "gzip_vs_tar_czf_speed": tgz["seconds"] / gz["seconds"],
+        "gzip_vs_pigz_speed": by["tar | pigz"]["seconds"] / gz["seconds"] if "tar | pigz" in by else None,
+        "gzip_size_vs_tar_czf": gz["bytes"] / tgz["bytes"],
+        "none_vs_copy_speed": by["cp -r (disk limit)"]["seconds"] / by["replicator (none)"]["seconds"],
+    }
+    print("ratios:", {k: round(v, 2) for k, v in results["backup"]["ratios"].items() if v is not None})
+    print("\n== unload window per database (seconds) vs copying its files")
+    print(f"{'database':14} {'copy':>7} {'staging':>8} {'streamed':>9}")
+    for n in names:
+        print(f"{n:14} {per_db_copy[n]:7.2f} {by['replicator (gzip+staging)']['unload_windows'][n]:8.2f} "
+              f"{by['replicator (gzip)']['unload_windows'][n]:9.2f}")
+
+
+def bench_s3(root: Path, primary, replica, results: dict) -> None:
+    s3 = S3Server(root / "s3").start()
+    try:
+        s3.client().create_bucket(Bucket="bench")
+        cfg = write_config(root, primary, replica, targets={"s3": {
+            "type": "s3", "path": "s3://bench/b/immudb-{timestamp}.tar.gz", "endpoint_url": s3.endpoint_url,
+            "region": "us-east-1", "access_key": s3.access_key, "secret_key": s3.secret_key,
+            "addressing_style": "path"}, "f": {"type": "file", "path": str(root / "s3src-{timestamp}.tar.gz")}})
+        r = run_backup_subprocess(cfg, "s3")
+        f = run_backup_subprocess(cfg, "f")
+        start = time.perf_counter()
+        s3.client().upload_file(f["location"], "bench", "upload_file.tar.gz")
+        upload = time.perf_counter() - start
+        size = Path(f["location"]).stat().st_size
+        results["s3"] = {"backup_seconds": r["wall_seconds"], "upload_file_seconds": upload, "archive_bytes": size,
+                         "ratio": upload / r["wall_seconds"]}
+        print(f"\n== S3: backup {r['wall_seconds']:.2f}s end to end; upload_file of the finished archive "
+              f"({size / MB:.0f} MB) {upload:.2f}s; backup/upload_file speed ratio {upload / r['wall_seconds']:.2f}")
+    finally:
+        s3.stop()
+
+
+def bench_reconcile(root: Path, sizes: list[int], results: dict) -> None:
+    from reconciler import config
+    from reconciler.reconcile import Reconciler
+    rows = []
+    for n in sizes:
+        p = ImmudbServer(f"p{n}", root / f"rp{n}").start()
+        r = ImmudbServer(f"r{n}", root / f"rr{n}").start()
+        try:
+            with admin_for(p, "p") as admin:
+                for i in range(n):
+                    admin.create_database(f"bench_{i:04d}")
+            rec = Reconciler.from_config(config.load(write_config(root, p, r), env={}))
+            start = time.perf_counter()
+            first = rec.run_pass()
+            bring_up = time.perf_counter() - start
+            assert first.ok, first.error or [o.line() for o in first.failed]
+            time.sleep(2)
+            calls = rec.primary.calls + rec.replica.calls
+            start = time.perf_counter()
+            again = rec.run_pass()
+            idle = time.perf_counter() - start
+            rpcs = rec.primary.calls + rec.replica.calls - calls
+            assert again.plan.in_sync, again.plan.lines()[:3]
+            rows.append({"databases": n, "bring_up_seconds": bring_up, "idle_pass_seconds": idle, "idle_pass_rpcs": rpcs})
+            rec.close()
+        finally:
+            p.stop()
+            r.stop()
+    results["reconcile"] = rows
+    print("\n== reconcile")
+    print(f"{'databases':>10} {'bring up s':>11} {'idle pass s':>12} {'idle RPCs':>10}")
+    for row in rows:
+        print(f"{row['databases']:>10} {row['bring_up_seconds']:11.2f} {row['idle_pass_seconds']:12.3f} "
+              f"{row['idle_pass_rpcs']:>10}")
+
+
+def go_tool(results: dict) -> None:
+    done = subprocess.run(["go", "mod", "download", "-json", "github.com/codenotary/immudb-tools/replicator@latest"],
+                          capture_output=True, text=True)
+    try:
+        error = json.loads(done.stdout).get("Error")
+    except ValueError:
+        error = done.stderr.strip()
+    if error or done.returncode != 0:
+        # keep the reason, not the registry's address
+        reason = "not available from the Go module proxy (the proxy answers 403 'not available')"
+        results["go_tool"] = {"built": False, "reason": reason}
+        print(f"\n== Go replicator: {reason}; not compared")
+    else:
+        results["go_tool"] = {"built": False, "reason": "downloaded, comparison not implemented yet"}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small data set and database counts (a few minutes)")
+    parser.add_argument("--size-mb", type=int, help="total data size (default 240, quick 120)")
+    parser.add_argument("--databases", type=int, default=4)
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "latest.json"))
+    args = parser.parse_args()
+    size = args.size_mb or (120 if args.quick else 240)
+    sizes = [10, 50] if args.quick else [10, 100, 500]
+    results = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "quick": args.quick,
+               "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "kernel": platform.release()}}
+    root = Path(tempfile.mkdtemp(prefix="replicator-bench-"))
+    try:
+        primary = ImmudbServer("primary", root / "primary").start()
+        replica = ImmudbServer("replica", root / "replica").start()
+        try:
+            names = [f"bench_{i}" for i in range(args.databases)]
+            with admin_for(primary, "primary") as admin:
+                for n in names:
+                    admin.create_database(n)
+            start = time.perf_counter()
+            for i, n in enumerate(names):
+                fill(primary, n, size // len(names), seed=i)
+            print(f"wrote {size} MB to the primary in {time.perf_counter() - start:.1f}s")
+            from reconciler import config
+            from reconciler.reconcile import Reconciler
+            rec = Reconciler.from_config(config.load(write_config(root, primary, replica), env={}))
+            assert rec.run_pass().ok
+            rec.close()
+            for n in names:
+                want, got = immudb_data.wait_caught_up(primary, replica, n, n, timeout=600)
+                assert got == want, f"{n} did not catch up"
+            bench_backup(root, primary, replica, names, results)
+            bench_s3(root, primary, replica, results)
+        finally:
+            primary.stop()
+            replica.stop()
+        bench_reconcile(root, sizes, results)
+        go_tool(results)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2))
+    print(f"\nresults written to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
