@@ -302,3 +302,37 @@ def test_scheduled_backup_fires(tmp_path, daemon_factory, replicated):
     assert verify(open(archives[0], "rb")).ok
     status, history = d.request("GET", "/backups")
     assert history["backups"][0]["target"] == "local" and history["backups"][0]["ok"]
+
+
+def test_scheduled_backup_finding_another_running_is_skipped_and_recorded(tmp_path, primary_server, replica_server,
+                                                                         replicated):
+    from tests.test_backup import load, write_config
+    from reconciler.daemon import Service
+    prefix, _, _ = replicated
+    cfg = load(write_config(tmp_path, primary_server, replica_server, prefix,
+                            targets={"local": {"type": "file", "path": str(tmp_path / "s-{timestamp}.tar.gz")}}))
+    service = Service(cfg)
+    try:
+        with service.backups._lock:  # another backup holds it
+            service._scheduled_backup("local")
+        skipped = service.backups.history[-1]
+        assert not skipped.ok and skipped.error.startswith("skipped: a backup is already running")
+        assert service.stats["backup_failures"] == {"local": 1}
+        service._scheduled_backup("local")  # free again: it runs
+        assert service.backups.history[-1].ok
+        assert service.stats["backup_last"]["local"]["success_at"]
+    finally:
+        service.reconciler.close()
+
+
+def test_json_logs_are_one_object_per_line_without_secrets(tmp_path, daemon_factory, replicated):
+    import json as json_module
+    prefix, names, _ = replicated
+    d = daemon_factory(prefix, logging={"format": "json"}, reconcile={"interval": 1}).start()
+    time.sleep(1.5)
+    assert d.stop() == 0
+    lines = [line for line in d.output().splitlines() if line.strip()]
+    events = [json_module.loads(line) for line in lines]
+    assert {"started", "stopped"} <= {e["event"] for e in events}
+    assert all({"ts", "level", "event"} <= set(e) for e in events)
+    assert TOKEN not in d.output() and "Follower-pw-1" not in d.output()
