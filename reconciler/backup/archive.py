@@ -57,10 +57,10 @@ def open_compressor(kind: str, level: int | None, raw: BinaryIO, threads: int | 
         return _Unclosable(raw)
     if kind == "gzip":
         if level <= 3:
-            from isal import igzip_threaded  # ISA-L: several times zlib's speed at levels 0-3
+            from isal import igzip_threaded  # ISA-L: fastest, levels 0-3 only
             return igzip_threaded.open(_Unclosable(raw), "wb", compresslevel=level, threads=threads)
-        import gzip
-        return gzip.GzipFile(fileobj=_Unclosable(raw), mode="wb", compresslevel=level, mtime=0)
+        from zlib_ng import gzip_ng_threaded  # zlib-ng: zlib's ratios, several times its speed, in threads
+        return gzip_ng_threaded.open(_Unclosable(raw), "wb", compresslevel=level, threads=threads)
     if kind == "zstd":
         import zstandard
         return zstandard.ZstdCompressor(level=level, threads=threads).stream_writer(raw, closefd=False)

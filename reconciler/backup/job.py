@@ -194,7 +194,7 @@ class Backups:
             for leftover in target.cleanup_partial():
                 event(log, "partial_removed", target=target.name, what=leftover)
             name = target.archive_name(result.started_at)
-            upload = target.open(name)
+            upload = target.open(name, size_hint=progress.bytes_total)
             writer = None
             try:
                 writer = ArchiveWriter(upload, self.cfg.backup.compression, self.cfg.backup.compression_level,

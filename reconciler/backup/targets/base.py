@@ -88,9 +88,10 @@ class Target(ABC):
 
     # -- operations
     @abstractmethod
-    def open(self, name: str) -> Upload:
-        """Start writing archive `name`. Raises ArchiveExists if it exists,
-        TargetError if the target cannot be written."""
+    def open(self, name: str, size_hint: int | None = None) -> Upload:
+        """Start writing archive `name` (of about `size_hint` bytes at most,
+        when known). Raises ArchiveExists if it exists, TargetError if the
+        target cannot be written."""
 
     @abstractmethod
     def read(self, name: str) -> BinaryIO:

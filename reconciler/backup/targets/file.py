@@ -87,7 +87,7 @@ class FileTarget(Target):
     def location(self, name: str) -> str:
         return str(self.dir / name)
 
-    def open(self, name: str) -> Upload:
+    def open(self, name: str, size_hint: int | None = None) -> Upload:
         final = self.dir / name
         if not self.dir.is_dir():
             if not self.create_dirs:

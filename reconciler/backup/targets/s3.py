@@ -25,7 +25,8 @@ from reconciler.secret import Secret
 log = logging.getLogger(__name__)
 
 MiB = 1024 * 1024
-IN_FLIGHT = 2          # parts uploading while the next one fills
+IN_FLIGHT = 3          # parts uploading while the next one fills (more did not help on SeaweedFS)
+MAX_PARTS = 10_000     # S3's limit per upload
 ABORT_RETRY_SECONDS = 60
 
 
@@ -44,6 +45,7 @@ class S3Upload(Upload):
         except (ClientError, BotoCoreError) as exc:
             raise target.error(f"cannot start uploading {key}", exc) from None
         self.buffer = bytearray()
+        self.part_size = target.part_size
         self.number = 0
         self.parts: list[dict] = []
         self.pending: list[Future] = []
@@ -52,9 +54,9 @@ class S3Upload(Upload):
 
     def write(self, data: bytes) -> None:
         self.buffer += data
-        while len(self.buffer) >= self.target.part_size:
-            chunk = bytes(self.buffer[: self.target.part_size])
-            del self.buffer[: self.target.part_size]
+        while len(self.buffer) >= self.part_size:
+            chunk = bytes(self.buffer[: self.part_size])
+            del self.buffer[: self.part_size]
             self._send(chunk)
 
     def _send(self, chunk: bytes) -> None:
@@ -163,12 +165,16 @@ class S3Target(Target):
         except BotoCoreError as exc:
             raise self.error(f"cannot check {key}", exc) from None
 
-    def open(self, name: str) -> Upload:
+    def open(self, name: str, size_hint: int | None = None) -> Upload:
         key = self.prefix + name
         if self._exists(key):
             raise ArchiveExists(f"target {self.name}: {self.location(name)} exists; it is never overwritten "
                                 f"(put {{timestamp}} in the target's path)")
-        return S3Upload(self, key)
+        upload = S3Upload(self, key)
+        if size_hint:
+            # stay under S3's 10,000 parts even if the archive is as large as the data
+            upload.part_size = max(self.part_size, -(-size_hint // (MAX_PARTS - 100) // MiB) * MiB)
+        return upload
 
     def abort_upload(self, key: str, upload_id: str, patience: float = ABORT_RETRY_SECONDS) -> bool:
         """Abort a multipart upload, retrying while the store is unreachable;

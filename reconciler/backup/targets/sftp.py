@@ -195,7 +195,7 @@ class SftpTarget(Target):
                 except OSError as exc:
                     raise self.error(f"cannot create directory {path}", exc) from None
 
-    def open(self, name: str) -> Upload:
+    def open(self, name: str, size_hint: int | None = None) -> Upload:
         self._ensure_dir()
         final = posixpath.join(self.directory or ".", name)
         if self.exists(final):
