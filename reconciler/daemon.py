@@ -58,6 +58,7 @@ class Service:
         self.stopping = threading.Event()
         self._reload_requested = threading.Event()
         self._state_lock = threading.Lock()
+        self._reload_lock = threading.Lock()
         self.stats = {"passes": 0, "pass_failures": 0, "last_pass_seconds": 0.0, "last_pass_at": 0.0,
                       "backup_last": {}, "backup_failures": {}, "backup_bytes": {},
                       "reloads_ok": 0, "reloads_failed": 0}
@@ -136,7 +137,12 @@ class Service:
                 misfire_grace_time=self.cfg.daemon.backup_misfire_grace, replace_existing=True)
 
     def reload(self, reason: str) -> bool:
-        """Load the config again; keep the old one if the new one is invalid."""
+        """Load the config again; keep the old one if the new one is invalid.
+        Called from the scheduler (file changed) and the main thread (SIGHUP)."""
+        with self._reload_lock:
+            return self._reload(reason)
+
+    def _reload(self, reason: str) -> bool:
         new_hash = _file_hash(self.config_path)
         try:
             new = config_module.load(self.config_path, self.args)

@@ -28,6 +28,15 @@ def write(server, database: str, count: int, prefix: str = "key") -> dict[bytes,
     return written
 
 
+def write_blobs(server, database: str, count: int, size: int = 512 * 1024) -> None:
+    """`count` incompressible values of `size` bytes, one transaction each."""
+    import os
+    c = client(server, database)
+    for i in range(count):
+        c.set(f"blob{i}".encode(), os.urandom(size))
+    c.shutdown()
+
+
 def state(server, database: str) -> tuple[int, bytes]:
     c = client(server, database)
     s = c.currentState()

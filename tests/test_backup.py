@@ -59,6 +59,18 @@ def replicated(tmp_path, primary_server, replica_server, primary):
     return prefix, names, written
 
 
+def big_replica(tmp_path, primary_server, replica_server, primary, prefix: str, blobs: int) -> str:
+    """A replica database `<prefix>big` of `blobs` x 512 KiB random values, caught up."""
+    name = f"{prefix}big"
+    primary.create_database(name)
+    immudb_data.write_blobs(primary_server, name, blobs)
+    rec = Reconciler.from_config(load(write_config(tmp_path, primary_server, replica_server, prefix)))
+    assert rec.run_pass().ok
+    rec.close()
+    assert immudb_data.wait_caught_up(primary_server, replica_server, name, name, timeout=60)[1] is not None
+    return name
+
+
 def target_dict(kind: str, tmp_path, request) -> dict:
     """The YAML form of a test target of `kind` (secrets inline)."""
     servers = {}
@@ -205,17 +217,7 @@ def test_full_filesystem_fails_cleanly_with_every_database_loaded(tmp_path, prim
 def test_s3_stopped_mid_upload_leaves_no_object_and_no_pending_upload(tmp_path, request, primary_server,
                                                                       replica_server, replica, primary, s3_server):
     prefix = unique_name("bs") + "_"
-    name = f"{prefix}big"
-    primary.create_database(name)
-    client = immudb_data.client(primary_server, name)
-    import os
-    for i in range(40):  # ~20 MiB of incompressible values: several 5 MiB parts
-        client.set(f"blob{i}".encode(), os.urandom(512 * 1024))
-    client.shutdown()
-    rec = Reconciler.from_config(load(write_config(tmp_path, primary_server, replica_server, prefix)))
-    assert rec.run_pass().ok
-    rec.close()
-    assert immudb_data.wait_caught_up(primary_server, replica_server, name, name, timeout=60)[1] is not None
+    name = big_replica(tmp_path, primary_server, replica_server, primary, prefix, blobs=40)  # several 5 MiB parts
     t = target_dict("s3", tmp_path, request)
     cfg = load(write_config(tmp_path, primary_server, replica_server, prefix, targets={"t": t}))
     progress = Progress()
@@ -269,18 +271,8 @@ def test_sftp_unknown_host_key_is_refused(tmp_path, primary_server, replica_serv
 
 def test_sftp_stopped_mid_upload_leaves_no_final_file(tmp_path, primary_server, replica_server, replica, primary,
                                                       sftp_server):
-    import os
     prefix = unique_name("bf") + "_"
-    name = f"{prefix}big"
-    primary.create_database(name)
-    client = immudb_data.client(primary_server, name)
-    for i in range(24):
-        client.set(f"blob{i}".encode(), os.urandom(512 * 1024))
-    client.shutdown()
-    rec = Reconciler.from_config(load(write_config(tmp_path, primary_server, replica_server, prefix)))
-    assert rec.run_pass().ok
-    rec.close()
-    assert immudb_data.wait_caught_up(primary_server, replica_server, name, name, timeout=60)[1] is not None
+    name = big_replica(tmp_path, primary_server, replica_server, primary, prefix, blobs=24)
     cfg = _sftp_cfg(tmp_path, primary_server, replica_server, prefix, sftp_server)
     folder = Path(cfg.backup.targets["t"].path).parent
     progress = Progress()

@@ -239,13 +239,10 @@ def test_sigterm_during_a_backup_loads_every_database_and_leaves_no_partial_arch
     prefix = unique_name("st") + "_"
     name = f"{prefix}big"
     primary.create_database(name)
-    client = immudb_data.client(primary_server, name)
-    for i in range(60):
-        client.set(f"blob{i}".encode(), os.urandom(512 * 1024))
-    client.shutdown()
+    immudb_data.write_blobs(primary_server, name, 60)
     out = tmp_path / "slow"
-    # zlib level 9 on random data: slow enough to be caught mid-way
-    d = daemon_factory(prefix, backup={"compression_level": 9, "targets": {"local": {
+    # zstd's slowest level: a backup slow enough to be caught mid-way
+    d = daemon_factory(prefix, backup={"compression": "zstd", "compression_level": 22, "targets": {"local": {
         "type": "file", "path": str(out / "s-{timestamp}.tar.gz")}}}).start()
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and d.request("GET", "/status")[1]["databases"] == []:

@@ -56,8 +56,8 @@ def open_compressor(kind: str, level: int | None, raw: BinaryIO, threads: int | 
     if kind == "none":
         return _Unclosable(raw)
     if kind == "gzip":
-        if level <= 3:
-            from isal import igzip_threaded  # ISA-L: fastest, levels 0-3 only
+        if level <= 2:
+            from isal import igzip_threaded  # ISA-L: fastest, larger archives
             return igzip_threaded.open(_Unclosable(raw), "wb", compresslevel=level, threads=threads)
         from zlib_ng import gzip_ng_threaded  # zlib-ng: zlib's ratios, several times its speed, in threads
         return gzip_ng_threaded.open(_Unclosable(raw), "wb", compresslevel=level, threads=threads)

@@ -212,6 +212,8 @@ class Backups:
                     "finished_unix": int(result.finished_at), "compression": self.cfg.backup.compression,
                     "databases": states,
                 })
+                if self.cancel.is_set():  # the compressor's last flush can take a while: last safe point
+                    raise Cancelled("cancelled")
                 result.location = upload.commit()
             except BaseException:
                 if writer is not None:
