@@ -113,10 +113,8 @@ class Service:
         return backup_id
 
     def _check_config(self) -> None:
-        if self._reload_requested.is_set():
-            self._reload_requested.clear()
-            self.reload("SIGHUP")
-        elif self.config_path and _file_hash(self.config_path) != self.config_hash:
+        """Scheduler job; SIGHUP is handled by the main loop."""
+        if self.config_path and _file_hash(self.config_path) != self.config_hash:
             self.reload("file changed")
 
     # ------------------------------------------------------------------ scheduling
