@@ -200,7 +200,9 @@ class ApiServer:
         host, port = service.cfg.api.host_port
         self.server = waitress.create_server(
             build_app(service), host=host, port=port, threads=8, ident="immudb-replicator",
-            max_request_body_size=service.cfg.api.max_body_bytes, channel_timeout=30,
+            # above api.max_body_bytes our handler answers 413 in JSON; waitress itself
+            # (plain text) only cuts bodies far beyond it
+            max_request_body_size=max(1 << 20, 16 * service.cfg.api.max_body_bytes), channel_timeout=30,
             cleanup_interval=10, connection_limit=200, clear_untrusted_proxy_headers=True)
         self.address = f"{host}:{self.server.effective_port}"
         self.thread = threading.Thread(target=self._serve, name="api", daemon=True)

@@ -165,7 +165,7 @@ def test_oversized_body_is_413(daemon_factory, replicated):
     prefix, _, _ = replicated
     d = daemon_factory(prefix, api={"max_body_bytes": 1024}).start()
     status, answer = d.request("POST", "/backup/start", raw=b'{"target": "' + b"x" * 5000 + b'"}')
-    assert status == 413, answer
+    assert status == 413 and "larger than 1024 bytes" in answer["error"], answer
 
 
 def test_unknown_endpoint_is_a_json_404(daemon_factory, replicated):
