@@ -28,6 +28,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
 
 from reconciler import config as config_module
+from reconciler.admin import ImmudbError
 from reconciler.backup.job import BackupAlreadyRunning, BackupResult, Backups
 from reconciler.config.model import Config, TargetConfig
 from reconciler.errors import ConfigError
@@ -252,8 +253,17 @@ class Service:
             while self.backups.running and time.monotonic() < deadline:
                 time.sleep(0.1)
             if self.backups.running:
-                event(log, "backup_still_running", logging.ERROR,
-                      note="exiting; the next reconcile pass loads any database it left unloaded")
+                # stuck (a frozen target): load what it holds ourselves rather than leave it unavailable
+                held = sorted(self.reconciler.busy)
+                event(log, "backup_still_running", logging.ERROR, holding=",".join(held) or None,
+                      note="loading its databases and exiting")
+                for name in held:
+                    try:
+                        self.reconciler.replica.load(name)
+                    except ImmudbError as exc:
+                        if "already loaded" not in exc.detail:
+                            event(log, "load_failed", logging.ERROR, database=name, error=str(exc),
+                                  note="the next reconcile pass loads it")
         self.reconciler.close()
         event(log, "stopped")
 

@@ -333,3 +333,41 @@ def test_json_logs_are_one_object_per_line_without_secrets(tmp_path, daemon_fact
     assert {"started", "stopped"} <= {e["event"] for e in events}
     assert all({"ts", "level", "event"} <= set(e) for e in events)
     assert TOKEN not in d.output() and "Follower-pw-1" not in d.output()
+
+
+def test_sigterm_while_the_target_is_frozen_still_loads_the_database_and_exits(
+        tmp_path, daemon_factory, primary, primary_server, replica_server, replica, sftp_server):
+    import subprocess as sp
+    prefix = unique_name("fz") + "_"
+    name = f"{prefix}big"
+    primary.create_database(name)
+    immudb_data.write_blobs(primary_server, name, 40)
+    target = {"type": "sftp", "path": f"{sftp_server.upload_dir}/{unique_name('fz')}/f-{{timestamp}}.tar",
+              "host": "127.0.0.1", "port": sftp_server.port, "username": sftp_server.username,
+              "password": sftp_server.password, "known_hosts_file": str(sftp_server.known_hosts),
+              "create_dirs": True, "timeout": 120}
+    d = daemon_factory(prefix, backup={"compression": "none", "targets": {"remote": target}},
+                       daemon={"shutdown_grace": 2}).start()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and d.request("GET", "/status")[1]["databases"] == []:
+        time.sleep(0.2)
+    assert immudb_data.wait_caught_up(primary_server, replica_server, name, name, timeout=60)[1] is not None
+    frozen = False
+    try:
+        assert d.request("POST", "/backup/start", {"target": "remote"})[0] == 202
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not d.request("GET", "/backup/status")[1]["bytes_done"]:
+            time.sleep(0.02)
+        # the SFTP server stalls, as a network stall would: its session processes stop answering
+        sp.run(["pkill", "-STOP", "-u", sftp_server.username], check=False)
+        frozen = True
+        time.sleep(1)
+        assert d.request("GET", "/backup/status")[1]["running"]
+        started = time.monotonic()
+        assert d.stop(signal.SIGTERM) == 0
+        assert time.monotonic() - started < 20
+    finally:
+        if frozen:
+            sp.run(["pkill", "-CONT", "-u", sftp_server.username], check=False)
+    assert "backup_still_running" in d.output()
+    assert_all_loaded(replica, [name])
