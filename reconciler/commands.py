@@ -197,14 +197,9 @@ def _optional_config(args: argparse.Namespace):
 @command("verify")
 def verify_command(args: argparse.Namespace) -> int:
     from reconciler.backup import archive
-    from reconciler.backup.locate import open_archive
-    cfg = _optional_config(args)
-    stream, location, closers = open_archive(cfg, args.archive, args.target)
-    try:
+    from reconciler.backup.locate import opened_archive
+    with opened_archive(_optional_config(args), args.archive, args.target) as (stream, location):
         result = archive.verify(stream)
-    finally:
-        for c in closers:
-            c.close()
     if not result.ok:
         for problem in result.problems:
             print(f"FAIL {problem}", file=sys.stderr)
@@ -219,15 +214,10 @@ def verify_command(args: argparse.Namespace) -> int:
 @command("restore")
 def restore_command(args: argparse.Namespace) -> int:
     from pathlib import Path
-    from reconciler.backup.locate import open_archive
+    from reconciler.backup.locate import opened_archive
     from reconciler.backup.restore import restore
-    cfg = _optional_config(args)
-    stream, location, closers = open_archive(cfg, args.archive, args.target)
-    try:
+    with opened_archive(_optional_config(args), args.archive, args.target) as (stream, location):
         result = restore(stream, Path(args.data_dir), args.database, args.force)
-    finally:
-        for c in closers:
-            c.close()
     print(f"restored {', '.join(result.databases)} ({result.files} files, {_size(result.bytes)}) from {location} "
           f"into {result.data_dir}; every file matched the manifest.")
     print(f"Start immudb on it with:  immudb --dir {result.data_dir}")

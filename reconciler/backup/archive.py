@@ -50,17 +50,19 @@ def default_level(kind: str) -> int:
 
 
 def open_compressor(kind: str, level: int | None, raw: BinaryIO, threads: int | None = None) -> BinaryIO:
-    """A writable stream that compresses into `raw` (not closed with it)."""
+    """A writable stream that compresses into `raw`; closing it may close
+    `raw` too (the archive's sink ignores that: the upload is committed or
+    aborted on its own)."""
     level = level or default_level(kind)
     threads = threads or max(1, min(4, os.cpu_count() or 1))
     if kind == "none":
-        return _Unclosable(raw)
+        return raw
     if kind == "gzip":
         if level <= 2:
             from isal import igzip_threaded  # ISA-L: fastest, larger archives
-            return igzip_threaded.open(_Unclosable(raw), "wb", compresslevel=level, threads=threads)
+            return igzip_threaded.open(raw, "wb", compresslevel=level, threads=threads)
         from zlib_ng import gzip_ng_threaded  # zlib-ng: zlib's ratios, several times its speed, in threads
-        return gzip_ng_threaded.open(_Unclosable(raw), "wb", compresslevel=level, threads=threads)
+        return gzip_ng_threaded.open(raw, "wb", compresslevel=level, threads=threads)
     if kind == "zstd":
         import zstandard
         return zstandard.ZstdCompressor(level=level, threads=threads).stream_writer(raw, closefd=False)
@@ -78,20 +80,6 @@ def open_decompressor(stream: BinaryIO) -> tuple[str, BinaryIO]:
         import zstandard
         return "zstd", zstandard.ZstdDecompressor().stream_reader(buffered, read_across_frames=True)
     return "none", buffered
-
-
-class _Unclosable(io.RawIOBase):
-    """Passes writes to `target`; closing it does not close the target."""
-
-    def __init__(self, target):
-        self.target = target
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, data) -> int:
-        self.target.write(bytes(data))
-        return len(data)
 
 
 class _Readable(io.RawIOBase):

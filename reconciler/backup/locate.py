@@ -3,6 +3,7 @@ named target, or an `s3://` / `sftp://` location matched to a configured
 target for its credentials."""
 from __future__ import annotations
 
+import contextlib
 import posixpath
 from dataclasses import replace
 from typing import BinaryIO
@@ -43,6 +44,17 @@ def open_archive(cfg: Config | None, archive: str, target_name: str | None = Non
     except OSError as exc:
         raise ReplicatorError(f"cannot read {archive}: {exc.strerror or exc}") from None
     return stream, archive, [stream]
+
+
+@contextlib.contextmanager
+def opened_archive(cfg: Config | None, archive: str, target_name: str | None = None):
+    """open_archive as a context manager: (stream, location), closed after."""
+    stream, location, closers = open_archive(cfg, archive, target_name)
+    try:
+        yield stream, location
+    finally:
+        for c in closers:
+            c.close()
 
 
 def _match(cfg: Config | None, url) -> TargetConfig:
