@@ -73,6 +73,11 @@ def reconcile_command(args: argparse.Namespace) -> int:
             print(f"Pass: {done} changed, {len(result.failed)} failed, "
                   f"{len(result.outcomes) - done - len(result.failed)} skipped or deferred; "
                   f"{len(result.plan.databases)} replica databases.")
+            if result.plan.waiting:
+                print(f"Next batch of {min(len(result.plan.waiting), cfg.reconcile.max_new_replicas)} "
+                      f"in {cfg.reconcile.batch_interval}s.", flush=True)
+                time.sleep(cfg.reconcile.batch_interval)
+                continue
             if args.once:
                 return 0 if result.ok else 1
             time.sleep(cfg.reconcile.interval)

@@ -21,7 +21,7 @@ import logging
 import signal
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -80,6 +80,12 @@ class Service:
             self.stats["pass_failures"] += 0 if result.ok else 1
             self.stats["last_pass_seconds"] = result.finished - result.started
             self.stats["last_pass_at"] = result.finished
+        if result.plan and result.plan.waiting:
+            # replica databases wait to be created in batches: the next batch soon, not after `interval`
+            self.scheduler.add_job(self._reconcile_job, "date", id="reconcile-batch", name="reconcile (next batch)",
+                                   replace_existing=True, misfire_grace_time=None,
+                                   run_date=datetime.now(timezone.utc) + timedelta(
+                                       seconds=self.cfg.reconcile.batch_interval))
 
     def _scheduled_backup(self, target_name: str) -> None:
         target_cfg = self.cfg.backup.targets.get(target_name)

@@ -85,13 +85,20 @@ class Plan:
     actions: tuple[Action, ...] = ()
     findings: tuple[Finding, ...] = ()
     databases: tuple[DatabasePlan, ...] = ()
+    waiting: tuple[str, ...] = ()  # replica databases to create in later passes (max_new_replicas)
+    max_new_replicas: int = 0
 
     @property
     def in_sync(self) -> bool:
         return not self.actions
 
     def lines(self) -> list[str]:
-        return [a.description for a in self.actions] + [f.description for f in self.findings]
+        out = [a.description for a in self.actions] + [f.description for f in self.findings]
+        if self.waiting:
+            shown = ", ".join(self.waiting[:5]) + (", ..." if len(self.waiting) > 5 else "")
+            out.append(f"+ {len(self.waiting)} more replica databases wait for the next passes "
+                       f"(reconcile.max_new_replicas: {self.max_new_replicas}): {shown}")
+        return out
 
 
 # ---------------------------------------------------------------------------
@@ -143,12 +150,17 @@ def plan(cfg: Config, observed: Observed, follower_password: Secret,
     wanted = selected_databases(cfg, observed.primary)
     replica = {d.name: d for d in observed.replica}
     follower = cfg.follower.username
+    # each new replica logs in to the primary and replays its whole history: bring them up in batches
+    limit = cfg.reconcile.max_new_replicas
+    new = [name for name in wanted if name not in replica and name not in busy]
+    waiting = tuple(new[limit:]) if limit else ()
+    wanted_now = {name: src for name, src in wanted.items() if name not in waiting}
 
     # -- the follower user on the primary: before anything that logs in as it
     follower_ready: tuple[str, ...] = ()
     if wanted:
         if observed.follower is None:
-            first = next(iter(wanted.values())).name
+            first = next(iter(wanted_now.values())).name
             a = Action("create_follower", "primary", None,
                        f"+ create user {follower} on primary (Admin on {first})", primary_database=first)
             actions.append(a)
@@ -165,7 +177,7 @@ def plan(cfg: Config, observed: Observed, follower_password: Secret,
                            f"~ change password of {follower} on primary (then on every replica database)")
                 actions.append(a)
                 follower_ready += (a.key,)
-        for replica_name, source in wanted.items():
+        for replica_name, source in wanted_now.items():
             if source.name not in granted:
                 actions.append(Action("grant", "primary", source.name,
                                       f"+ grant Admin on {source.name} to {follower} on primary",
@@ -176,6 +188,9 @@ def plan(cfg: Config, observed: Observed, follower_password: Secret,
         want = desired_replication(cfg, source.name, follower_password)
         needs = follower_ready + tuple(a.key for a in actions if a.kind == "grant" and a.database == source.name)
         have = replica.get(name)
+        if name in waiting:
+            states.append(DatabasePlan(name, source.name, MISSING, source.tx_count, None))
+            continue
         if name in busy:
             states.append(DatabasePlan(name, source.name, BUSY, source.tx_count, have.tx_count if have else None))
             continue
@@ -238,4 +253,4 @@ def plan(cfg: Config, observed: Observed, follower_password: Secret,
         findings.append(Finding("sessions", "*", f"! {len(wanted)} replica databases follow this primary and each "
                                 f"holds a session there: make sure the primary's --max-sessions (immudb's default "
                                 f"is 100) exceeds their number plus its other clients"))
-    return Plan(tuple(actions), tuple(findings), tuple(states))
+    return Plan(tuple(actions), tuple(findings), tuple(states), waiting, limit)

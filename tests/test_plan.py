@@ -119,6 +119,43 @@ def test_replication_options_from_config_reach_the_settings():
             s.commit_concurrency) == ("primary.svc", 4000, True, 50, 3)
 
 
+def test_new_replicas_come_in_batches_of_max_new_replicas():
+    cfg = make_config(max_new_replicas=2)
+    names = ["a", "b", "c", "d", "e"]
+    # a already has its replica; b..e are new: two now, two wait
+    observed = Observed(tuple(primary_db(n) for n in names), (replica_of(cfg, "a"),), follower("a"))
+    p = plan(cfg, observed, PASSWORD)
+    assert kinds(p) == [("grant", "b"), ("grant", "c"), ("create_replica", "b"), ("create_replica", "c")]
+    assert p.waiting == ("d", "e")
+    assert states(p) == {"a": IN_SYNC, "b": MISSING, "c": MISSING, "d": MISSING, "e": MISSING}
+    assert p.lines()[-1] == ("+ 2 more replica databases wait for the next passes "
+                             "(reconcile.max_new_replicas: 2): d, e")
+    # the next pass, after the first batch exists, takes the rest
+    after = Observed(observed.primary, observed.replica + (replica_of(cfg, "b"), replica_of(cfg, "c")),
+                     follower("a", "b", "c"))
+    p2 = plan(cfg, after, PASSWORD)
+    assert kinds(p2) == [("grant", "d"), ("grant", "e"), ("create_replica", "d"), ("create_replica", "e")]
+    assert p2.waiting == ()
+
+
+def test_repairs_are_never_held_back_by_the_batch_limit():
+    cfg = make_config(max_new_replicas=1)
+    observed = Observed(tuple(primary_db(n) for n in "abc"),
+                        (replica_of(cfg, "a", loaded=False), replica_of(cfg, "b", prefetch_tx_buffer_size=7)),
+                        follower("a", "b"))
+    p = plan(cfg, observed, PASSWORD)
+    assert kinds(p) == [("grant", "c"), ("load", "a"), ("update_replica", "b"), ("create_replica", "c")]
+    assert p.waiting == ()
+
+
+def test_no_batch_limit_with_zero():
+    cfg = make_config(max_new_replicas=0)
+    names = [f"db{i:03d}" for i in range(120)]
+    p = plan(cfg, Observed(tuple(primary_db(n) for n in names), (), None), PASSWORD)
+    assert sum(1 for a in p.actions if a.kind == "create_replica") == 120 and p.waiting == ()
+    assert make_config().reconcile.max_new_replicas == 50
+
+
 # --------------------------------------------------------------------------- the follower user
 
 def test_follower_without_grant_is_granted():

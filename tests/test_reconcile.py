@@ -347,6 +347,51 @@ def test_fifty_databases_come_up_in_one_pass(tmp_path, primary_server, replica_s
 
 # --------------------------------------------------------------------------- the daemon
 
+def test_reconcile_once_creates_new_replicas_in_batches(tmp_path, primary_server, replica_server, primary, replica,
+                                                       prefix, follower_name):
+    names = [f"{prefix}{i}" for i in range(5)]
+    for n in names:
+        primary.create_database(n)
+    path = write_config(tmp_path, primary_server, replica_server, prefix, follower_name,
+                        max_new_replicas=2, batch_interval=1)
+    plan = run_cli("plan", "-c", str(path))
+    assert plan.returncode == 2
+    assert f"+ 3 more replica databases wait for the next passes (reconcile.max_new_replicas: 2): " \
+           f"{names[2]}, {names[3]}, {names[4]}" in plan.stdout
+    result = run_cli("reconcile", "--once", "-c", str(path))
+    assert result.returncode == 0, result.stderr
+    # three passes: 2 + 2 + 1
+    assert result.stdout.count("Next batch of") == 2, result.stdout
+    assert [line.split()[3] for line in result.stdout.splitlines() if line.startswith("+ create replica")] == names
+    assert {d.name for d in replica.list_databases() if d.is_replica} >= set(names)
+
+
+def test_daemon_runs_the_next_batch_after_batch_interval(tmp_path, primary_server, replica_server, primary,
+                                                         replica, prefix, follower_name):
+    import signal
+    import time
+    names = [f"{prefix}{i}" for i in range(4)]
+    for n in names:
+        primary.create_database(n)
+    path = write_config(tmp_path, primary_server, replica_server, prefix, follower_name,
+                        interval=3600, max_new_replicas=1, batch_interval=1)
+    proc = subprocess.Popen([sys.executable, "-m", "reconciler", "run", "-c", str(path)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not set(names) <= {d.name for d in replica.list_databases()}:
+            time.sleep(0.2)
+        assert set(names) <= {d.name for d in replica.list_databases()}  # long before the 3600 s interval
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    # one database per pass: four passes made a change
+    assert err.count("pass_done") == 4, err
+
+
 def test_run_reconciles_at_start_and_stops_cleanly_on_sigterm(tmp_path, primary_server, replica_server, primary,
                                                               replica, prefix, follower_name):
     import signal

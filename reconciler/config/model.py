@@ -99,6 +99,8 @@ class ReconcileConfig:
     on_primary_removed: str
     adopt_existing: bool
     replication: ReplicationOptions
+    max_new_replicas: int
+    batch_interval: int
     backoff_initial: float
     backoff_max: float
 
@@ -217,6 +219,8 @@ class Config:
                 rename=MappingProxyType(dict(rec["rename"])),
                 on_primary_removed=rec["on_primary_removed"],
                 adopt_existing=rec["adopt_existing"],
+                max_new_replicas=rec["max_new_replicas"],
+                batch_interval=rec["batch_interval"],
                 replication=ReplicationOptions(
                     primary_host=rep["primary_host"] or primary.host,
                     primary_port=rep["primary_port"] or primary.port,
