@@ -104,6 +104,7 @@ class ImmudbAdmin:
         self._lock = threading.Lock()
         self._warned = False
         self.calls = 0  # RPCs sent, for tests and benchmarks
+        self.logins = 0
         self._connect()
 
     def _connect(self) -> None:
@@ -170,6 +171,7 @@ class ImmudbAdmin:
 
     def _login(self) -> str:
         request = pb.LoginRequest(user=self.username.encode(), password=self._password.reveal().encode())
+        self.logins += 1
         response = self._unary("login", "Login", request, None)
         if response.warning and not self._warned:
             self._warned = True

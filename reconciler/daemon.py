@@ -57,6 +57,7 @@ class Service:
         })
         self.api = None
         self.stopping = threading.Event()
+        self._recovered = False  # leftovers of a killed backup removed (first reconcile job)
         self._reload_requested = threading.Event()
         self._state_lock = threading.Lock()
         self._reload_lock = threading.Lock()
@@ -67,6 +68,14 @@ class Service:
     # ------------------------------------------------------------------ jobs
 
     def _reconcile_job(self) -> None:
+        if not self._recovered:
+            # before the first pass: that pass loads what a killed backup left unloaded, and it
+            # would leave them alone while recovery holds the backup lock
+            self._recovered = True
+            try:
+                self.backups.recover()
+            except Exception as exc:  # noqa: BLE001 - never keeps the daemon from reconciling
+                event(log, "recovery_failed", logging.ERROR, error=f"{type(exc).__name__}: {exc}")
         try:
             result = self.reconciler.run_pass()
         except Exception as exc:  # noqa: BLE001 - a pass must never kill the scheduler thread

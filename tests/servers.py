@@ -217,6 +217,7 @@ class ImmudbServer:
     metrics_port: int = 0
     username: str = "immudb"
     password: str = "Immudb-admin-1"  # set on first start; not the default, which immudb warns about
+    extra_args: tuple[str, ...] = ()  # more immudb flags, e.g. ("--token-expiry-time", "1")
     process: Process | None = None
 
     @property
@@ -239,7 +240,7 @@ class ImmudbServer:
                 "--metrics-server-port", str(self.metrics_port),
                 "--admin-password", self.password, "--pidfile", "", "--logfile", "",
                 # each replica database holds a session on its primary; immudb's default is 100
-                "--max-sessions", "2000"]
+                "--max-sessions", "2000", *self.extra_args]
         # HOME points into the server's folder so that no ~/immudb.toml is read,
         # and no IMMUDB_* variable of the caller leaks in.
         env = {k: v for k, v in os.environ.items() if not k.startswith("IMMUDB_")}

@@ -287,14 +287,49 @@ class Backups:
                     return
                 time.sleep(1)
 
+    def recover(self) -> list[str]:
+        """After a crash (SIGKILL, power loss): remove what an interrupted
+        backup of ours left behind: staging copies, partial files, pending
+        multipart uploads, on every configured target. Does nothing while a
+        backup runs here or in another process. What was removed."""
+        try:
+            files_lock = self._claim()
+        except ReplicatorError:
+            return []
+        removed: list[str] = []
+        try:
+            removed += self._remove_staging_leftovers()
+            for target_cfg in self.cfg.backup.targets.values():
+                try:
+                    with targets.build(target_cfg) as target:
+                        for what in target.cleanup_partial():
+                            event(log, "partial_removed", target=target_cfg.name, what=what)
+                            removed.append(what)
+                except Exception as exc:  # noqa: BLE001 - an unreachable target must not stop the daemon
+                    event(log, "recovery_skipped", logging.WARNING, target=target_cfg.name,
+                          error=str(exc) or type(exc).__name__, note="cleaned at its next backup")
+        finally:
+            files_lock.release()
+            self._lock.release()
+        return removed
+
+    def _remove_staging_leftovers(self) -> list[str]:
+        root = self.cfg.backup.staging_dir
+        removed = []
+        if root is None or not root.is_dir():
+            return removed
+        for leftover in root.glob(STAGING_PREFIX + "*"):  # a crashed run's copy
+            shutil.rmtree(leftover, ignore_errors=True)
+            event(log, "staging_removed", path=str(leftover))
+            removed.append(str(leftover))
+        return removed
+
     def _prepare_staging(self) -> Path | None:
         root = self.cfg.backup.staging_dir
         if root is None:
             return None
         root.mkdir(parents=True, exist_ok=True)
-        for leftover in root.glob(STAGING_PREFIX + "*"):  # a crashed run's copy
-            shutil.rmtree(leftover, ignore_errors=True)
-            event(log, "staging_removed", path=str(leftover))
+        self._remove_staging_leftovers()
         path = root / f"{STAGING_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}"
         path.mkdir()
         return path

@@ -1,0 +1,294 @@
+"""Faults: real processes killed or frozen with signals in the middle of the
+work, and what is left afterwards. Each scenario is listed in
+docs/reliability.md. Servers that a test kills or freezes are its own, so
+that no other test sees the damage."""
+from __future__ import annotations
+
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from reconciler import config
+from reconciler.reconcile import Reconciler
+from tests import immudb_data
+from tests.conftest import admin_for, unique_name
+from tests.daemon import Daemon
+from tests.servers import ImmudbServer
+from tests.test_backup import assert_all_loaded, target_dict
+
+pytestmark = [pytest.mark.faults, pytest.mark.servers]
+
+
+@pytest.fixture
+def pair(tmp_path):
+    """A primary and a replica of this test's own."""
+    started = []
+
+    def make(*primary_args: str, replica_args: tuple[str, ...] = ()):
+        p = ImmudbServer("fp", tmp_path / "p", extra_args=primary_args).start()
+        started.append(p)
+        r = ImmudbServer("fr", tmp_path / "r", extra_args=replica_args).start()
+        started.append(r)
+        return p, r
+
+    yield make
+    for s in started:
+        s.stop()
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.1):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def reconciler(tmp_path: Path, p, r, prefix: str, timeout: float = 5, **reconcile) -> Reconciler:
+    import yaml
+    path = tmp_path / f"{unique_name('cfg')}.yaml"
+    path.write_text(yaml.safe_dump({
+        "primary": {"host": "127.0.0.1", "port": p.port, "password": p.password, "timeout": timeout},
+        "replica": {"host": "127.0.0.1", "port": r.port, "password": r.password, "timeout": timeout,
+                    "data_dir": str(r.data_dir)},
+        "follower": {"password": "Follower-pw-1"},
+        "reconcile": {"databases": {"include": [f"{prefix}*"]}, "backoff": {"initial": 0.1, "max": 1},
+                      "max_new_replicas": 0, **reconcile},
+    }))
+    return Reconciler.from_config(config.load(path, env={}))
+
+
+def follows(p, r, name: str, timeout: float = 90) -> bool:
+    want, got = immudb_data.wait_caught_up(p, r, name, name, timeout=timeout)
+    return got == want
+
+
+# --------------------------------------------------------------------------- the primary
+
+def test_primary_sigkilled_during_a_pass_then_restarted(tmp_path, pair):
+    """The primary dies while the pass is granting the follower its
+    databases. The next pass (after a restart) completes; nothing is created
+    twice and every replica has a follower that may export its database."""
+    p, r = pair()
+    prefix = "k_"
+    names = [f"{prefix}{i:03d}" for i in range(60)]
+    with admin_for(p, "setup") as admin:
+        for n in names:
+            admin.create_database(n)
+    immudb_data.write(p, names[0], 3)
+    rec = reconciler(tmp_path, p, r, prefix, timeout=30)  # listing right after 60 creations is slow
+    first: list = []
+    worker = threading.Thread(target=lambda: first.append(rec.run_pass()))
+    with admin_for(p, "watch", timeout=2) as watch:
+        worker.start()
+        # kill as soon as the follower exists (its grants and the replicas follow it)
+        wait_for(lambda: any(u.name == "follower" for u in watch.list_users()), 30, "the follower user",
+                 interval=0.005)
+    p.process.kill()
+    worker.join(60)
+    assert first and not first[0].ok  # the pass saw the primary go
+    p.process.start()  # same port, same data
+    second = rec.run_pass()
+    assert second.ok, second.error or [o.line() for o in second.failed]  # a second "create" would fail
+    third = rec.run_pass()
+    assert third.plan.in_sync, third.plan.lines()
+    with admin_for(p, "check") as admin:
+        follower = next(u for u in admin.list_users() if u.name == "follower")
+    assert all(follower.may_export(n) for n in names)
+    replicas = {d.name: d for d in rec.replica.list_databases()}
+    assert all(replicas[n].is_replica and replicas[n].loaded for n in names)
+    for n in (names[0], names[-1]):
+        immudb_data.write(p, n, 2, prefix="after")
+        assert follows(p, r, n)
+    rec.close()
+
+
+def test_primary_frozen_calls_time_out_and_the_daemon_keeps_answering(tmp_path, pair):
+    """SIGSTOP on the primary, as a network stall: passes fail within the
+    configured timeout, /livez and /status answer meanwhile, and after SIGCONT
+    the daemon reconciles again without help."""
+    p, r = pair()
+    prefix = "z_"
+    with admin_for(p, "setup") as admin:
+        admin.create_database(f"{prefix}one")
+    d = Daemon(tmp_path, p, r, prefix, reconcile={"interval": 1}, primary={"timeout": 2}).start()
+    try:
+        wait_for(lambda: d.request("GET", "/status")[1]["databases"], 30, "the first pass")
+        p.process.signal(signal.SIGSTOP)
+        try:
+            # a pass now hangs on the primary until its timeout; the API does not wait for it
+            failed = None
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline and failed is None:
+                started = time.monotonic()
+                live, _ = d.request("GET", "/livez", token=None, timeout=2)
+                status, body = d.request("GET", "/status", timeout=2)
+                assert (live, status) == (200, 200)
+                assert time.monotonic() - started < 2
+                last = body["last_pass"]
+                if last and not last["ok"]:
+                    failed = last
+                time.sleep(0.2)
+            assert failed is not None, "no failed pass while the primary was frozen"
+            assert f"primary (127.0.0.1:{p.port})" in failed["error"] and "no answer within 2s" in failed["error"]
+        finally:
+            p.process.signal(signal.SIGCONT)
+        with admin_for(p, "later") as admin:
+            admin.create_database(f"{prefix}two")
+        wait_for(lambda: f"{prefix}two" in {x["name"] for x in d.request("GET", "/status")[1]["databases"]}
+                 and d.request("GET", "/status")[1]["last_pass"]["ok"], 60, "a pass after SIGCONT")
+        assert follows(p, r, f"{prefix}two")
+    finally:
+        assert d.stop() == 0
+    assert "Traceback" not in d.output()
+
+
+def test_token_expiry_between_passes_logs_in_again(tmp_path, pair):
+    """immudb's tokens last --token-expiry-time minutes (default 24 h); with
+    1 minute, a pass after 65 s uses expired tokens on both servers."""
+    p, r = pair("--token-expiry-time", "1", replica_args=("--token-expiry-time", "1"))
+    prefix = "x_"
+    with admin_for(p, "setup") as admin:
+        admin.create_database(f"{prefix}one")
+    rec = reconciler(tmp_path, p, r, prefix)
+    assert rec.run_pass().ok
+    logins = rec.primary.logins + rec.replica.logins
+    time.sleep(65)
+    with admin_for(p, "later") as admin:
+        admin.create_database(f"{prefix}two")
+    result = rec.run_pass()
+    assert result.ok, result.error or [o.line() for o in result.failed]
+    assert rec.primary.logins + rec.replica.logins > logins  # it did log in again
+    assert follows(p, r, f"{prefix}two")
+    rec.close()
+
+
+# --------------------------------------------------------------------------- backups
+
+def freeze_sftp(sftp_server) -> None:
+    subprocess.run(["pkill", "-STOP", "-u", sftp_server.username], check=False)
+
+
+def thaw_sftp(sftp_server) -> None:
+    subprocess.run(["pkill", "-CONT", "-u", sftp_server.username], check=False)
+
+
+def sftp_target(sftp_server, folder: str) -> dict:
+    return {"type": "sftp", "path": f"{sftp_server.upload_dir}/{folder}/b-{{timestamp}}.tar",
+            "host": "127.0.0.1", "port": sftp_server.port, "username": sftp_server.username,
+            "password": sftp_server.password, "known_hosts_file": str(sftp_server.known_hosts),
+            "create_dirs": True, "timeout": 120}
+
+
+def test_replica_sigkilled_during_a_backup(tmp_path, pair, sftp_server):
+    """The replica dies while a database is unloaded and streaming to an SFTP
+    target: the backup fails, no archive (final or partial) is left; after
+    the replica restarts, one pass loads everything and replication goes on."""
+    p, r = pair()
+    prefix = "rk_"
+    names = [f"{prefix}a", f"{prefix}b"]
+    with admin_for(p, "setup") as admin:
+        for n in names:
+            admin.create_database(n)
+    immudb_data.write_blobs(p, names[0], 40)
+    immudb_data.write(p, names[1], 5)
+    folder = unique_name("rk")
+    d = Daemon(tmp_path, p, r, prefix, backup={"compression": "none",
+                                                "targets": {"remote": sftp_target(sftp_server, folder)}}).start()
+    try:
+        wait_for(lambda: len(d.request("GET", "/status")[1]["databases"]) == 2, 60, "the replicas")
+        assert all(follows(p, r, n) for n in names)
+        assert d.request("POST", "/backup/start", {"target": "remote"})[0] == 202
+        wait_for(lambda: d.request("GET", "/backup/status")[1]["bytes_done"], 30, "the backup to stream")
+        freeze_sftp(sftp_server)
+        try:
+            assert d.request("GET", "/backup/status")[1]["current_database"] == names[0]
+            r.process.kill()
+        finally:
+            thaw_sftp(sftp_server)
+        body = d.wait_backup(timeout=120)
+        assert body["last_result"]["result"] == "error"
+        assert f"replica (127.0.0.1:{r.port})" in body["last_result"]["error"]
+        left = sftp_server.upload_dir / folder
+        assert not left.exists() or list(left.iterdir()) == []  # no final archive, no partial one
+        r.process.start()
+        # the next pass (interval 3600: ask for it with a reload-free restart of the daemon)
+    finally:
+        d.stop()
+    d2 = Daemon(tmp_path, p, r, prefix).start()
+    try:
+        wait_for(lambda: d2.request("GET", "/status")[1]["last_pass"], 60, "one pass")
+        with admin_for(r, "check") as replica:
+            assert_all_loaded(replica, names)
+        immudb_data.write(p, names[0], 3, prefix="after")
+        assert follows(p, r, names[0])
+    finally:
+        assert d2.stop() == 0
+
+
+def test_replicator_sigkilled_mid_backup_is_cleaned_up_at_restart(tmp_path, request, pair, s3_server):
+    """SIGKILL of the replicator itself, twice: once while a database is
+    unloaded and its archive half written to a `file` target, once while a
+    staged copy streams to S3 as a multipart upload. After a restart, within
+    one pass: every database loaded, the partial file, the staging copy and
+    the multipart upload gone."""
+    p, r = pair()
+    prefix = "sk_"
+    name = f"{prefix}big"
+    with admin_for(p, "setup") as admin:
+        admin.create_database(name)
+    immudb_data.write_blobs(p, name, 80)
+    out = tmp_path / "out"
+    staging = tmp_path / "staging"
+    cloud = target_dict("s3", tmp_path, request)
+    cloud["path"] = cloud["path"].replace(".tar.gz", ".tar.zst")
+    bucket = cloud["path"][len("s3://"):].split("/")[0]
+    s3 = s3_server.client()
+    targets = {"local": {"type": "file", "path": str(out / "l-{timestamp}.tar.zst")}, "cloud": cloud}
+    slow = {"compression": "zstd", "compression_level": 19, "targets": targets}
+
+    # 1. killed while streaming to a file: the database is unloaded, a .partial file exists
+    d = Daemon(tmp_path, p, r, prefix, backup=slow).start()
+    wait_for(lambda: d.request("GET", "/status")[1]["databases"], 60, "the replica")
+    assert follows(p, r, name)
+    assert d.request("POST", "/backup/start", {"target": "local"})[0] == 202
+    wait_for(lambda: d.request("GET", "/backup/status")[1]["bytes_done"], 60, "the backup to stream")
+    d.stop(signal.SIGKILL)
+    with admin_for(r, "check") as replica:
+        assert not {x.name: x for x in replica.list_databases()}[name].loaded
+    assert [f.name for f in out.iterdir() if f.name.endswith(".partial")]
+
+    # the restart repairs it within its first pass
+    with_staging = {**slow, "staging_dir": str(staging)}
+    d = Daemon(tmp_path, p, r, prefix, backup=with_staging).start()
+    wait_for(lambda: d.request("GET", "/status")[1]["last_pass"], 60, "the first pass")
+    with admin_for(r, "check") as replica:
+        assert_all_loaded(replica, [name])
+    assert list(out.iterdir()) == []
+    assert "partial_removed" in d.output()
+
+    # 2. killed while a staged copy streams to S3: a staging copy and a pending multipart upload
+    assert d.request("POST", "/backup/start", {"target": "cloud"})[0] == 202
+    wait_for(lambda: s3.list_multipart_uploads(Bucket=bucket).get("Uploads"), 120, "a multipart upload",
+             interval=0.2)
+    d.stop(signal.SIGKILL)
+    assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads")
+    assert list(staging.iterdir())
+
+    d = Daemon(tmp_path, p, r, prefix, backup=with_staging).start()
+    try:
+        wait_for(lambda: d.request("GET", "/status")[1]["last_pass"], 60, "the first pass")
+        with admin_for(r, "check") as replica:
+            assert_all_loaded(replica, [name])
+        assert list(staging.iterdir()) == []
+        assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+        assert s3.list_objects_v2(Bucket=bucket).get("Contents", []) == []
+        assert "staging_removed" in d.output()
+    finally:
+        assert d.stop() == 0
