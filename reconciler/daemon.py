@@ -79,6 +79,9 @@ class Service:
         try:
             result = self.reconciler.run_pass()
         except Exception as exc:  # noqa: BLE001 - a pass must never kill the scheduler thread
+            if self.reconciler.closed:  # stopping: its connections were closed under it
+                event(log, "pass_interrupted", reason="stopping")
+                return
             event(log, "pass_crashed", logging.ERROR, error=f"{type(exc).__name__}: {exc}")
             with self._state_lock:
                 self.stats["passes"] += 1
@@ -175,9 +178,11 @@ class Service:
             return True
         old = self.cfg
         if (new.primary, new.replica) != (old.primary, old.replica):
-            self.reconciler.close()
+            stale = (self.reconciler.primary, self.reconciler.replica)
             fresh = Reconciler.from_config(new)
             self.reconciler.primary, self.reconciler.replica = fresh.primary, fresh.replica
+            for admin in stale:
+                admin.close()
         if new.replica != old.replica:
             from reconciler.admin import ImmudbAdmin
             self.backups.replica = ImmudbAdmin.from_config("replica", new.replica)
@@ -279,7 +284,7 @@ class Service:
                         if "already loaded" not in exc.detail:
                             event(log, "load_failed", logging.ERROR, database=name, error=str(exc),
                                   note="the next reconcile pass loads it")
-        self.reconciler.close()
+        self.reconciler.close(wait=min(5.0, self.cfg.daemon.shutdown_grace))
         event(log, "stopped")
 
     def run_until_signalled(self) -> int:

@@ -107,14 +107,23 @@ class Reconciler:
         self._last_pass_error: str | None = None
         self.last_result: PassResult | None = None
         self.passes = 0
+        self.closed = False  # set by close(): a pass still running is being cut short
 
     @classmethod
     def from_config(cls, cfg: Config) -> "Reconciler":
         return cls(cfg, ImmudbAdmin.from_config("primary", cfg.primary), ImmudbAdmin.from_config("replica", cfg.replica))
 
-    def close(self) -> None:
-        self.primary.close()
-        self.replica.close()
+    def close(self, wait: float = 0) -> None:
+        """Close both connections; first wait up to `wait` seconds for a pass
+        in progress to finish (one cut short is logged as interrupted)."""
+        got = self._pass_lock.acquire(timeout=wait) if wait > 0 else False
+        self.closed = True
+        try:
+            self.primary.close()
+            self.replica.close()
+        finally:
+            if got:
+                self._pass_lock.release()
 
     # -- backups hold databases so that no pass touches them mid-copy
     def hold(self, database: str) -> None:
@@ -290,6 +299,9 @@ class Reconciler:
             del self._states[gone]
 
     def _log_pass(self, result: PassResult) -> None:
+        if self.closed:
+            event(log, "pass_interrupted", reason="stopping")
+            return
         if result.error != self._last_pass_error:
             if result.error:
                 event(log, "pass_failed", logging.ERROR, error=result.error)

@@ -69,3 +69,13 @@ def wait_caught_up(primary_server, replica_server, primary_db: str, replica_db: 
             break
         time.sleep(0.2)
     return want, got
+
+
+def create_small_database(admin, name: str) -> None:
+    """A database with small store limits (its replica copies them): each
+    replica stream costs its primary much less memory than with immudb's
+    defaults, so that hundreds fit in a test machine."""
+    from immudb.grpc import schema_pb2 as pb
+    settings = pb.DatabaseNullableSettings(maxKeyLen=pb.NullableUint32(value=256),
+                                           maxTxEntries=pb.NullableUint32(value=64))
+    admin._call(f"create database {name}", "CreateDatabaseV2", pb.CreateDatabaseRequest(name=name, settings=settings))
