@@ -158,7 +158,8 @@ def _target_from(service: "Service", body: Any, schema: Draft202012Validator):
         if e.validator == "additionalProperties":
             extra = sorted(set(body) - set(e.schema.get("properties", {})))
             raise HTTPProblem(400, f"unknown field '{extra[0]}'", extra[0])
-        shown = "" if field in ("password",) else f": {e.message}"
+        # never echoed: the password, and the username (for s3 it is the access key)
+        shown = "" if field in ("password", "username") else f": {e.message}"
         raise HTTPProblem(400, f"invalid field '{field}'{shown}", field)
     if "target" in body:
         name = body["target"]

@@ -9,6 +9,7 @@ configuration. `str()`, `repr()` and formatting give `***`.
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 from reconciler.errors import ConfigError
@@ -20,10 +21,13 @@ _revealed: set[str] = set()
 
 def redact(text: str) -> str:
     """`text` with every secret value this process has used replaced by `***`:
-    the last line of defence for log lines and error messages."""
+    the last line of defence for log lines and error messages. Also in the
+    escaped form `json.dumps` gives it (a `"`, `\\` or non-ASCII letter), as
+    both log formats quote values that way before they are scrubbed."""
     for value in sorted(_revealed, key=len, reverse=True):
-        if value in text:
-            text = text.replace(value, REDACTED)
+        for form in (value, json.dumps(value)[1:-1]):
+            if form in text:
+                text = text.replace(form, REDACTED)
     return text
 
 
