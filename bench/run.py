@@ -256,8 +256,8 @@ def _reconcile_once(root: Path, n: int, parked: bool) -> dict:
     out): parked, the pass still lists, compares and plans every database."""
     from reconciler import config
     from reconciler.reconcile import Reconciler
-    p = ImmudbServer(f"p{n}", root / f"rp{n}").start()
-    r = ImmudbServer(f"r{n}", root / f"rr{n}").start()
+    p = ImmudbServer(f"p{n}", root / f"rp{n}-{parked}").start()
+    r = ImmudbServer(f"r{n}", root / f"rr{n}-{parked}").start()
     try:
         start = time.perf_counter()
         with admin_for(p, "p", timeout=600) as admin:

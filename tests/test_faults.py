@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import signal
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -18,7 +19,9 @@ from tests import immudb_data
 from tests.conftest import admin_for, unique_name
 from tests.daemon import Daemon
 from tests.servers import ImmudbServer
-from tests.test_backup import assert_all_loaded, target_dict
+from tests.test_backup import assert_all_loaded, replicated, target_dict  # noqa: F401 (fixture)
+
+ROOT = Path(__file__).resolve().parent.parent
 
 pytestmark = [pytest.mark.faults, pytest.mark.servers]
 
@@ -390,3 +393,42 @@ def test_passes_every_second_during_a_backup_of_200_databases(tmp_path, pair):
     from collections import Counter
     assert any(e["event"] == "database_state" and e.get("state") == "busy" for e in events[start:done]), \
         (Counter(kinds[start:done]), events[start], events[done])
+
+
+# --------------------------------------------------------------------------- targets that cannot take the archive
+
+def _misconfigured(kind: str, case: str, tmp_path, request) -> dict:
+    t = target_dict(kind, tmp_path, request)
+    if case == "bucket missing":
+        t["path"] = f"s3://{unique_name('nobucket').replace('_', '-')}/a-{{timestamp}}.tar.gz"
+    elif case == "wrong secret key":
+        t["secret_key"] = "Wrong-S3-secret-77"
+    elif case == "remote directory missing":
+        t["path"] = t["path"].rsplit("/", 1)[0] + "/not/there/a-{timestamp}.tar.gz"
+        t["create_dirs"] = False
+    return t
+
+
+@pytest.mark.parametrize("kind,case,says", [
+    ("s3", "bucket missing", "does not exist"),
+    ("s3", "wrong secret key", "access key and secret key"),
+    ("sftp", "remote directory missing", "not/there"),
+])
+def test_target_that_cannot_take_the_archive_fails_clearly(kind, case, says, tmp_path, request, primary_server,
+                                                           replica_server, replica, replicated):
+    from tests.test_backup import write_config
+    prefix, names, _ = replicated
+    target = _misconfigured(kind, case, tmp_path, request)
+    path = write_config(tmp_path, primary_server, replica_server, prefix, targets={"broken": target})
+    done = subprocess.run([sys.executable, "-m", "reconciler", "backup", "-c", str(path), "--target", "broken"],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert done.returncode == 1, done.stdout + done.stderr
+    error = done.stderr.strip().splitlines()[-1]
+    assert error.startswith("error: ") and "broken" in error and says in error, error
+    assert "Traceback" not in done.stderr and "Wrong-S3-secret-77" not in done.stdout + done.stderr
+    assert_all_loaded(replica, names)
+    if kind == "s3" and case == "wrong secret key":
+        bucket = target["path"][len("s3://"):].split("/")[0]
+        s3 = request.getfixturevalue("s3_server").client()
+        assert s3.list_objects_v2(Bucket=bucket).get("Contents", []) == []
+        assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []

@@ -142,6 +142,8 @@ class S3Target(Target):
             detail = f"{err.get('Code', 'error')}: {err.get('Message', '')}".rstrip(": ")
             if err.get("Code") in ("InvalidAccessKeyId", "SignatureDoesNotMatch"):
                 detail += " (check the access key and secret key)"
+            elif err.get("Code") in ("403", "AccessDenied"):  # a HEAD's answer has no body to say more
+                detail += " (access refused: check the access key and secret key, and that they may use the bucket)"
         elif isinstance(exc, EndpointConnectionError):
             detail = f"cannot reach {self.endpoint_url or 'S3'}"
         else:
@@ -165,8 +167,22 @@ class S3Target(Target):
         except BotoCoreError as exc:
             raise self.error(f"cannot check {key}", exc) from None
 
+    def _check_bucket(self) -> None:
+        """A missing bucket is an error of its own, never created here (some
+        S3 servers create one on the first write). Other refusals are left to
+        the writes: a write-only policy may not allow HeadBucket."""
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchBucket", "NotFound"):
+                raise TargetError(f"target {self.name} (s3://{self.bucket}/{self.prefix}): bucket {self.bucket} "
+                                  f"does not exist (create it first; this tool never does)") from None
+        except BotoCoreError as exc:
+            raise self.error(f"cannot reach bucket {self.bucket}", exc) from None
+
     def open(self, name: str, size_hint: int | None = None) -> Upload:
         key = self.prefix + name
+        self._check_bucket()
         if self._exists(key):
             raise ArchiveExists(f"target {self.name}: {self.location(name)} exists; it is never overwritten "
                                 f"(put {{timestamp}} in the target's path)")
