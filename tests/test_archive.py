@@ -86,6 +86,7 @@ def test_manifest_is_last_and_lists_every_file_with_its_checksum(tree):
         p: hashlib.sha256(d).hexdigest() for p, d in files.items()}
 
 
+@pytest.mark.faults
 def test_one_flipped_byte_fails_verification_naming_the_file(tree):
     root, files = tree
     plain = bytearray(write_archive(root, "none"))
@@ -96,6 +97,7 @@ def test_one_flipped_byte_fails_verification_naming_the_file(tree):
     assert any("alpha/tx/00000000.tx" in p and "sha256" in p for p in result.problems)
 
 
+@pytest.mark.faults
 def test_flipped_byte_in_compressed_archive_fails(tree):
     root, _ = tree
     data = bytearray(write_archive(root, "gzip"))
@@ -104,6 +106,7 @@ def test_flipped_byte_in_compressed_archive_fails(tree):
 
 
 @pytest.mark.parametrize("compression", ["gzip", "zstd", "none"])
+@pytest.mark.faults
 def test_truncated_archive_fails(tree, compression):
     root, _ = tree
     data = write_archive(root, compression)
@@ -112,6 +115,7 @@ def test_truncated_archive_fails(tree, compression):
     assert any("truncated" in p or "MANIFEST" in p or "missing" in p for p in result.problems), result.problems
 
 
+@pytest.mark.faults
 def test_manifest_that_lies_about_a_size_fails(tree):
     import json
     root, _ = tree
@@ -171,6 +175,7 @@ def test_restore_refuses_non_empty_destination_unless_forced(tree, tmp_path):
     assert (dest / "alpha/tx/00000000.tx").read_bytes() == files["alpha/tx/00000000.tx"]
 
 
+@pytest.mark.faults
 def test_damaged_archive_restores_nothing(tree, tmp_path):
     root, _ = tree
     plain = bytearray(write_archive(root, "none"))
@@ -206,6 +211,7 @@ def _member(name: str, kind=tarfile.REGTYPE, link: str = "") -> tarfile.TarInfo:
     (_member("alpha/dev", tarfile.CHRTYPE), "not a regular file"),
     (_member("not a db/file"), "database folder"),
 ])
+@pytest.mark.faults
 def test_hostile_archives_are_refused(tmp_path, member, why):
     data = _hostile(member)
     dest = tmp_path / "dest"

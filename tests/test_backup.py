@@ -176,6 +176,7 @@ def test_databases_are_held_from_reconcile_while_a_backup_runs(tmp_path, primary
     rec.close()
 
 
+@pytest.mark.faults
 def test_second_backup_while_one_runs_is_refused(tmp_path, primary_server, replica_server, replicated):
     prefix, _, _ = replicated
     cfg = load(write_config(tmp_path, primary_server, replica_server, prefix,
@@ -196,6 +197,7 @@ def test_second_backup_while_one_runs_is_refused(tmp_path, primary_server, repli
 
 # --------------------------------------------------------------------------- failures
 
+@pytest.mark.faults
 def test_full_filesystem_fails_cleanly_with_every_database_loaded(tmp_path, primary_server, replica_server, replica,
                                                                   replicated):
     prefix, names, _ = replicated
@@ -214,6 +216,7 @@ def test_full_filesystem_fails_cleanly_with_every_database_loaded(tmp_path, prim
         subprocess.run(["umount", str(mount)], check=False)
 
 
+@pytest.mark.faults
 def test_s3_stopped_mid_upload_leaves_no_object_and_no_pending_upload(tmp_path, request, primary_server,
                                                                       replica_server, replica, primary, s3_server):
     prefix = unique_name("bs") + "_"
@@ -250,6 +253,7 @@ def _sftp_cfg(tmp_path, primary_server, replica_server, prefix, sftp_server, **c
     return load(write_config(tmp_path, primary_server, replica_server, prefix, targets={"t": t}))
 
 
+@pytest.mark.faults
 def test_sftp_wrong_password_fails_clearly(tmp_path, primary_server, replica_server, replica, replicated, sftp_server):
     prefix, names, _ = replicated
     cfg = _sftp_cfg(tmp_path, primary_server, replica_server, prefix, sftp_server, password="Wrong-Pass-9")
@@ -259,6 +263,7 @@ def test_sftp_wrong_password_fails_clearly(tmp_path, primary_server, replica_ser
     assert_all_loaded(replica, names)
 
 
+@pytest.mark.faults
 def test_sftp_unknown_host_key_is_refused(tmp_path, primary_server, replica_server, replica, replicated, sftp_server):
     prefix, names, _ = replicated
     empty = tmp_path / "known_hosts"
@@ -269,6 +274,7 @@ def test_sftp_unknown_host_key_is_refused(tmp_path, primary_server, replica_serv
     assert_all_loaded(replica, names)
 
 
+@pytest.mark.faults
 def test_sftp_stopped_mid_upload_leaves_no_final_file(tmp_path, primary_server, replica_server, replica, primary,
                                                       sftp_server):
     prefix = unique_name("bf") + "_"
@@ -357,6 +363,7 @@ def test_inline_go_style_backup_command(tmp_path, primary_server, replica_server
     assert verify(open(done.stdout.split("-> ")[1].split()[0], "rb")).ok
 
 
+@pytest.mark.faults
 def test_backup_in_another_process_is_refused_and_its_databases_are_not_loaded(tmp_path, primary_server,
                                                                                replica_server, replica, replicated):
     """A shell `replicator backup` and the daemon share the lock on the data dir."""

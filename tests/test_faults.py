@@ -432,3 +432,33 @@ def test_target_that_cannot_take_the_archive_fails_clearly(kind, case, says, tmp
         s3 = request.getfixturevalue("s3_server").client()
         assert s3.list_objects_v2(Bucket=bucket).get("Contents", []) == []
         assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+
+
+# --------------------------------------------------------------------------- slow HTTP clients
+
+def test_slow_clients_do_not_stop_the_api(tmp_path, primary_server, replica_server):
+    """60 connections that send half a request (headers, or a body shorter
+    than its Content-Length) and then wait: the API still answers everyone
+    else at once; the stalled requests never reach a handler."""
+    import socket
+    from tests.daemon import TOKEN
+    d = Daemon(tmp_path, primary_server, replica_server, unique_name("sl") + "_").start()
+    stalled = []
+    try:
+        for i in range(60):
+            s = socket.create_connection(("127.0.0.1", d.port), timeout=5)
+            if i % 2:
+                s.sendall(b"GET /status HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ")  # headers never end
+            else:
+                s.sendall(b"POST /backup/start HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                          b"Authorization: Bearer " + TOKEN.encode() + b"\r\nContent-Length: 1000\r\n\r\n{\"tar")
+            stalled.append(s)
+        for _ in range(5):
+            assert d.request("GET", "/livez", token=None, timeout=3)[0] == 200
+            assert d.request("GET", "/status", timeout=3)[0] == 200
+            assert d.request("GET", "/backup/status", timeout=3)[1]["running"] is False
+    finally:
+        for s in stalled:
+            s.close()
+        assert d.stop() == 0
+    assert "backup_started" not in d.output() and "Traceback" not in d.output()

@@ -221,6 +221,7 @@ def test_replica_pointed_elsewhere_by_hand_is_repaired(tmp_path, primary_server,
     assert_follows(primary_server, replica_server, name, name)
 
 
+@pytest.mark.faults
 def test_non_replica_database_of_same_name_is_a_conflict_and_its_data_is_untouched(
         tmp_path, primary_server, replica_server, primary, replica, prefix, follower_name):
     name = f"{prefix}c"
@@ -284,6 +285,7 @@ def test_policy_when_the_primary_database_is_removed(tmp_path, primary_server, r
 
 # --------------------------------------------------------------------------- failures
 
+@pytest.mark.faults
 def test_primary_down_during_a_pass_then_back(tmp_path):
     primary_server = ImmudbServer("primary-down", tmp_path / "p").start()
     replica_server = ImmudbServer("replica-down", tmp_path / "r").start()
@@ -304,6 +306,7 @@ def test_primary_down_during_a_pass_then_back(tmp_path):
         replica_server.stop()
 
 
+@pytest.mark.faults
 def test_replica_restart_between_passes_logs_in_again(tmp_path):
     primary_server = ImmudbServer("primary-rs", tmp_path / "p").start()
     replica_server = ImmudbServer("replica-rs", tmp_path / "r").start()

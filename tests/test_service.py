@@ -100,6 +100,7 @@ def test_named_target_backup_and_history(tmp_path, daemon_factory, replicated):
     assert history["backups"][0]["ok"] is True
 
 
+@pytest.mark.faults
 def test_exactly_one_of_concurrent_requests_wins(tmp_path, daemon_factory, replicated):
     prefix, _, _ = replicated
     d = daemon_factory(prefix, backup={"targets": {"local": {
@@ -122,6 +123,7 @@ def test_exactly_one_of_concurrent_requests_wins(tmp_path, daemon_factory, repli
 
 # --------------------------------------------------------------------------- refusals
 
+@pytest.mark.faults
 def test_token_is_required_except_on_probes_and_metrics(daemon_factory, replicated):
     prefix, _, _ = replicated
     d = daemon_factory(prefix).start()
@@ -148,6 +150,7 @@ def test_token_is_required_except_on_probes_and_metrics(daemon_factory, replicat
     ({"type": "file", "path": "/etc/cron.d/x-{timestamp}"}, 403, "path"),
     ({"type": "file", "path": "OUT/../../etc/x.tar.gz"}, 400, "path"),
 ])
+@pytest.mark.faults
 def test_malformed_requests_get_a_json_4xx_naming_the_field(tmp_path, daemon_factory, replicated, body, status, field):
     prefix, _, _ = replicated
     d = daemon_factory(prefix).start()
@@ -161,6 +164,7 @@ def test_malformed_requests_get_a_json_4xx_naming_the_field(tmp_path, daemon_fac
     assert d.request("GET", "/livez", token=None)[0] == 200  # and it keeps serving
 
 
+@pytest.mark.faults
 def test_oversized_body_is_413(daemon_factory, replicated):
     prefix, _, _ = replicated
     d = daemon_factory(prefix, api={"max_body_bytes": 1024}).start()
@@ -168,6 +172,7 @@ def test_oversized_body_is_413(daemon_factory, replicated):
     assert status == 413 and "larger than 1024 bytes" in answer["error"], answer
 
 
+@pytest.mark.faults
 def test_unknown_endpoint_is_a_json_404(daemon_factory, replicated):
     prefix, _, _ = replicated
     d = daemon_factory(prefix).start()
@@ -199,6 +204,7 @@ def test_status_and_metrics_move_with_passes_and_backups(tmp_path, daemon_factor
     assert all(second[f"replicator_database_lag_transactions{{database={n}}}"] == 0 for n in names)
 
 
+@pytest.mark.faults
 def test_reload_on_file_change_and_refusal_of_a_broken_file(tmp_path, daemon_factory, replicated):
     prefix, _, _ = replicated
     d = daemon_factory(prefix).start()
@@ -234,6 +240,7 @@ def test_sighup_reloads(daemon_factory, replicated):
     assert "config_reloaded" in d.output()
 
 
+@pytest.mark.faults
 def test_sigterm_during_a_backup_loads_every_database_and_leaves_no_partial_archive(
         tmp_path, daemon_factory, primary, primary_server, replica_server, replica):
     prefix = unique_name("st") + "_"
@@ -322,6 +329,7 @@ def test_scheduled_backup_finding_another_running_is_skipped_and_recorded(tmp_pa
         service.reconciler.close()
 
 
+@pytest.mark.faults
 def test_json_logs_are_one_object_per_line_without_secrets(tmp_path, daemon_factory, replicated):
     import json as json_module
     prefix, names, _ = replicated
@@ -335,6 +343,7 @@ def test_json_logs_are_one_object_per_line_without_secrets(tmp_path, daemon_fact
     assert TOKEN not in d.output() and "Follower-pw-1" not in d.output()
 
 
+@pytest.mark.faults
 def test_sigterm_while_the_target_is_frozen_still_loads_the_database_and_exits(
         tmp_path, daemon_factory, primary, primary_server, replica_server, replica, sftp_server):
     import subprocess as sp

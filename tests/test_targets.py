@@ -79,6 +79,7 @@ def test_committed_archive_is_listed_and_reads_back(target):
     assert read_all(target, name) == data
 
 
+@pytest.mark.faults
 def test_aborted_archive_leaves_nothing(target):
     u = target.open(target.archive_name(1_800_000_000))
     u.write(os.urandom(6 * MiB))
@@ -87,6 +88,7 @@ def test_aborted_archive_leaves_nothing(target):
     assert target.cleanup_partial() == []  # no partial file, no pending multipart upload either
 
 
+@pytest.mark.faults
 def test_existing_archive_is_never_overwritten(target):
     name = target.archive_name(1_800_000_000)
     upload(target, name, b"first")
@@ -110,6 +112,7 @@ def test_list_is_oldest_first_and_delete_removes(target):
     assert sorted(a.name for a in target.list()) == sorted(names[1:])
 
 
+@pytest.mark.faults
 def test_leftovers_of_an_interrupted_run_are_cleaned(target):
     u = target.open(target.archive_name(1_800_000_000))
     u.write(b"half an archive")
