@@ -20,6 +20,8 @@ import re
 import tarfile
 import threading
 import zlib
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO, Callable, Iterator
@@ -123,19 +125,82 @@ class _CountingSink(io.RawIOBase):
         return len(data)
 
 
+class _Hasher:
+    """SHA-256 of files in a thread of its own: hashlib lets go of the GIL,
+    so hashing one chunk overlaps reading and writing the next (on 2 cores
+    the difference between hashing and not is then small). In order, and at
+    most `ahead` chunks behind."""
+
+    def __init__(self, ahead: int = 4):
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sha256")
+        self.pending: deque = deque()
+        self.ahead = ahead
+
+    def update(self, sha, data: bytes) -> None:
+        self.pending.append(self.pool.submit(sha.update, data))
+        while len(self.pending) > self.ahead:
+            self.pending.popleft().result()
+
+    def digest(self, sha) -> str:
+        while self.pending:
+            self.pending.popleft().result()
+        return sha.hexdigest()
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
 class _HashingReader:
-    def __init__(self, f: BinaryIO, on_bytes: Callable[[int], None], cancel: threading.Event | None):
-        self.f, self.on_bytes, self.cancel = f, on_bytes, cancel
+    def __init__(self, f: BinaryIO, hasher: _Hasher, on_bytes: Callable[[int], None],
+                 cancel: threading.Event | None):
+        self.f, self.hasher, self.on_bytes, self.cancel = f, hasher, on_bytes, cancel
         self.sha, self.size = hashlib.sha256(), 0
 
     def read(self, n: int = -1) -> bytes:
         if self.cancel is not None and self.cancel.is_set():
             raise Cancelled("cancelled")
         data = self.f.read(n)
-        self.sha.update(data)
+        self.hasher.update(self.sha, data)
         self.size += len(data)
         self.on_bytes(len(data))
         return data
+
+    def hexdigest(self) -> str:
+        return self.hasher.digest(self.sha)
+
+
+class _TarStream:
+    """Writes a PAX tar straight to `out`, one write per header and per
+    chunk of data. tarfile's own stream mode re-buffers every byte through
+    slicing (a third of the time of an uncompressed backup here)."""
+
+    def __init__(self, out):
+        self.out, self.offset, self.closed = out, 0, False
+
+    def addfile(self, info: tarfile.TarInfo, reader=None) -> None:
+        header = info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+        self.out.write(header)
+        self.offset += len(header)
+        if reader is None:
+            return
+        remaining = info.size
+        while remaining:
+            data = reader.read(min(CHUNK, remaining))
+            if not data:
+                raise OSError(f"{info.name}: file shrank while being archived")
+            self.out.write(data)
+            remaining -= len(data)
+        padding = -info.size % tarfile.BLOCKSIZE
+        if padding:
+            self.out.write(bytes(padding))
+        self.offset += info.size + padding
+
+    def close(self) -> None:
+        end = bytes(2 * tarfile.BLOCKSIZE)  # end of archive, then zeros to a whole record, as tar does
+        end += bytes(-(self.offset + len(end)) % tarfile.RECORDSIZE)
+        self.out.write(end)
+        self.offset += len(end)
+        self.closed = True
 
 
 class ArchiveWriter:
@@ -145,10 +210,10 @@ class ArchiveWriter:
                  on_bytes: Callable[[int], None] = lambda n: None, cancel: threading.Event | None = None):
         self.sink = _CountingSink(upload)
         self.compressor = open_compressor(compression, level, self.sink)
-        self.tar = tarfile.open(fileobj=self.compressor, mode="w|", format=tarfile.PAX_FORMAT, bufsize=CHUNK,
-                                copybufsize=CHUNK)
+        self.tar = _TarStream(self.compressor)
         self.files: list[FileEntry] = []
         self.on_bytes, self.cancel = on_bytes, cancel
+        self.hasher = _Hasher()
 
     @property
     def bytes_written(self) -> int:
@@ -189,9 +254,9 @@ class ArchiveWriter:
         info = self._info(path, arcname, st)
         info.size = st.st_size
         with open(path, "rb") as f:
-            reader = _HashingReader(f, self.on_bytes, self.cancel)
+            reader = _HashingReader(f, self.hasher, self.on_bytes, self.cancel)
             self.tar.addfile(info, reader)  # type: ignore[arg-type]
-        entry = FileEntry(arcname, reader.size, reader.sha.hexdigest())
+        entry = FileEntry(arcname, reader.size, reader.hexdigest())
         self.files.append(entry)
         return entry
 
@@ -200,9 +265,9 @@ class ArchiveWriter:
         without sending anything more to the upload. Never raises."""
         self.sink.discarding = True
         self.tar.closed = True
-        self.tar.fileobj.closed = True  # the stream would otherwise flush itself when collected
         with contextlib.suppress(Exception):
             self.compressor.close()
+        self.hasher.close()
 
     def finish(self, manifest: dict) -> None:
         """Append the manifest (with every file added) and close the streams."""
@@ -214,6 +279,7 @@ class ArchiveWriter:
         self.tar.addfile(info, io.BytesIO(data))
         self.tar.close()
         self.compressor.close()
+        self.hasher.close()
 
 
 # --------------------------------------------------------------------------- reading
