@@ -72,8 +72,9 @@ class Daemon:
             raise AssertionError("daemon not ready: " + self.output())
         return self
 
-    def request(self, method: str, path: str, body=None, token: str | None = TOKEN, raw: bytes | None = None,
-                headers: dict | None = None, timeout: float = 30) -> tuple[int, dict | str]:
+    def exchange(self, method: str, path: str, body=None, token: str | None = TOKEN, raw: bytes | None = None,
+                 headers: dict | None = None, timeout: float = 30) -> tuple[int, str, str]:
+        """One HTTP request: (status, response headers as text, body as text)."""
         data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
         req = urllib.request.Request(self.url + path, data=data, method=method)
         if data is not None:
@@ -84,10 +85,14 @@ class Daemon:
             req.add_header(k, v)
         try:
             with urllib.request.urlopen(req, timeout=timeout) as resp:
-                status, text, ctype = resp.status, resp.read().decode(), resp.headers.get("Content-Type", "")
+                return resp.status, str(resp.headers), resp.read().decode(errors="replace")
         except urllib.error.HTTPError as err:
-            status, text, ctype = err.code, err.read().decode(), err.headers.get("Content-Type", "")
-        return status, (json.loads(text) if "json" in ctype else text)
+            return err.code, str(err.headers), err.read().decode(errors="replace")
+
+    def request(self, method: str, path: str, body=None, token: str | None = TOKEN, raw: bytes | None = None,
+                headers: dict | None = None, timeout: float = 30) -> tuple[int, dict | str]:
+        status, head, text = self.exchange(method, path, body, token, raw, headers, timeout)
+        return status, (json.loads(text) if "application/json" in head.lower() else text)
 
     def wait_backup(self, timeout: float = 120) -> dict:
         """Poll /backup/status until no backup runs; the last result."""

@@ -14,9 +14,7 @@ import os
 import subprocess
 import sys
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -289,19 +287,7 @@ def test_refused_credentials_fail_without_echoing_them(configured, s3_server, sf
 
 def _call(transcript: Transcript, d: Daemon, method: str, path: str, body=None, token: str | None = TOKEN,
           raw: bytes | None = None, headers: dict | None = None) -> tuple[int, dict | str]:
-    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
-    req = urllib.request.Request(d.url + path, data=data, method=method)
-    if data is not None:
-        req.add_header("Content-Type", "application/json")
-    if token:
-        req.add_header("Authorization", f"Bearer {token}")
-    for key, value in (headers or {}).items():
-        req.add_header(key, value)
-    try:
-        with urllib.request.urlopen(req, timeout=60) as resp:
-            status, text, head = resp.status, resp.read().decode(errors="replace"), str(resp.headers)
-    except urllib.error.HTTPError as err:
-        status, text, head = err.code, err.read().decode(errors="replace"), str(err.headers)
+    status, head, text = d.exchange(method, path, body, token, raw, headers, timeout=60)
     transcript.add(f"{method} {path} -> {status}", head + "\n" + text)
     assert status < 500, (method, path, status, text)
     try:

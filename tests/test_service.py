@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import threading
 import time
 from pathlib import Path
 
@@ -98,27 +97,6 @@ def test_named_target_backup_and_history(tmp_path, daemon_factory, replicated):
     status, history = d.request("GET", "/backups")
     assert status == 200 and history["backups"][0]["backup_id"] == answer["id"]
     assert history["backups"][0]["ok"] is True
-
-
-@pytest.mark.faults
-def test_exactly_one_of_concurrent_requests_wins(tmp_path, daemon_factory, replicated):
-    prefix, _, _ = replicated
-    d = daemon_factory(prefix, backup={"targets": {"local": {
-        "type": "file", "path": str(tmp_path / "c" / "c-{timestamp}.tar.gz")}}}).start()
-    barrier = threading.Barrier(20)
-    statuses = []
-
-    def post():
-        barrier.wait()
-        statuses.append(d.request("POST", "/backup/start", {"target": "local"})[0])
-
-    threads = [threading.Thread(target=post) for _ in range(20)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert sorted(statuses) == [202] + [409] * 19
-    assert d.wait_backup()["last_result"]["result"] == "ok"
 
 
 # --------------------------------------------------------------------------- refusals
