@@ -434,16 +434,21 @@ def mutate_text(data, raw: bytes, on_secret_lines: bool = False) -> tuple[bytes,
     return raw, f"{kind} at line {line_no + 1} / byte {pos}"
 
 
+def _mutate_and_check(tmp_path, data, most: int, on_secret_lines: bool = False) -> None:
+    """1..`most` text mutations of the base file, then the checks of _check_text."""
+    raw = BASE_TEXT.encode()
+    done = []
+    for _ in range(data.draw(st.integers(1, most), label="mutations")):
+        raw, what = mutate_text(data, raw, on_secret_lines=on_secret_lines)
+        done.append(what)
+    _check_text(tmp_path, raw, done)
+
+
 @settings(max_examples=300, deadline=None, derandomize=True, database=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(data=st.data())
 def test_text_mutations_are_refused_cleanly_without_a_secret(tmp_path, data):
-    raw = BASE_TEXT.encode()
-    done = []
-    for _ in range(data.draw(st.integers(1, 3), label="mutations")):
-        raw, what = mutate_text(data, raw)
-        done.append(what)
-    _check_text(tmp_path, raw, done)
+    _mutate_and_check(tmp_path, data, most=3)
 
 
 @settings(max_examples=200, deadline=None, derandomize=True, database=None,
@@ -451,12 +456,7 @@ def test_text_mutations_are_refused_cleanly_without_a_secret(tmp_path, data):
 @given(data=st.data())
 def test_secret_lines_mutated_are_refused_cleanly_without_a_secret(tmp_path, data):
     """The lines that hold secrets, mutated: the likeliest way for a value to reach a message."""
-    raw = BASE_TEXT.encode()
-    done = []
-    for _ in range(data.draw(st.integers(1, 2), label="mutations")):
-        raw, what = mutate_text(data, raw, on_secret_lines=True)
-        done.append(what)
-    _check_text(tmp_path, raw, done)
+    _mutate_and_check(tmp_path, data, most=2, on_secret_lines=True)
 
 
 def _check_text(tmp_path: Path, raw: bytes, done: list[str]) -> None:

@@ -5,8 +5,11 @@ follower user, so tests sharing the session's servers do not see each
 other's databases."""
 from __future__ import annotations
 
+import contextlib
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -55,6 +58,31 @@ def reconciler_for(path: Path) -> Reconciler:
 def run_cli(*argv: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "reconciler", *argv], capture_output=True, text=True,
                           cwd=ROOT, timeout=120)
+
+
+def wait_on_replica(replica, names, timeout: float) -> None:
+    """Until every one of `names` exists on the replica; asserts it."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not set(names) <= {d.name for d in replica.list_databases()}:
+        time.sleep(0.2)
+    assert set(names) <= {d.name for d in replica.list_databases()}
+
+
+@contextlib.contextmanager
+def running_daemon(path: Path):
+    """`replicator run -c path` as a subprocess. Yields a dict that holds
+    returncode, out and err once the block ends with SIGTERM."""
+    proc = subprocess.Popen([sys.executable, "-m", "reconciler", "run", "-c", str(path)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    result: dict = {}
+    try:
+        yield result
+        proc.send_signal(signal.SIGTERM)
+        result["out"], result["err"] = proc.communicate(timeout=30)
+        result["returncode"] = proc.returncode
+    finally:
+        if proc.poll() is None:
+            proc.kill()
 
 
 def create_with_data(primary, primary_server, name: str, count: int = 10) -> dict:
@@ -371,57 +399,31 @@ def test_reconcile_once_creates_new_replicas_in_batches(tmp_path, primary_server
 
 def test_daemon_runs_the_next_batch_after_batch_interval(tmp_path, primary_server, replica_server, primary,
                                                          replica, prefix, follower_name):
-    import signal
-    import time
     names = [f"{prefix}{i}" for i in range(4)]
     for n in names:
         primary.create_database(n)
     path = write_config(tmp_path, primary_server, replica_server, prefix, follower_name,
                         interval=3600, max_new_replicas=1, batch_interval=1)
-    proc = subprocess.Popen([sys.executable, "-m", "reconciler", "run", "-c", str(path)], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and not set(names) <= {d.name for d in replica.list_databases()}:
-            time.sleep(0.2)
-        assert set(names) <= {d.name for d in replica.list_databases()}  # long before the 3600 s interval
-        proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 0, err
+    with running_daemon(path) as done:
+        wait_on_replica(replica, names, 60)  # long before the 3600 s interval
+    assert done["returncode"] == 0, done["err"]
     # one database per pass: four passes made a change
-    assert err.count("pass_done") == 4, err
+    assert done["err"].count("pass_done") == 4, done["err"]
 
 
 def test_run_reconciles_at_start_and_stops_cleanly_on_sigterm(tmp_path, primary_server, replica_server, primary,
                                                               replica, prefix, follower_name):
-    import signal
-    import time
     name = f"{prefix}daemon"
     create_with_data(primary, primary_server, name, 3)
     path = write_config(tmp_path, primary_server, replica_server, prefix, follower_name, password="Daemon-pw-77",
                         interval=1)
-    proc = subprocess.Popen([sys.executable, "-m", "reconciler", "run", "-c", str(path)], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and name not in {d.name for d in replica.list_databases()}:
-            time.sleep(0.2)
-        assert name in {d.name for d in replica.list_databases()}
+    with running_daemon(path) as done:
+        wait_on_replica(replica, [name], 30)
         # a database created while it runs is picked up by a later pass (interval 1 s)
         create_with_data(primary, primary_server, f"{prefix}later", 2)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and f"{prefix}later" not in {d.name for d in replica.list_databases()}:
-            time.sleep(0.2)
-        assert f"{prefix}later" in {d.name for d in replica.list_databases()}
-        proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 0, err
+        wait_on_replica(replica, [f"{prefix}later"], 30)
+    out, err = done["out"], done["err"]
+    assert done["returncode"] == 0, err
     assert "started" in err and "stopped" in err
     assert "Traceback" not in err
     for secret in ("Daemon-pw-77", primary_server.password):
