@@ -11,14 +11,13 @@ import copy
 import difflib
 import json
 import os
-from functools import lru_cache
-from importlib import resources
 from pathlib import PurePosixPath
 from typing import Any, Iterable
 
 import jsonschema
 from jsonschema import Draft202012Validator
 
+from reconciler import schemas
 from reconciler.config import legacy
 from reconciler.config.load import Lines
 
@@ -27,10 +26,9 @@ LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1", "[::1]", "0.0.0.0"})
 UNLOADABLE = frozenset({"defaultdb", "systemdb"})
 
 
-@lru_cache(maxsize=None)
 def load_schema(name: str = "replicator.schema.json") -> dict:
-    """A schema shipped in `schemas/` (installed as package `reconciler.schemas`)."""
-    return json.loads(resources.files("reconciler.schemas").joinpath(name).read_text(encoding="utf-8"))
+    """A schema shipped in the package (`reconciler/schemas/`)."""
+    return schemas.load(name)
 
 
 def _with_defaults(cls):

@@ -1,1 +1,0 @@
-"""JSON Schemas shipped with the package as `reconciler.schemas` (see pyproject.toml)."""
