@@ -13,6 +13,8 @@ same data in the same run. Prints tables and writes JSON.
 4. peak RSS of a backup process against the data size
 5. backup to S3 (SeaweedFS) vs boto3 upload_file of the finished archive
 6. the Go tool it replaces, if it can be built here
+7. the command line as a user meets it: `replicator --help`, `validate`,
+   and a whole `replicator backup` process against a whole `tar -czf`
 
 Data is real: written to the primary and brought to the replica by
 immudb's own replication.
@@ -186,6 +188,55 @@ def bench_backup(root: Path, primary, replica, names: list[str], results: dict) 
     for n in names:
         print(f"{n:14} {per_db_copy[n]:7.2f} {by['replicator (gzip+staging)']['unload_windows'][n]:8.2f} "
               f"{by['replicator (gzip)']['unload_windows'][n]:9.2f}")
+
+
+def _median_seconds(argv: list[str], runs: int, cwd: Path) -> float:
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        subprocess.run(argv, check=True, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2]
+
+
+def bench_cli(root: Path, primary, replica, names: list[str], results: dict) -> None:
+    """Whole commands, as a user runs them: the installed `replicator`
+    script, from a directory outside the checkout. For a backup, the whole
+    process against the backup's own time (what it prints) and against a
+    whole `tar -czf` of the same folders."""
+    script = shutil.which("replicator", path=str(Path(sys.executable).parent))
+    if script is None:
+        print("\n== command line: no `replicator` script beside this Python; not measured")
+        return
+    away = root / "elsewhere"
+    away.mkdir()
+    example = ROOT / "examples" / "replicator.yaml"
+    rows = {"help_seconds": _median_seconds([script, "--help"], 7, away),
+            "validate_seconds": _median_seconds([script, "validate", "-c", str(example)], 7, away)}
+    out = root / "cli-out"
+    cfg = write_config(root, primary, replica, targets={"t": {"type": "file", "path": str(out / "c-{timestamp}.tar.gz")}})
+    backups = []
+    for _ in range(3):
+        subprocess.run(["sync"], check=True)
+        start = time.perf_counter()
+        done = subprocess.run([script, "backup", "-c", str(cfg), "--target", "t"], cwd=away, check=True,
+                              capture_output=True, text=True)
+        whole = time.perf_counter() - start
+        own = float(done.stdout.split(" written in ", 1)[1].split("s ", 1)[0])
+        backups.append((whole, own))
+        shutil.rmtree(out)
+    whole, own = sorted(backups)[1]
+    subprocess.run(["sync"], check=True)
+    tar = timed(["tar", "-czf", str(root / "cli-tar.tgz"), "-C", str(replica.data_dir), *names])
+    (root / "cli-tar.tgz").unlink()
+    data = tree_bytes([replica.data_dir / n for n in names])
+    rows.update({"data_bytes": data, "backup_whole_seconds": whole, "backup_own_seconds": own,
+                 "backup_overhead_seconds": whole - own, "tar_czf_seconds": tar, "tar_vs_whole_backup": tar / whole})
+    results["cli"] = rows
+    print(f"\n== command line ({data / MB:.0f} MB, whole processes, median)")
+    print(f"replicator --help {rows['help_seconds']:.3f}s; validate {rows['validate_seconds']:.3f}s")
+    print(f"replicator backup: whole {whole:.2f}s, its own time {own:.2f}s, overhead {whole - own:.2f}s; "
+          f"tar -czf {tar:.2f}s = {tar / whole:.1f}x the whole backup")
 
 
 def bench_s3(root: Path, primary, replica, results: dict) -> None:
@@ -362,6 +413,8 @@ def data_benchmarks(root: Path, args, size: int, results: dict) -> None:
             bench_backup(root, primary, replica, names, results)
         if args.only in (None, "s3"):
             bench_s3(root, primary, replica, results)
+        if args.only in (None, "cli"):
+            bench_cli(root, primary, replica, names, results)
     finally:
         primary.stop()
         replica.stop()
@@ -373,7 +426,7 @@ def main() -> int:
     parser.add_argument("--size-mb", type=int, help="total data size (default 240, quick 120)")
     parser.add_argument("--databases", type=int, default=4)
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "latest.json"))
-    parser.add_argument("--only", choices=["backup", "s3", "reconcile"], help="run one benchmark")
+    parser.add_argument("--only", choices=["backup", "s3", "reconcile", "cli"], help="run one benchmark")
     parser.add_argument("--reconcile-sizes", type=lambda v: [int(x) for x in v.split(",")],
                         help="database counts for the reconcile benchmark (default 10,100,500; quick 10,50)")
     args = parser.parse_args()
@@ -383,7 +436,7 @@ def main() -> int:
                "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "kernel": platform.release()}}
     root = Path(tempfile.mkdtemp(prefix="replicator-bench-"))
     try:
-        if args.only in (None, "backup", "s3"):
+        if args.only in (None, "backup", "s3", "cli"):
             data_benchmarks(root, args, size, results)
         if args.only in (None, "reconcile"):
             bench_reconcile(root, sizes, results)

@@ -1,7 +1,8 @@
 """The only module that talks gRPC to immudb.
 
-A small admin client over immudb-py's generated gRPC layer
-(`immudb.grpc.schema_pb2[_grpc]`). We bypass immudb-py's `ImmudbClient`
+A small admin client over immudb-py's generated protobuf messages
+(`immudb.grpc.schema_pb2`), calling immudb's ImmuService methods on a gRPC
+channel as its generated stub would. We bypass immudb-py's `ImmudbClient`
 wrapper on purpose:
 - its `ReplicationSettings` sends the primary *username* as the primary
   password and `ReplicationNullableSettings` has tuple defaults that break
@@ -21,19 +22,61 @@ and is retried.
 """
 from __future__ import annotations
 
+import importlib.util
 import logging
+import sys
 import threading
-import warnings
+import types
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable
 
-with warnings.catch_warnings():
-    # immudb-py pulls in `google-api` -> `appier`, which imports the removed `imp` module
-    warnings.simplefilter("ignore", DeprecationWarning)
-    import grpc
-    from google.protobuf import empty_pb2
-    from immudb.grpc import schema_pb2 as pb
-    from immudb.grpc import schema_pb2_grpc as pb_grpc
+
+def _namespace_google() -> None:
+    """Let `google` be the namespace package it is meant to be. immudb-py
+    depends on an unrelated PyPI package, `google-api`, whose
+    `google/__init__.py` imports its web framework (appier): every command
+    would spend ~50 ms running it (and see a DeprecationWarning) before
+    `google.protobuf` could load. The folders searched stay the same."""
+    if "google" in sys.modules:
+        return
+    spec = importlib.util.find_spec("google")
+    if spec is None or spec.origin is None or not spec.submodule_search_locations:
+        return  # absent, or already a namespace package
+    module = types.ModuleType("google")
+    module.__path__ = list(spec.submodule_search_locations)
+    sys.modules["google"] = module
+
+
+def _immudb_schema() -> types.ModuleType:
+    """immudb-py's generated messages (`immudb.grpc.schema_pb2`), without
+    running `immudb/__init__.py`, which imports its whole client (~80 ms
+    more). Registered under its own name, so a later `import immudb` (the
+    tests use its client) shares it."""
+    name = "immudb.grpc.schema_pb2"
+    if name in sys.modules:
+        return sys.modules[name]
+    package = importlib.util.find_spec("immudb")
+    if package is None or not package.submodule_search_locations:
+        raise ImportError("immudb-py is not installed (pip install immudb-py)")
+    path = Path(package.submodule_search_locations[0]) / "grpc" / "schema_pb2.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    return module
+
+
+_namespace_google()
+import grpc  # noqa: E402
+from google.protobuf import empty_pb2, message_factory  # noqa: E402
+
+pb = _immudb_schema()
+_SERVICE = pb.DESCRIPTOR.services_by_name["ImmuService"]
 
 from reconciler.config.model import ServerConfig
 from reconciler.errors import ReplicatorError
@@ -118,7 +161,7 @@ class ImmudbAdmin:
             ("grpc.min_reconnect_backoff_ms", 200),
             ("grpc.max_reconnect_backoff_ms", 5000),
         ])
-        self._stub = pb_grpc.ImmuServiceStub(self._channel)
+        self._methods: dict[str, Callable] = {}
 
     def _reconnect(self) -> None:
         """A fresh channel. After a server restart, gRPC's channel sits in
@@ -185,6 +228,21 @@ class ImmudbAdmin:
                 self._token = self._login()
             return self._token
 
+    def _method(self, name: str) -> Callable:
+        """ImmuService's method `name` on the current channel, as the
+        generated stub (schema_pb2_grpc) would build it. The response
+        classes come from the service's descriptor, not from attributes of
+        schema_pb2, which immudb-py's own login() overwrites."""
+        method = self._methods.get(name)
+        if method is None:
+            descriptor = _SERVICE.methods_by_name[name]
+            method = self._channel.unary_unary(
+                f"/{_SERVICE.full_name}/{name}",
+                request_serializer=message_factory.GetMessageClass(descriptor.input_type).SerializeToString,
+                response_deserializer=message_factory.GetMessageClass(descriptor.output_type).FromString)
+            self._methods[name] = method
+        return method
+
     def _unary(self, operation: str, method: str, request: Any, token: str | None) -> Any:
         """One RPC; when the server refuses the connection, once more on a
         fresh channel (see _reconnect). Raises grpc.RpcError."""
@@ -192,7 +250,7 @@ class ImmudbAdmin:
         for attempt in (1, 2):
             self.calls += 1
             try:
-                return getattr(self._stub, method)(request, timeout=self.timeout, metadata=metadata)
+                return self._method(method)(request, timeout=self.timeout, metadata=metadata)
             except grpc.RpcError as exc:
                 if attempt == 2 or exc.code() != grpc.StatusCode.UNAVAILABLE:
                     if method == "Login":

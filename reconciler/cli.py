@@ -7,26 +7,15 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Callable
 
 from reconciler import __version__
 from reconciler.config import legacy
 from reconciler.errors import ReplicatorError
 from reconciler.secret import redact
 
-COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
 
-
-def command(name: str):
-    def register(func):
-        COMMANDS[name] = func
-        return func
-    return register
-
-
-def _config_args(parser: argparse.ArgumentParser, required: bool = False) -> None:
+def _config_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-c", "--config", metavar="FILE", default=os.environ.get("REPLICATOR_CONFIG"),
-                        required=required and not os.environ.get("REPLICATOR_CONFIG"),
                         help="YAML configuration (default: $REPLICATOR_CONFIG; optional where the Go "
                              "tool's flags/environment give everything)")
     legacy.add_flags(parser)
@@ -42,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("validate", help="check a configuration file; print every problem with its YAML path")
-    _config_args(p, required=True)
+    _config_args(p)
 
     p = sub.add_parser("plan", help="show what a reconcile pass would change (exit 0 in sync, 2 changes pending)")
     _config_args(p)
@@ -101,10 +90,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.command:
         parser.print_help()
         return 2
-    # imported here so that `--help` and `validate` stay quick and need no gRPC
-    from reconciler import commands  # noqa: F401  (registers the commands)
+    from reconciler import commands  # each command imports what it needs, when it runs
     try:
-        return COMMANDS[args.command](args)
+        return commands.run(args.command, args)
     except ReplicatorError as exc:
         for line in str(exc).splitlines() or [type(exc).__name__]:
             print(f"error: {redact(line)}", file=sys.stderr)

@@ -67,7 +67,7 @@ class DatabaseStatus:
     state: str
     primary_tx: int | None = None
     replica_tx: int | None = None
-    progressing: bool | None = None   # replica tx moved since the previous pass (None: unknown)
+    progressing: bool | None = None   # while it lags: replica tx moved since the previous pass (see moved())
     last_error: str | None = None
     last_error_at: float | None = None
     failures: int = 0
@@ -87,6 +87,16 @@ class _Backoff:
     config_digest: str
     error: str
     at: float
+
+
+def moved(before_tx: int | None, now_tx: int | None) -> bool | None:
+    """Whether a lagging replica's transaction count moved between two looks
+    (`status`: a second apart; the daemon: one pass apart). None when either
+    look is missing. Only asked of replicas that lag: one in sync has
+    nothing to move towards."""
+    if before_tx is None or now_tx is None:
+        return None
+    return now_tx > before_tx
 
 
 class Reconciler:
@@ -279,11 +289,7 @@ class Reconciler:
             if results.get(db.name) == {DONE} and db.state in (MISSING, DRIFT, UNLOADED):
                 db = dataclasses.replace(db, state=IN_SYNC)  # repaired by this pass
             before = self._states.get(db.name)
-            progressing = None
-            if before is not None and before.replica_tx is not None and db.replica_tx is not None:
-                progressing = db.replica_tx > before.replica_tx or (db.lag == 0)
-            elif db.lag == 0:
-                progressing = True
+            progressing = moved(before.replica_tx if before else None, db.replica_tx) if db.lag else None
             backoff = self._backoff.get(db.name)
             status = DatabaseStatus(db.name, db.primary_database, ERROR if backoff else db.state,
                                     db.primary_tx, db.replica_tx,

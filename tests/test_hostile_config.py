@@ -42,8 +42,7 @@ from reconciler.config.validate import SECRET_KEYS, load_schema
 
 pytestmark = pytest.mark.faults
 
-# (`reconciler.config.load` is also the name of a function there)
-load_module = importlib.import_module("reconciler.config.load")
+load_module = importlib.import_module("reconciler.config.reader")
 validate_module = importlib.import_module("reconciler.config.validate")
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -6,6 +6,10 @@ overrides (flags > environment > file > defaults), validates against
 `schemas/replicator.schema.json` plus the checks a schema cannot express,
 and returns a typed `Config`. Any problem raises ConfigError listing every
 problem found, each with its YAML path.
+
+YAML and JSON Schema are imported by `check()`, not here: the command line
+imports this package for the Go flags, and `replicator --help` should not
+wait for them.
 """
 from __future__ import annotations
 
@@ -16,9 +20,7 @@ from typing import Mapping
 
 from reconciler.config import legacy
 from reconciler.config.environment import interpolate
-from reconciler.config.load import parse_yaml, read_file
 from reconciler.config.model import Config
-from reconciler.config.validate import at, logic_problems, schema_problems
 from reconciler.errors import ConfigError
 
 __all__ = ["Config", "ConfigError", "load", "check"]
@@ -34,6 +36,9 @@ def load(path: str | Path | None, args: argparse.Namespace | None = None,
 def check(path: str | Path | None, args: argparse.Namespace | None = None,
           env: Mapping[str, str] | None = None) -> tuple[dict, str]:
     """Validated plain data (defaults filled) and its source name."""
+    from reconciler.config.reader import parse_yaml, read_file
+    from reconciler.config.validate import at, logic_problems, schema_problems
+
     env = os.environ if env is None else env
     if path is not None:
         source = str(path)

@@ -90,6 +90,13 @@ def collect(args: argparse.Namespace | None, env: Mapping[str, str]) -> tuple[li
     return found, problems
 
 
+def given(args: argparse.Namespace | None, env: Mapping[str, str]) -> bool:
+    """True when any of the Go tool's flags or variables is set: then a
+    configuration without a YAML file is meant (the API token alone is not)."""
+    go = [o for o in collect(args, env)[0] if o[2] not in (API_TOKEN.env, API_TOKEN.env + "_FILE")]
+    return bool(go)
+
+
 def apply(data: dict, overrides: list[tuple[tuple, Any, str]]) -> dict:
     """Set each override into `data` (a copy is returned). Giving a secret
     replaces both its forms: a flag password wins over a password_file."""

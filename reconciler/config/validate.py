@@ -19,7 +19,7 @@ from jsonschema import Draft202012Validator
 
 from reconciler import schemas
 from reconciler.config import legacy
-from reconciler.config.load import Lines
+from reconciler.config.reader import Lines
 
 SECRET_KEYS = frozenset({"password", "token", "secret_key", "passphrase", "access_key"})
 LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1", "[::1]", "0.0.0.0"})

@@ -1,0 +1,57 @@
+"""What each `replicator` subcommand does, one module per group of commands.
+
+`cli` parses the command line and calls `run(name, args)`, which imports only
+the module that command needs: `--help` and `validate` never load gRPC, boto3
+or paramiko, and a backup to a file target loads neither of the last two.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+
+from reconciler.config import legacy
+from reconciler.errors import ConfigError
+
+# command -> (module in this package, function)
+HANDLERS = {
+    "validate": ("validate", "validate"),
+    "plan": ("reconcile", "plan"),
+    "reconcile": ("reconcile", "reconcile"),
+    "status": ("reconcile", "status"),
+    "run": ("daemon", "run"),
+    "backup": ("backups", "backup"),
+    "verify": ("backups", "verify"),
+    "restore": ("backups", "restore"),
+    "list": ("backups", "list_archives"),
+}
+
+CONFIG_REQUIRED = ("-c/--config FILE or $REPLICATOR_CONFIG is required (without a file, the Go tool's flags and "
+                   "environment variables work too: --master-addr or MASTER_ADDRESS, ...)")
+
+
+def run(name: str, args: argparse.Namespace) -> int:
+    module, function = HANDLERS[name]
+    return getattr(importlib.import_module(f"{__name__}.{module}"), function)(args)
+
+
+def load_config(args: argparse.Namespace, setup_logging: bool = True):
+    """The configuration the command line names: `-c` (or $REPLICATOR_CONFIG),
+    else the Go tool's flags and environment alone. Raises ConfigError, also
+    when neither is given."""
+    from reconciler import config, log
+    if args.config is None and not legacy.given(args, os.environ):
+        raise ConfigError(CONFIG_REQUIRED)
+    cfg = config.load(args.config, args)
+    if setup_logging:
+        log.setup(cfg.logging.level, cfg.logging.format)
+    return cfg
+
+
+def size(n: float) -> str:
+    """A byte count for people: 512 B, 1.5 MiB."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n:.1f} TiB"

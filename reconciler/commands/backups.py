@@ -1,0 +1,106 @@
+"""`replicator backup`, `verify`, `restore` and `list`."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from reconciler.commands import load_config, size
+from reconciler.errors import ReplicatorError
+
+
+def _inline_target(args: argparse.Namespace):
+    from reconciler.backup import targets
+    if not args.path:
+        raise ReplicatorError("--type needs --path")
+    body = {"type": args.type, "path": args.path}
+    for key in ("host", "port", "username"):
+        if getattr(args, key) is not None:
+            body[key] = getattr(args, key)
+    if args.password_file:
+        from reconciler.secret import Secret
+        body["password"] = Secret(file=args.password_file, origin="--password-file").reveal()
+    if args.endpoint_url:
+        body["endpoint_url"] = args.endpoint_url
+    if args.known_hosts_file:
+        body["known_hosts_file"] = args.known_hosts_file
+    if args.type == "sftp" and not (args.host and args.username):
+        raise ReplicatorError("an sftp target needs --host and --username")
+    return targets.from_request(body)
+
+
+def backup(args: argparse.Namespace) -> int:
+    from reconciler.backup.job import Backups
+    from reconciler.backup.locate import target_named
+    from reconciler.backup.progress import Progress, TerminalBar
+    cfg = load_config(args)
+    if bool(args.target) == bool(args.type):
+        raise ReplicatorError("name a configured target with --target, or give one inline with --type/--path")
+    target_cfg = target_named(cfg, args.target) if args.target else _inline_target(args)
+    progress = Progress()
+    bar = TerminalBar(progress)
+    try:
+        result = Backups(cfg).run(target_cfg, progress=progress)
+    finally:
+        bar.close()
+    if not result.ok:
+        raise ReplicatorError(f"backup to {target_cfg.name} failed: {result.error}")
+    seconds = result.finished_at - result.started_at
+    print(f"backup {result.backup_id}: {len(result.databases)} databases, {size(result.bytes_in)} read, "
+          f"{size(result.bytes_out)} written in {seconds:.2f}s -> {result.location}")
+    for name, window in sorted(result.unload_windows.items()):
+        print(f"  {name}: unavailable {window:.2f}s")
+    for name in result.deleted:
+        print(f"  deleted by retention: {name}")
+    return 0
+
+
+def _optional_config(args: argparse.Namespace):
+    if not args.config:
+        return None
+    return load_config(args, setup_logging=False)
+
+
+def verify(args: argparse.Namespace) -> int:
+    from reconciler.backup import archive
+    from reconciler.backup.locate import opened_archive
+    with opened_archive(_optional_config(args), args.archive, args.target) as (stream, location):
+        result = archive.verify(stream)
+    if not result.ok:
+        for problem in result.problems:
+            print(f"FAIL {problem}", file=sys.stderr)
+        raise ReplicatorError(f"{location}: verification failed ({len(result.problems)} problems)")
+    m = result.manifest
+    print(f"{location}: OK: {len(result.files)} files, {size(sum(f.size for f in result.files.values()))}, "
+          f"{result.compression}; databases: {', '.join(result.databases)}; taken {m.get('started_at')} "
+          f"from {m.get('replica')} (immudb {m.get('immudb_version') or '?'})")
+    return 0
+
+
+def restore(args: argparse.Namespace) -> int:
+    from pathlib import Path
+    from reconciler.backup.locate import opened_archive
+    from reconciler.backup.restore import restore as restore_archive
+    with opened_archive(_optional_config(args), args.archive, args.target) as (stream, location):
+        result = restore_archive(stream, Path(args.data_dir), args.database, args.force)
+    print(f"restored {', '.join(result.databases)} ({result.files} files, {size(result.bytes)}) from {location} "
+          f"into {result.data_dir}; every file matched the manifest.")
+    print(f"Start immudb on it with:  immudb --dir {result.data_dir}")
+    print("The databases come back as ordinary, writable databases with default settings (the archive holds "
+          "no systemdb). To make them replicas again, point a replicator at this server with "
+          "reconcile.adopt_existing: true.")
+    return 0
+
+
+def list_archives(args: argparse.Namespace) -> int:
+    import datetime
+    from reconciler.backup import targets
+    from reconciler.backup.locate import target_named
+    cfg = load_config(args)
+    with targets.build(target_named(cfg, args.target)) as target:
+        archives = target.list()
+    for a in archives:
+        when = datetime.datetime.fromtimestamp(a.modified, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+        print(f"{when}  {size(a.size):>10}  {a.location}")
+    if not archives:
+        print(f"(no archives at {args.target})")
+    return 0
