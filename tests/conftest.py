@@ -1,6 +1,12 @@
 """Fixtures: the real servers (started once per session, on loopback), and
 fresh admin clients. A server that cannot be built or started fails the
-tests that need it with the reason; nothing is skipped silently."""
+tests that need it with the reason; nothing is skipped silently.
+
+Every test that needs servers (or the Go toolchain that builds immudb) is
+marked `servers` here, from the fixtures it uses: `immudb_build` and the
+four `*_server` fixtures. `scripts/test --unit` (pytest -m "not servers")
+runs the others, and there any attempt to start a server fails the test, so
+a test that starts servers without asking for those fixtures cannot hide."""
 from __future__ import annotations
 
 import itertools
@@ -14,9 +20,27 @@ import pytest
 
 warnings.filterwarnings("ignore", "the imp module is deprecated", DeprecationWarning)
 
+from tests import servers  # noqa: E402
 from tests.servers import ImmudbServer, S3Server, ServerError, SftpServer  # noqa: E402
 
 _names = itertools.count(1)
+
+# fixtures that stand for real servers or the immudb build; a test using any of them,
+# directly or through other fixtures, is marked `servers`
+SERVER_FIXTURES = frozenset({"immudb_build", "primary_server", "replica_server", "sftp_server", "s3_server"})
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.servers)
+
+
+def pytest_configure(config):
+    if "not servers" in (config.option.markexpr or ""):
+        servers.REFUSED = ("this run excludes tests that need servers, yet a test tried to start one: "
+                           "let it use the immudb_build fixture (or a *_server fixture) so that it is "
+                           "marked `servers`")
 
 
 def unique_name(prefix: str = "db") -> str:
@@ -39,14 +63,20 @@ def _start(factory):
 
 
 @pytest.fixture(scope="session")
-def primary_server(server_root):
+def immudb_build():
+    """immudb, immuadmin and immuclient built from the Go module proxy (cached): their folder."""
+    return _start(servers.build_immudb)
+
+
+@pytest.fixture(scope="session")
+def primary_server(server_root, immudb_build):
     server = _start(lambda: ImmudbServer("primary", server_root / "primary").start())
     yield server
     server.stop()
 
 
 @pytest.fixture(scope="session")
-def replica_server(server_root):
+def replica_server(server_root, immudb_build):
     server = _start(lambda: ImmudbServer("replica", server_root / "replica").start())
     yield server
     server.stop()

@@ -44,6 +44,10 @@ class ServerError(RuntimeError):
     """A test server could not be built or started; the message says why."""
 
 
+# set by tests/conftest.py in a run that excludes server tests: starting one is then a mistake
+REFUSED: str | None = None
+
+
 # --------------------------------------------------------------------------
 # process plumbing
 
@@ -89,6 +93,8 @@ class Process:
         return self.workdir / f"{self.name}.log"
 
     def start(self, timeout: float = 60) -> None:
+        if REFUSED:
+            raise ServerError(REFUSED)
         # PR_SET_PDEATHSIG fires when the *thread* that started the child ends: only the main
         # thread lives as long as the process (a server restarted from a helper thread is
         # stopped by its fixture instead)
@@ -171,6 +177,8 @@ def build_immudb(version: str = IMMUDB_VERSION, quiet: bool = False) -> Path:
     Quick when the cached binaries exist. Raises ServerError naming what is
     missing (no Go toolchain, module proxy unreachable, build failure).
     """
+    if REFUSED:
+        raise ServerError(REFUSED)
     out = immudb_bin_dir(version)
     names = ("immudb", "immuadmin", "immuclient")
     if all((out / n).is_file() for n in names):

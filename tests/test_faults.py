@@ -27,7 +27,7 @@ pytestmark = [pytest.mark.faults, pytest.mark.servers]
 
 
 @pytest.fixture
-def pair(tmp_path):
+def pair(tmp_path, immudb_build):
     """A primary and a replica of this test's own."""
     started = []
 

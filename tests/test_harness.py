@@ -101,7 +101,7 @@ def test_immuclient_reads_what_immudb_py_wrote(primary_server, primary, replica_
     assert primary_server.get(db, "ic2") == (3, "value-ic-2" * 3)
 
 
-def test_servers_started_by_a_process_die_with_it(tmp_path):
+def test_servers_started_by_a_process_die_with_it(tmp_path, immudb_build):
     """A crashed test run (SIGKILL: no cleanup runs) leaves no server behind."""
     import signal
     import subprocess
@@ -126,7 +126,7 @@ def _alive(pid: int) -> bool:
     return _pid_alive(pid)
 
 
-def test_servers_up_and_down_by_hand(tmp_path):
+def test_servers_up_and_down_by_hand(tmp_path, immudb_build):
     import json
     import subprocess
     import sys
@@ -144,7 +144,7 @@ def test_servers_up_and_down_by_hand(tmp_path):
     assert not Path(info["root"]).exists()
 
 
-def test_immudb_build_failure_says_why(tmp_path, monkeypatch):
+def test_immudb_build_failure_says_why(tmp_path, monkeypatch, immudb_build):
     from tests.servers import ServerError, build_immudb
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     with pytest.raises(ServerError) as caught:

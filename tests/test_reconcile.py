@@ -178,7 +178,7 @@ def test_rename_map_and_exclude_patterns(tmp_path, primary_server, replica_serve
     assert_follows(primary_server, replica_server, f"{prefix}renamed", f"{prefix}copy")
 
 
-def test_primary_defaultdb_is_followed_as_defaultdbbak(tmp_path):
+def test_primary_defaultdb_is_followed_as_defaultdbbak(tmp_path, immudb_build):
     # own servers: defaultdb is shared by every test on the session's servers
     primary_server = ImmudbServer("primary-dd", tmp_path / "p").start()
     replica_server = ImmudbServer("replica-dd", tmp_path / "r").start()
@@ -314,7 +314,7 @@ def test_policy_when_the_primary_database_is_removed(tmp_path, primary_server, r
 # --------------------------------------------------------------------------- failures
 
 @pytest.mark.faults
-def test_primary_down_during_a_pass_then_back(tmp_path):
+def test_primary_down_during_a_pass_then_back(tmp_path, immudb_build):
     primary_server = ImmudbServer("primary-down", tmp_path / "p").start()
     replica_server = ImmudbServer("replica-down", tmp_path / "r").start()
     try:
@@ -335,7 +335,7 @@ def test_primary_down_during_a_pass_then_back(tmp_path):
 
 
 @pytest.mark.faults
-def test_replica_restart_between_passes_logs_in_again(tmp_path):
+def test_replica_restart_between_passes_logs_in_again(tmp_path, immudb_build):
     primary_server = ImmudbServer("primary-rs", tmp_path / "p").start()
     replica_server = ImmudbServer("replica-rs", tmp_path / "r").start()
     try:
