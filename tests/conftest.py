@@ -96,7 +96,10 @@ def s3_server(server_root):
     server.stop()
 
 
-def admin_for(server: ImmudbServer, name: str, timeout: float = 10):
+def admin_for(server: ImmudbServer, name: str, timeout: float = 60):
+    """An admin client for checks and set-up; its timeout is as generous as any
+    the code under test uses (right after bulk creation a server may take many
+    seconds to answer a login)."""
     from reconciler.admin import ImmudbAdmin
     from reconciler.secret import Secret
     return ImmudbAdmin(name, "127.0.0.1", server.port, server.username, Secret(server.password), timeout=timeout)

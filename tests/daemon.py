@@ -15,6 +15,7 @@ from pathlib import Path
 import yaml
 
 from tests.servers import free_port
+from tests.waiting import patient, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "Api-token-for-tests-123"
@@ -28,9 +29,9 @@ class Daemon:
         self.config_path = tmp_path / "replicator.yaml"
         self.data = {
             "primary": {"host": "127.0.0.1", "port": primary_server.port, "password": primary_server.password,
-                        "timeout": 5},
+                        "timeout": 30},
             "replica": {"host": "127.0.0.1", "port": replica_server.port, "password": replica_server.password,
-                        "timeout": 5, "data_dir": str(replica_server.data_dir)},
+                        "timeout": 30, "data_dir": str(replica_server.data_dir)},
             "follower": {"username": "fol_" + prefix.strip("_"), "password": "Follower-pw-1"},
             "reconcile": {"interval": 3600, "databases": {"include": [f"{prefix}*"]}},
             "backup": {"databases": {"include": [f"{prefix}*"]}, "targets": {}},
@@ -59,7 +60,7 @@ class Daemon:
         self.proc = subprocess.Popen([sys.executable, "-m", "reconciler", "run", "-c", str(self.config_path)],
                                      cwd=ROOT, env=self.env, stdout=self.log, stderr=subprocess.STDOUT)
         if wait_ready:
-            deadline = time.monotonic() + 30
+            deadline = time.monotonic() + patient(30)
             while time.monotonic() < deadline:
                 if self.proc.poll() is not None:
                     raise AssertionError(f"daemon exited {self.proc.returncode}: {self.output()}")
@@ -96,7 +97,7 @@ class Daemon:
 
     def wait_backup(self, timeout: float = 120) -> dict:
         """Poll /backup/status until no backup runs; the last result."""
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + patient(timeout)
         while time.monotonic() < deadline:
             status, body = self.request("GET", "/backup/status")
             assert status == 200, body
@@ -104,6 +105,16 @@ class Daemon:
                 return body
             time.sleep(0.2)
         raise AssertionError("backup did not finish")
+
+    def wait_backup_stalled(self, timeout: float = 120, window: float = 2.0) -> dict:
+        """Until the running backup has read nothing for `window` seconds (its
+        target stopped taking data); the backup status then."""
+        def stalled():
+            first = self.request("GET", "/backup/status")[1]
+            time.sleep(window)
+            again = self.request("GET", "/backup/status")[1]
+            return again if again["running"] and again["bytes_done"] == first["bytes_done"] else None
+        return wait_for(stalled, timeout, "the backup to stall", interval=0)
 
     def output(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -114,7 +125,7 @@ class Daemon:
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
             try:
-                self.proc.wait(timeout)
+                self.proc.wait(patient(timeout))
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()

@@ -5,13 +5,15 @@ from __future__ import annotations
 import time
 import warnings
 
+from tests.waiting import patient
+
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
     from immudb import ImmudbClient
 
 
 def client(server, database: str) -> ImmudbClient:
-    c = ImmudbClient(server.address, timeout=10)
+    c = ImmudbClient(server.address, timeout=60)  # as generous as the code under test's
     c.login(server.username, server.password, database=database.encode())
     return c
 
@@ -57,7 +59,7 @@ def read(server, database: str, keys) -> dict[bytes, bytes | None]:
 def wait_caught_up(primary_server, replica_server, primary_db: str, replica_db: str, timeout: float = 30) -> tuple:
     """Wait until the replica database has the primary's tx id and hash;
     returns (primary_state, replica_state) at the end, equal or not."""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + patient(timeout)
     want = state(primary_server, primary_db)
     got = None
     while time.monotonic() < deadline:

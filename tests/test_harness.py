@@ -10,6 +10,8 @@ import paramiko
 import pytest
 from botocore.exceptions import ClientError
 
+from tests.waiting import patient
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -115,7 +117,7 @@ def test_servers_started_by_a_process_die_with_it(tmp_path, immudb_build):
     child_pid = int(parent.stdout.readline())
     parent.send_signal(signal.SIGKILL)
     parent.wait()
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + patient(10)
     while time.monotonic() < deadline and _alive(child_pid):
         time.sleep(0.1)
     assert not _alive(child_pid)

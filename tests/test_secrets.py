@@ -25,6 +25,7 @@ from tests.conftest import unique_name
 from tests.daemon import Daemon
 from tests.servers import S3_ACCESS_KEY, S3_SECRET_KEY, SFTP_PASSWORD, ImmudbServer
 from tests.test_backup import replicated  # noqa: F401 (fixture: three caught-up replica databases)
+from tests.waiting import patient
 
 pytestmark = [pytest.mark.faults, pytest.mark.servers]
 
@@ -299,7 +300,7 @@ def _call(transcript: Transcript, d: Daemon, method: str, path: str, body=None, 
 def _backup(transcript: Transcript, d: Daemon, body: dict) -> dict:
     status, answer = _call(transcript, d, "POST", "/backup/start", body)
     assert status == 202, answer
-    deadline = time.monotonic() + 180
+    deadline = time.monotonic() + patient(180)
     while time.monotonic() < deadline:
         _, state = _call(transcript, d, "GET", "/backup/status")
         if not state["running"] and state["last_result"] and state["last_result"]["id"] == answer["id"]:
@@ -309,7 +310,7 @@ def _backup(transcript: Transcript, d: Daemon, body: dict) -> dict:
 
 
 def _wait_status(transcript: Transcript, d: Daemon, done) -> dict:
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + patient(60)
     while time.monotonic() < deadline:
         _, status = _call(transcript, d, "GET", "/status")
         if done(status):

@@ -16,6 +16,7 @@ from tests import immudb_data
 from tests.conftest import unique_name
 from tests.daemon import TOKEN, Daemon
 from tests.test_backup import assert_all_loaded, replicated, target_dict  # noqa: F401 (fixture)
+from tests.waiting import patient, wait_for
 
 
 @pytest.fixture
@@ -164,19 +165,25 @@ def test_status_and_metrics_move_with_passes_and_backups(tmp_path, daemon_factor
     prefix, names, _ = replicated
     d = daemon_factory(prefix, reconcile={"interval": 1}, backup={"targets": {"local": {
         "type": "file", "path": str(tmp_path / "m" / "m-{timestamp}.tar.gz")}}}).start()
-    time.sleep(1.5)
-    first = metrics(d)
-    status, body = d.request("GET", "/status")
-    assert status == 200
-    assert sorted(db["name"] for db in body["databases"]) == names
-    assert all(db["state"] == "in_sync" and db["lag"] == 0 for db in body["databases"])
+
+    def all_in_sync(body):
+        return sorted(db["name"] for db in body["databases"]) == names and all(
+            db["state"] == "in_sync" and db["lag"] == 0 for db in body["databases"])
+    body = wait_for(lambda: (lambda b: b if all_in_sync(b) else None)(d.request("GET", "/status")[1]), 30,
+                    "every replica database in sync in /status")
     assert body["config"]["digest"] and body["config"]["last_reload_error"] is None
+    first = metrics(d)
     assert d.request("POST", "/backup/start", {"target": "local"})[0] == 202
-    d.wait_backup()
-    time.sleep(1.5)
-    second = metrics(d)
-    assert second["replicator_reconcile_passes_total"] > first["replicator_reconcile_passes_total"]
-    assert second["replicator_databases{state=in_sync}"] == len(names)
+    finished = d.wait_backup()["last_result"]["finished_at"]
+
+    def moved_on():
+        now = metrics(d)
+        # a pass that started after the backup ended: the databases it held are in sync again
+        passes_since = now["replicator_reconcile_last_pass_timestamp_seconds"] - now[
+            "replicator_reconcile_last_pass_duration_seconds"] > finished
+        return now if (passes_since and now["replicator_reconcile_passes_total"] > first[
+            "replicator_reconcile_passes_total"] and now["replicator_databases{state=in_sync}"] == len(names)) else None
+    second = wait_for(moved_on, 30, "passes after the backup, every database in sync")
     assert second["replicator_backup_last_success_timestamp_seconds{target=local}"] > 0
     assert second["replicator_backup_read_bytes_total{target=local}"] > 0
     assert all(second[f"replicator_database_lag_transactions{{database={n}}}"] == 0 for n in names)
@@ -189,13 +196,13 @@ def test_reload_on_file_change_and_refusal_of_a_broken_file(tmp_path, daemon_fac
     digest = d.request("GET", "/status")[1]["config"]["digest"]
     d.data["reconcile"]["interval"] = 1800
     d.write_config()
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + patient(10)
     while time.monotonic() < deadline and d.request("GET", "/status")[1]["config"]["digest"] == digest:
         time.sleep(0.2)
     new_digest = d.request("GET", "/status")[1]["config"]["digest"]
     assert new_digest != digest
     d.config_path.write_text("primary: [this is not a mapping\n")
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + patient(10)
     while time.monotonic() < deadline and not d.request("GET", "/status")[1]["config"]["last_reload_error"]:
         time.sleep(0.2)
     body = d.request("GET", "/status")[1]
@@ -212,7 +219,7 @@ def test_sighup_reloads(daemon_factory, replicated):
     d.data["reconcile"]["interval"] = 900
     d.config_path.write_text(__import__("yaml").safe_dump(d.data))
     d.proc.send_signal(signal.SIGHUP)
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + patient(10)
     while time.monotonic() < deadline and "config_reloaded" not in d.output():
         time.sleep(0.2)
     assert "config_reloaded" in d.output()
@@ -229,12 +236,12 @@ def test_sigterm_during_a_backup_loads_every_database_and_leaves_no_partial_arch
     # zstd's slowest level: a backup slow enough to be caught mid-way
     d = daemon_factory(prefix, backup={"compression": "zstd", "compression_level": 22, "targets": {"local": {
         "type": "file", "path": str(out / "s-{timestamp}.tar.gz")}}}).start()
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + patient(60)
     while time.monotonic() < deadline and d.request("GET", "/status")[1]["databases"] == []:
         time.sleep(0.2)
     assert immudb_data.wait_caught_up(primary_server, replica_server, name, name, timeout=60)[1] is not None
     assert d.request("POST", "/backup/start", {"target": "local"})[0] == 202
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + patient(30)
     while time.monotonic() < deadline and not d.request("GET", "/backup/status")[1]["bytes_done"]:
         time.sleep(0.05)
     assert d.request("GET", "/backup/status")[1]["running"]
@@ -276,7 +283,7 @@ def test_scheduled_backup_fires(tmp_path, daemon_factory, replicated):
     def archives():
         return [p for p in out.iterdir() if not p.name.startswith(".")] if out.exists() else []
 
-    deadline = time.monotonic() + 75  # the next minute boundary
+    deadline = time.monotonic() + patient(75)  # the next minute boundary
     while time.monotonic() < deadline and not archives():
         time.sleep(0.5)
     archives = archives()
@@ -312,7 +319,7 @@ def test_json_logs_are_one_object_per_line_without_secrets(tmp_path, daemon_fact
     import json as json_module
     prefix, names, _ = replicated
     d = daemon_factory(prefix, logging={"format": "json"}, reconcile={"interval": 1}).start()
-    time.sleep(1.5)
+    wait_for(lambda: d.request("GET", "/status")[1]["last_pass"], 30, "a first pass")
     assert d.stop() == 0
     lines = [line for line in d.output().splitlines() if line.strip()]
     events = [json_module.loads(line) for line in lines]
@@ -335,24 +342,23 @@ def test_sigterm_while_the_target_is_frozen_still_loads_the_database_and_exits(
               "create_dirs": True, "timeout": 120}
     d = daemon_factory(prefix, backup={"compression": "none", "targets": {"remote": target}},
                        daemon={"shutdown_grace": 2}).start()
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + patient(60)
     while time.monotonic() < deadline and d.request("GET", "/status")[1]["databases"] == []:
         time.sleep(0.2)
     assert immudb_data.wait_caught_up(primary_server, replica_server, name, name, timeout=60)[1] is not None
     frozen = False
     try:
         assert d.request("POST", "/backup/start", {"target": "remote"})[0] == 202
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + patient(30)
         while time.monotonic() < deadline and not d.request("GET", "/backup/status")[1]["bytes_done"]:
             time.sleep(0.02)
         # the SFTP server stalls, as a network stall would: its session processes stop answering
         sp.run(["pkill", "-STOP", "-u", sftp_server.username], check=False)
         frozen = True
-        time.sleep(1)
-        assert d.request("GET", "/backup/status")[1]["running"]
+        assert d.wait_backup_stalled()["running"]
         started = time.monotonic()
         assert d.stop(signal.SIGTERM) == 0
-        assert time.monotonic() - started < 20
+        assert time.monotonic() - started < patient(20)  # not the SFTP timeout (120 s)
     finally:
         if frozen:
             sp.run(["pkill", "-CONT", "-u", sftp_server.username], check=False)
