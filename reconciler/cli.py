@@ -15,7 +15,7 @@ from reconciler.secret import redact
 
 
 def _config_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("-c", "--config", metavar="FILE", default=os.environ.get("REPLICATOR_CONFIG"),
+    parser.add_argument("-c", "--config", metavar="FILE", default=os.environ.get("REPLICATOR_CONFIG") or None,
                         help="YAML configuration (default: $REPLICATOR_CONFIG; optional where the Go "
                              "tool's flags/environment give everything)")
     legacy.add_flags(parser)
@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("verify", help="check an archive: structure, every file's size and sha256 (exit 0 only if all match)")
     p.add_argument("archive", help="a local path, s3://bucket/key or sftp://host/path, or a name with --target")
     p.add_argument("--target", metavar="NAME", help="the archive is at this configured target")
-    p.add_argument("-c", "--config", metavar="FILE", default=os.environ.get("REPLICATOR_CONFIG"),
+    p.add_argument("-c", "--config", metavar="FILE", default=os.environ.get("REPLICATOR_CONFIG") or None,
                    help="configuration, for the credentials of remote archives")
 
     p = sub.add_parser("restore", help="extract an archive into an immudb data directory, checking every file")
@@ -75,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--database", action="append", metavar="NAME", help="restore only this database (repeatable)")
     p.add_argument("--force", action="store_true", help="restore into a non-empty directory, replacing those databases")
     p.add_argument("--target", metavar="NAME", help="the archive is at this configured target")
-    p.add_argument("-c", "--config", metavar="FILE", default=os.environ.get("REPLICATOR_CONFIG"),
+    p.add_argument("-c", "--config", metavar="FILE", default=os.environ.get("REPLICATOR_CONFIG") or None,
                    help="configuration, for the credentials of remote archives")
 
     p = sub.add_parser("list", help="archives at a target, with size and time")

@@ -268,3 +268,25 @@ def test_variable_and_its_file_twin_together_are_refused(tmp_path):
 def test_missing_primary_names_the_go_flag():
     found = problems(None, _args(), {})
     assert any(p.startswith("At 'primary'") and "--master-addr" in p for p in found)
+
+
+@pytest.mark.parametrize("command", ["validate", "plan", "status", "reconcile", "run", "list"])
+def test_no_config_and_no_go_flags_says_the_same_for_every_command(command):
+    import os
+    env = {k: v for k, v in os.environ.items() if k != "REPLICATOR_CONFIG" and not k.startswith(
+        ("MASTER_", "REPLICA_", "FOLLOWER_", "DATADIR"))}
+    argv = [command] + (["--target", "x"] if command == "list" else [])
+    done = subprocess.run([sys.executable, "-m", "reconciler", *argv], capture_output=True, text=True, env=env,
+                          cwd=ROOT, timeout=60)
+    assert done.returncode == 2
+    assert done.stderr.strip() == ("error: -c/--config FILE or $REPLICATOR_CONFIG is required (without a file, "
+                                   "the Go tool's flags and environment variables work too: --master-addr or "
+                                   "MASTER_ADDRESS, ...)")
+
+
+def test_go_flags_without_a_file_still_reach_the_configuration():
+    done = run_cli("validate", "--master-addr", "10.2.2.2", "--master-pass", "Flag-master-1", "--replica-addr",
+                   "127.0.0.1", "--replica-pass", "Flag-replica-1",
+                   env={"FOLLOWER_PASSWORD": "Env-follower-1", "REPLICATOR_CONFIG": ""})
+    assert done.returncode == 0, done.stderr
+    assert "(flags and environment): valid; primary 10.2.2.2:3322" in done.stdout

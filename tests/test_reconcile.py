@@ -22,6 +22,7 @@ from reconciler.state import PERMISSION_READ
 from tests import immudb_data
 from tests.conftest import admin_for, unique_name
 from tests.servers import ImmudbServer
+from tests.waiting import patient
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -30,8 +31,8 @@ def write_config(tmp_path: Path, primary_server, replica_server, prefix: str, fo
                  password: str = "Follower-pw-1", name: str = "replicator.yaml", **reconcile) -> Path:
     """A config file following databases named `prefix*`; `reconcile` adds to that section."""
     data = {
-        "primary": {"host": "127.0.0.1", "port": primary_server.port, "password": primary_server.password, "timeout": 5},
-        "replica": {"host": "127.0.0.1", "port": replica_server.port, "password": replica_server.password, "timeout": 5,
+        "primary": {"host": "127.0.0.1", "port": primary_server.port, "password": primary_server.password, "timeout": 30},
+        "replica": {"host": "127.0.0.1", "port": replica_server.port, "password": replica_server.password, "timeout": 30,
                     "data_dir": str(replica_server.data_dir)},
         "follower": {"username": follower, "password": password},
         "reconcile": {"databases": {"include": [f"{prefix}*"]}, "backoff": {"initial": 0.1, "max": 1}, **reconcile},
@@ -62,7 +63,7 @@ def run_cli(*argv: str) -> subprocess.CompletedProcess:
 
 def wait_on_replica(replica, names, timeout: float) -> None:
     """Until every one of `names` exists on the replica; asserts it."""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + patient(timeout)
     while time.monotonic() < deadline and not set(names) <= {d.name for d in replica.list_databases()}:
         time.sleep(0.2)
     assert set(names) <= {d.name for d in replica.list_databases()}
@@ -160,6 +161,34 @@ def test_reconcile_once_cli_prints_what_it_did(tmp_path, primary_server, replica
     status = run_cli("status", "-c", str(path))
     assert status.returncode == 0, status.stdout + status.stderr
     assert f"{prefix}x" in status.stdout and "in_sync" in status.stdout
+
+
+def test_status_says_moving_only_of_replicas_that_lag(tmp_path, primary_server, replica_server, primary, prefix,
+                                                     follower_name):
+    """MOVING (progressing in --json) is whether a lagging replica's count
+    moved between status's two looks; `-` (null) for one that does not lag."""
+    import json
+    from tests.servers import free_port
+    create_with_data(primary, primary_server, f"{prefix}live")
+    create_with_data(primary, primary_server, f"{prefix}stuck")
+    live = write_config(tmp_path, primary_server, replica_server, f"{prefix}live", follower_name, name="live.yaml")
+    # the stuck replica follows a port where nothing listens: it exists, has the settings the config
+    # asks for, and never receives a transaction
+    stuck = write_config(tmp_path, primary_server, replica_server, f"{prefix}stuck", follower_name, name="stuck.yaml",
+                         replication={"primary_port": free_port()})
+    for path in (live, stuck):
+        assert run_cli("reconcile", "--once", "-c", str(path)).returncode == 0
+    assert_follows(primary_server, replica_server, f"{prefix}live", f"{prefix}live")
+
+    [row] = json.loads(run_cli("status", "--json", "-c", str(live)).stdout)["databases"]
+    assert (row["state"], row["lag"], row["progressing"]) == ("in_sync", 0, None)
+    table = run_cli("status", "-c", str(live)).stdout.splitlines()
+    moving = table[0].index("MOVING")
+    assert table[1][moving] == "-"
+
+    [row] = json.loads(run_cli("status", "--json", "-c", str(stuck)).stdout)["databases"]
+    assert row["replica_tx"] == 0 and row["lag"] > 0
+    assert row["progressing"] is False
 
 
 # --------------------------------------------------------------------------- names

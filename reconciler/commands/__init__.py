@@ -40,9 +40,9 @@ def load_config(args: argparse.Namespace, setup_logging: bool = True):
     else the Go tool's flags and environment alone. Raises ConfigError, also
     when neither is given."""
     from reconciler import config, log
-    if args.config is None and not legacy.given(args, os.environ):
+    if not args.config and not legacy.given(args, os.environ):
         raise ConfigError(CONFIG_REQUIRED)
-    cfg = config.load(args.config, args)
+    cfg = config.load(args.config or None, args)
     if setup_logging:
         log.setup(cfg.logging.level, cfg.logging.format)
     return cfg
