@@ -2,6 +2,7 @@
 client (which observes and changes the servers) and the pure planner."""
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass, field
 from typing import Mapping
 
@@ -12,6 +13,19 @@ PERMISSION_READ = 1
 PERMISSION_READ_WRITE = 2
 PERMISSION_ADMIN = 254
 PERMISSION_SYSADMIN = 255
+
+
+def is_database_name(name: str) -> bool:
+    """True for exactly the names immudb gives databases (v1.11.1,
+    pkg/server isValidDBName, after it lowercases the requested name): 1 to
+    128 bytes of UTF-8, each character a lowercase letter of any script
+    (Unicode category Ll), a decimal digit of any script (Nd) or `_`. So
+    `dé` and `δ1` are names; `Dé`, `a-b`, `a.b`, `..` and `中` are not.
+    Archives are written and read with this one rule: a name one side
+    accepted and the other refused would make archives unrestorable."""
+    if not isinstance(name, str) or not 1 <= len(name.encode("utf-8", "surrogatepass")) <= 128:
+        return False
+    return all(c == "_" or unicodedata.category(c) in ("Ll", "Nd") for c in name)
 
 
 @dataclass(frozen=True)

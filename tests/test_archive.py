@@ -45,12 +45,24 @@ def make_tree(root: Path) -> dict[str, bytes]:
     return files
 
 
+def manifest_fields(writer: archive.ArchiveWriter, compression: str = "gzip") -> dict:
+    """What the backup job puts in a manifest besides the files, for the databases written so far."""
+    databases = {}
+    for f in writer.files:
+        d = databases.setdefault(f.path.split("/", 1)[0], {"files": 0, "bytes": 0})
+        d["files"] += 1
+        d["bytes"] += f.size
+    return {"tool": "immudb-replicator", "backup_id": "test", "started_at": "2026-11-27T00:00:00Z",
+            "finished_at": "2026-11-27T00:00:01Z", "compression": compression,
+            "databases": [{"name": n, "tx_id": 1, "tx_hash": "ab" * 32, **d} for n, d in sorted(databases.items())]}
+
+
 def write_archive(tree: Path, compression: str = "gzip") -> bytes:
     upload = MemoryUpload()
     writer = archive.ArchiveWriter(upload, compression)
     for db in ("alpha", "beta"):
         writer.add_tree(tree / db, db)
-    writer.finish({"databases": [{"name": "alpha"}, {"name": "beta"}], "started_at": "now"})
+    writer.finish(manifest_fields(writer, compression))
     return upload.buffer.getvalue()
 
 
@@ -259,3 +271,171 @@ def test_retention_never_deletes_the_archive_just_written_nor_anything_without_a
     archives = _archives(50)
     assert expired(archives, Retention(max_age_seconds=60), 100 * DAY, archives[0].name) == []
     assert expired(_archives(50, 40), None, 100 * DAY, "x") == []
+
+
+# --------------------------------------------------------------------------- one reader, one verdict
+
+def _tar(members: list[tuple[tarfile.TarInfo, bytes | None]]) -> bytes:
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for info, data in members:
+            if data is not None:
+                info.size = len(data)
+            tar.addfile(info, io.BytesIO(data) if data is not None else None)
+    return out.getvalue()
+
+
+def _file(name: str, data: bytes = b"x") -> tuple[tarfile.TarInfo, bytes]:
+    return tarfile.TarInfo(name), data
+
+
+def _dir(name: str) -> tuple[tarfile.TarInfo, None]:
+    info = tarfile.TarInfo(name)
+    info.type = tarfile.DIRTYPE
+    return info, None
+
+
+def _manifest(files: list[tuple[str, bytes]], **changes) -> tuple[tarfile.TarInfo, bytes]:
+    import hashlib
+    import json
+    body = {"format": 1, "tool": "immudb-replicator", "backup_id": "x", "started_at": "s", "finished_at": "f",
+            "compression": "none",
+            "databases": [{"name": "alpha", "tx_id": 1, "tx_hash": "ab" * 32, "files": len(files), "bytes": 1}],
+            "files": [{"path": p, "size": len(d), "sha256": hashlib.sha256(d).hexdigest()} for p, d in files]}
+    body.update(changes)
+    return _file("MANIFEST.json", body if isinstance(body, bytes) else json.dumps(body).encode())
+
+
+def _sparse() -> tuple[tarfile.TarInfo, bytes]:
+    """A PAX sparse member: 1 byte stored, 1 GiB when extracted."""
+    info = tarfile.TarInfo("alpha/tx/00000000.tx")
+    info.pax_headers = {"GNU.sparse.size": str(1 << 30), "GNU.sparse.map": f"{(1 << 30) - 1},1"}
+    return info, b"x"
+
+
+GOOD = [("alpha/tx/00000000.tx", b"transactions")]
+HOSTILE = {
+    "sparse member": ([_dir("alpha"), _sparse(), _manifest(GOOD)], "sparse"),
+    "member after the manifest": ([_dir("alpha"), _file(*GOOD[0]), _manifest(GOOD), _file("alpha/late")],
+                                  "after MANIFEST.json"),
+    "duplicate member": ([_dir("alpha"), _file(*GOOD[0]), _file(*GOOD[0]), _manifest(GOOD)], "appears twice"),
+    "control character in a name": ([_dir("alpha"), _file("alpha/\x1b[31mred"), _manifest(GOOD)], "control"),
+    "manifest that is a list": ([_dir("alpha"), _file(*GOOD[0]), _file("MANIFEST.json", b"[]")], "MANIFEST.json at"),
+    "manifest database without a name": (
+        [_dir("alpha"), _file(*GOOD[0]), _manifest(GOOD, databases=[{"tx_id": 1, "tx_hash": None, "files": 1,
+                                                                     "bytes": 1}])], "'name' is a required"),
+    "manifest that is not JSON": ([_dir("alpha"), _file(*GOOD[0]), _file("MANIFEST.json", b"{nope")],
+                                  "not valid JSON"),
+    "folder that is no database name": ([_dir("Alpha"), _file("Alpha/x"), _manifest(GOOD)], "database folder"),
+    "file where a database belongs": ([_file("alpha"), _manifest(GOOD)], "where a database folder belongs"),
+    "database the manifest does not list": (
+        [_dir("alpha"), _file(*GOOD[0]), _dir("beta"), _file("beta/x", b"y"),
+         _manifest(GOOD + [("beta/x", b"y")])], "its database is not in the manifest"),
+    "transactions and no files": ([_dir("alpha"), _manifest([])], "transactions and no files"),
+}
+
+
+@pytest.mark.faults
+@pytest.mark.parametrize("case", list(HOSTILE))
+def test_verify_and_restore_give_the_same_verdict_on_hostile_archives(tmp_path, case):
+    members, why = HOSTILE[case]
+    data = _tar(members)
+    verification = archive.verify(io.BytesIO(data))
+    assert not verification.ok and any(why in p for p in verification.problems), verification.problems
+    dest = tmp_path / "dest"
+    with pytest.raises(RestoreError, match=why.replace("[", r"\[").replace("(", r"\(")):
+        restore(io.BytesIO(data), dest)
+    assert list(dest.iterdir()) == []
+    used = sum(f.stat().st_size for f in tmp_path.rglob("*") if f.is_file())
+    assert used < 1 << 20  # the sparse member's gigabyte was never written
+
+
+def test_verify_and_restore_accept_the_same_good_archive(tmp_path):
+    data = _tar([_dir("alpha"), _file(*GOOD[0]), _manifest(GOOD)])
+    assert archive.verify(io.BytesIO(data)).ok
+    assert restore(io.BytesIO(data), tmp_path / "d").databases == ["alpha"]
+
+
+# --------------------------------------------------------------------------- restore --force
+
+def _archive_of(tmp_path: Path, **databases: bytes) -> bytes:
+    files = [(f"{name}/tx/00000000.tx", data) for name, data in databases.items()]
+    members = []
+    for name, data in databases.items():
+        members += [_dir(name), _dir(f"{name}/tx"), _file(f"{name}/tx/00000000.tx", data)]
+    manifest = _manifest(files, databases=[{"name": n, "tx_id": 1, "tx_hash": "ab" * 32, "files": 1, "bytes": 1}
+                                          for n in databases])
+    return _tar(members + [manifest])
+
+
+@pytest.mark.faults
+def test_restore_force_replaces_moving_the_old_folders_aside_and_says_what_changed(tmp_path):
+    dest = tmp_path / "data"
+    (dest / "alpha" / "tx").mkdir(parents=True)
+    (dest / "alpha" / "tx" / "old").write_bytes(b"old")
+    (dest / "keep").mkdir()
+    result = restore(io.BytesIO(_archive_of(tmp_path, alpha=b"new-a", beta=b"new-b")), dest, force=True)
+    assert (result.added, result.replaced) == (["beta"], ["alpha"])
+    assert sorted(p.name for p in dest.iterdir()) == ["alpha", "beta", "keep"]  # nothing else left behind
+    assert [p.name for p in (dest / "alpha" / "tx").iterdir()] == ["00000000.tx"]
+
+
+@pytest.mark.faults
+def test_restore_force_refuses_a_database_folder_that_is_a_link_and_changes_nothing(tmp_path):
+    dest, elsewhere = tmp_path / "data", tmp_path / "elsewhere"
+    (elsewhere / "tx").mkdir(parents=True)
+    (elsewhere / "tx" / "precious").write_bytes(b"keep me")
+    dest.mkdir()
+    (dest / "alpha").symlink_to(elsewhere)
+    (dest / "beta").mkdir()
+    (dest / "beta" / "mine").write_bytes(b"mine")
+    with pytest.raises(RestoreError, match="alpha is a symbolic link"):
+        restore(io.BytesIO(_archive_of(tmp_path, beta=b"b", alpha=b"a")), dest, force=True)
+    assert (elsewhere / "tx" / "precious").read_bytes() == b"keep me"
+    assert (dest / "beta" / "mine").read_bytes() == b"mine"
+    assert sorted(p.name for p in dest.iterdir()) == ["alpha", "beta"]
+
+
+@pytest.mark.faults
+def test_restore_force_refuses_a_database_folder_that_is_a_mount_point(tmp_path):
+    import subprocess
+    dest = tmp_path / "data"
+    (dest / "alpha").mkdir(parents=True)
+    (dest / "beta").mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(dest / "beta")],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.fail(f"cannot mount a tmpfs (the test needs root): {done.stderr.strip()}", pytrace=False)
+    try:
+        (dest / "beta" / "mine").write_bytes(b"mine")
+        (dest / "alpha" / "old").write_bytes(b"old")
+        with pytest.raises(RestoreError, match="beta is a mount point"):
+            restore(io.BytesIO(_archive_of(tmp_path, alpha=b"a", beta=b"b")), dest, force=True)
+        assert (dest / "beta" / "mine").read_bytes() == b"mine"
+        assert (dest / "alpha" / "old").read_bytes() == b"old"
+    finally:
+        subprocess.run(["umount", "-l", str(dest / "beta")], check=False)
+
+
+@pytest.mark.faults
+def test_restore_force_puts_the_old_folders_back_when_a_move_fails(tmp_path, monkeypatch):
+    """A move failing half way (a fake: the file system cannot be made to
+    fail one chosen rename): the destination is as it was."""
+    dest = tmp_path / "data"
+    for name in ("alpha", "beta"):
+        (dest / name).mkdir(parents=True)
+        (dest / name / "old").write_bytes(name.encode())
+    real_rename, calls = os.rename, []
+
+    def failing_rename(src, dst):
+        calls.append((src, dst))
+        if len(calls) == 3:  # alpha aside, alpha in, then beta aside fails
+            raise OSError(28, "No space left on device", str(src))
+        return real_rename(src, dst)
+
+    monkeypatch.setattr(os, "rename", failing_rename)
+    with pytest.raises(RestoreError, match="the destination is as it was"):
+        restore(io.BytesIO(_archive_of(tmp_path, alpha=b"a", beta=b"b")), dest, force=True)
+    monkeypatch.undo()
+    assert sorted(p.name for p in dest.iterdir()) == ["alpha", "beta"]
+    assert (dest / "alpha" / "old").read_bytes() == b"alpha" and (dest / "beta" / "old").read_bytes() == b"beta"

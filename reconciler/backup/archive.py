@@ -16,27 +16,33 @@ import hashlib
 import io
 import json
 import os
-import re
+import stat
 import tarfile
 import threading
+import unicodedata
 import zlib
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO, Callable, Iterator
+from typing import BinaryIO, Callable, Iterator, Protocol
 
 from reconciler.errors import ReplicatorError
+from reconciler.state import is_database_name
 
 MANIFEST = "MANIFEST.json"
 FORMAT = 1
 CHUNK = 1024 * 1024
 GZIP_MAGIC, ZSTD_MAGIC = b"\x1f\x8b", b"\x28\xb5\x2f\xfd"
-DATABASE_NAME = re.compile(r"^[a-z0-9_]{1,128}$")
 
 
 class ArchiveError(ReplicatorError):
     """The archive is invalid: corrupt, truncated, unsafe, or not ours."""
+
+
+class SourceError(ReplicatorError):
+    """A database folder could not be archived whole (unreadable, a link, a
+    name readers would refuse): the backup fails, naming the path."""
 
 
 class Cancelled(ReplicatorError):
@@ -228,20 +234,38 @@ class ArchiveWriter:
 
     def add_tree(self, source: Path, prefix: str) -> list[FileEntry]:
         """Add the directory `source` as `prefix/...`: directories and
-        regular files, in name order. Returns the files' entries."""
+        regular files, in name order. Returns the files' entries. Raises
+        SourceError, naming the path, for anything that would make the
+        archive hold less than the folder: a folder or file that cannot be
+        listed or read, a link or special file (never skipped quietly), and
+        a `prefix` that is not a name immudb gives databases (readers would
+        refuse the archive)."""
+        if not is_database_name(prefix):
+            raise SourceError(f"{prefix!r} is not a name immudb gives databases: not archived")
         added: list[FileEntry] = []
         self._add_dir(source, prefix)
-        for root, dirs, files in os.walk(source):
+
+        def unreadable(exc: OSError) -> None:
+            raise SourceError(f"cannot list {exc.filename}: {exc.strerror or exc}")
+
+        for root, dirs, files in os.walk(source, onerror=unreadable):
             dirs.sort()
             rel_root = Path(root).relative_to(source)
-            for d in dirs:
-                self._add_dir(Path(root) / d, str(PurePosixPath(prefix, rel_root, d)))
-            for name in sorted(files):
+            for name in dirs + sorted(files):
                 path = Path(root) / name
-                st = path.lstat()
-                if not path.is_file() or path.is_symlink():
-                    continue  # immudb writes only regular files; anything else is not ours to archive
-                added.append(self.add_file(path, str(PurePosixPath(prefix, rel_root, name)), st))
+                try:
+                    st = path.lstat()
+                except OSError as exc:
+                    raise SourceError(f"cannot read {path}: {exc.strerror or exc}") from None
+                arcname = str(PurePosixPath(prefix, rel_root, name))
+                if stat.S_ISDIR(st.st_mode):
+                    self._add_dir(path, arcname)
+                elif stat.S_ISREG(st.st_mode):
+                    added.append(self.add_file(path, arcname, st))
+                else:
+                    raise SourceError(f"{path} is a {'symbolic link' if stat.S_ISLNK(st.st_mode) else 'special file'}"
+                                      f": immudb's folders hold only folders and regular files, and the archive "
+                                      f"would not restore it")
         return added
 
     def _add_dir(self, path: Path, arcname: str) -> None:
@@ -253,7 +277,11 @@ class ArchiveWriter:
         st = st or path.stat()
         info = self._info(path, arcname, st)
         info.size = st.st_size
-        with open(path, "rb") as f:
+        try:
+            f = open(path, "rb")
+        except OSError as exc:
+            raise SourceError(f"cannot read {path}: {exc.strerror or exc}") from None
+        with f:
             reader = _HashingReader(f, self.hasher, self.on_bytes, self.cancel)
             self.tar.addfile(info, reader)  # type: ignore[arg-type]
         entry = FileEntry(arcname, reader.size, reader.hexdigest())
@@ -284,27 +312,42 @@ class ArchiveWriter:
 
 # --------------------------------------------------------------------------- reading
 
+def _has_control(text: str) -> bool:
+    return any(unicodedata.category(c).startswith("C") for c in text)
+
+
 def check_member(member: tarfile.TarInfo) -> str | None:
-    """Why `member` is unacceptable, or None."""
+    """Why `member` is unacceptable, or None. Accepted: exactly what the
+    writer produces (see the module's doc)."""
     name = member.name
+    if _has_control(name):
+        return f"{name!r} has control or unassigned characters in its name"
     if member.issym() or member.islnk():
         return f"{name!r} is a link (to {member.linkname!r}): archives of this tool hold none"
+    if member.issparse():
+        return f"{name!r} is a sparse file: archives of this tool hold none"
     if not (member.isfile() or member.isdir()):
         return f"{name!r} is not a regular file or directory"
     if name.startswith("/") or name.startswith("\\"):
         return f"{name!r} is an absolute path"
     parts = PurePosixPath(name).parts
-    if ".." in parts or not parts:
+    if not parts or ".." in parts or "." in parts or "\\" in name:
         return f"{name!r} leaves the archive's folder"
     if name == MANIFEST:
         return None if member.isfile() else f"{MANIFEST} is not a file"
-    if not DATABASE_NAME.match(parts[0]):
-        return f"{name!r} is not under a database folder"
+    if not is_database_name(parts[0]):
+        return f"{name!r} is not under a database folder (not a name immudb gives databases)"
+    if len(parts) == 1 and not member.isdir():
+        return f"{name!r} is a file where a database folder belongs"
     return None
 
 
 @dataclass
 class Verification:
+    """What reading an archive found: its manifest, every file with its size
+    and sha256, and the problems (none: the archive is whole and matches its
+    manifest)."""
+
     manifest: dict | None = None
     files: dict[str, FileEntry] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
@@ -375,18 +418,89 @@ def hash_stream(f: BinaryIO, sink: Callable[[bytes], None] | None = None,
             sink(chunk)
 
 
-def compare(result: Verification, only: set[str] | None = None) -> None:
-    """Check what was read against the manifest; add problems to `result`."""
-    if result.manifest is None:
+class Store(Protocol):
+    """Where `read` puts what it reads (restore: a scratch folder)."""
+
+    def directory(self, path: str) -> None: ...
+
+    def file(self, path: str, size: int) -> BinaryIO: ...
+
+
+def _manifest_problems(raw: bytes) -> tuple[dict | None, list[str]]:
+    """The manifest, parsed, and what is wrong with it (JSON, then its schema)."""
+    try:
+        manifest = json.loads(raw)
+    except ValueError:
+        return None, [f"{MANIFEST} is not valid JSON"]
+    from jsonschema import Draft202012Validator
+
+    from reconciler import schemas
+    validator = Draft202012Validator(schemas.load("manifest.schema.json"))
+    errors = sorted(validator.iter_errors(manifest), key=lambda e: list(e.absolute_path))
+    if errors:
+        return None, [f"{MANIFEST} at '{'/'.join(map(str, e.absolute_path)) or '(top)'}': {e.message}"
+                      for e in errors[:5]]
+    return manifest, []
+
+
+def read(stream: BinaryIO, store: Store | None = None,
+         on_bytes: Callable[[int], None] = lambda n: None) -> Verification:
+    """Read the whole archive once: every member checked as it comes (see
+    check_member; a member named twice or after the manifest stops the
+    read), every file hashed (and handed to `store`, if given), the manifest
+    checked against its schema, and everything compared with it at the end.
+    The one reader behind `verify` and `restore`: they cannot disagree.
+    Never raises ArchiveError: the problems are in the result. OSError from
+    `store` propagates."""
+    result = Verification()
+    seen: set[str] = set()
+    manifest_read = False
+    try:
+        for member, content, kind in iterate(stream):
+            result.compression = kind
+            name = member.name.rstrip("/")
+            if manifest_read:
+                raise ArchiveError(f"unsafe archive: {name!r} comes after {MANIFEST}")
+            if name in seen:
+                raise ArchiveError(f"unsafe archive: {name!r} appears twice")
+            seen.add(name)
+            if name == MANIFEST:
+                manifest_read = True
+                result.manifest, problems = _manifest_problems(content.read())
+                result.problems += problems
+                continue
+            if member.isdir():
+                if store is not None:
+                    store.directory(name)
+                continue
+            sink = store.file(name, member.size) if store is not None else None
+            try:
+                size, digest = hash_stream(content, sink.write if sink else None, on_bytes)
+            finally:
+                if sink is not None:
+                    sink.close()
+            result.files[name] = FileEntry(name, size, digest)
+    except ArchiveError as exc:
+        result.problems.append(str(exc))
+        return result
+    if not manifest_read:
         result.problems.append(f"no {MANIFEST}: not an archive of this tool, or truncated")
-        return
-    if result.manifest.get("format") != FORMAT:
-        result.problems.append(f"unknown archive format {result.manifest.get('format')!r}")
-        return
-    expected = {f["path"]: f for f in result.manifest.get("files", [])}
+    elif result.manifest is not None:
+        compare(result)
+    return result
+
+
+def compare(result: Verification) -> None:
+    """Check what was read against the manifest; add problems to `result`."""
+    manifest = result.manifest or {}
+    databases = {d["name"]: d for d in manifest.get("databases", [])}
+    for name, entry in databases.items():
+        if not is_database_name(name):
+            result.problems.append(f"{MANIFEST}: {name!r} is not a name immudb gives databases")
+        elif entry.get("tx_id") and not entry.get("files"):
+            result.problems.append(f"{name}: {entry['tx_id']} transactions and no files")
+    expected = {f["path"]: f for f in manifest.get("files", [])}
     for path, want in sorted(expected.items()):
-        if only is not None and path.split("/", 1)[0] not in only:
-            continue
         got = result.files.get(path)
         if got is None:
             result.problems.append(f"{path}: listed in the manifest, missing from the archive")
@@ -396,29 +510,12 @@ def compare(result: Verification, only: set[str] | None = None) -> None:
             result.problems.append(f"{path}: sha256 differs from the manifest (the file is damaged)")
     for path in sorted(set(result.files) - set(expected)):
         result.problems.append(f"{path}: in the archive, not in the manifest")
+    for path in sorted(set(result.files) | set(expected)):
+        if path.split("/", 1)[0] not in databases:
+            result.problems.append(f"{path}: its database is not in the manifest")
 
 
 def verify(stream: BinaryIO, on_bytes: Callable[[int], None] = lambda n: None) -> Verification:
     """Read the whole archive: structure, every file's size and sha256
     against the manifest. Never raises ArchiveError: problems are listed."""
-    result = Verification()
-    try:
-        for member, content, kind in iterate(stream):
-            result.compression = kind
-            if content is None:
-                continue
-            if member.name == MANIFEST:
-                try:
-                    result.manifest = json.loads(content.read())
-                except ValueError:
-                    result.problems.append(f"{MANIFEST} is not valid JSON")
-                continue
-            if result.manifest is not None:
-                result.problems.append(f"{member.name}: after the manifest")
-            size, digest = hash_stream(content, on_bytes=on_bytes)
-            result.files[member.name] = FileEntry(member.name, size, digest)
-    except ArchiveError as exc:
-        result.problems.append(str(exc))
-        return result
-    compare(result)
-    return result
+    return read(stream, on_bytes=on_bytes)

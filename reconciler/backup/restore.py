@@ -1,22 +1,24 @@
 """Restoring an archive into an immudb data directory, safely.
 
-Everything is extracted into a temporary folder inside the destination,
-every file checked against the manifest, and only then are the database
-folders moved into place: a failure leaves the destination as it was.
-Members are accepted only as writers produce them (see archive.check_member):
-no absolute paths, no `..`, no links, no devices.
+The archive is read once by the same reader `verify` uses (archive.read):
+everything is extracted into a private scratch folder inside the
+destination and every file checked against the manifest before anything in
+the destination changes. Then every destination folder is checked (a link
+or a mount point is refused), the folders being replaced are moved aside on
+the same file system, the new ones moved in, and the old ones removed only
+once all are in place; on any failure the old ones are put back. The result
+says exactly which databases were added and which replaced.
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import uuid
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import BinaryIO, Callable
 
-from reconciler.backup.archive import MANIFEST, ArchiveError, FileEntry, Verification, compare, hash_stream, iterate
+from reconciler.backup import archive
 from reconciler.errors import ReplicatorError
 
 
@@ -28,16 +30,59 @@ class RestoreError(ReplicatorError):
 class RestoreResult:
     data_dir: Path
     databases: list[str] = field(default_factory=list)
+    added: list[str] = field(default_factory=list)
+    replaced: list[str] = field(default_factory=list)
     files: int = 0
     bytes: int = 0
     manifest: dict = field(default_factory=dict)
 
 
+class _Scratch:
+    """archive.Store writing into a private folder: only the databases
+    wanted, never outside it, never more than the free space."""
+
+    def __init__(self, root: Path, wanted: set[str] | None):
+        self.root, self.wanted = root, wanted
+
+    def _path(self, name: str) -> Path | None:
+        if self.wanted is not None and name.split("/", 1)[0] not in self.wanted:
+            return None
+        path = self.root / name
+        if not _inside(path, self.root):
+            raise archive.ArchiveError(f"unsafe archive: {name!r} leaves the destination")
+        return path
+
+    def directory(self, name: str) -> None:
+        path = self._path(name)
+        if path is not None:
+            path.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+    def file(self, name: str, size: int) -> BinaryIO:
+        path = self._path(name)
+        if path is None:
+            return _Discard()
+        free = shutil.disk_usage(self.root).free
+        if size > free:
+            raise OSError(28, f"{name} needs {size} bytes, {free} are free", str(self.root))
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        return open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb")
+
+
+class _Discard:
+    def write(self, data: bytes) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 def restore(stream: BinaryIO, data_dir: Path, databases: list[str] | None = None, force: bool = False,
             on_bytes: Callable[[int], None] = lambda n: None) -> RestoreResult:
     """Extract the archive's databases (all, or `databases`) into `data_dir`.
-    Raises RestoreError (refused: non-empty destination without `force`,
-    unknown database, archive invalid or damaged)."""
+    Raises RestoreError (refused: non-empty destination without `force`, a
+    destination folder that is a link or a mount point, unknown database,
+    archive invalid or damaged; failed: a file system error), always with
+    the destination as it was."""
     data_dir = Path(data_dir)
     if data_dir.exists() and not data_dir.is_dir():
         raise RestoreError(f"{data_dir} exists and is not a directory")
@@ -45,56 +90,79 @@ def restore(stream: BinaryIO, data_dir: Path, databases: list[str] | None = None
     if existing and not force:
         raise RestoreError(f"{data_dir} is not empty ({len(existing)} entries); restore into an empty directory, "
                            f"or pass --force to replace the archive's databases there")
-    data_dir.mkdir(parents=True, exist_ok=True)
     wanted = set(databases) if databases else None
-    scratch = data_dir / f".restore-{uuid.uuid4().hex[:12]}"
-    scratch.mkdir()
     try:
-        seen = Verification()
-        for member, content, kind in iterate(stream):
-            seen.compression = kind
-            if member.name == MANIFEST:
-                seen.manifest = json.loads(content.read()) if content else None
-                continue
-            top = PurePosixPath(member.name).parts[0]
-            if wanted is not None and top not in wanted:
-                if content is not None:
-                    hash_stream(content)  # read past it
-                continue
-            dest = scratch / member.name
-            if not _inside(dest, scratch):
-                raise ArchiveError(f"unsafe archive: {member.name!r} leaves the destination")
-            if member.isdir():
-                dest.mkdir(parents=True, exist_ok=True)
-                continue
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            with open(dest, "xb") as out:
-                size, digest = hash_stream(content, sink=out.write, on_bytes=on_bytes)
-            os.chmod(dest, member.mode & 0o644 | 0o600)
-            seen.files[member.name] = FileEntry(member.name, size, digest)
-        compare(seen, only=wanted)
-        if seen.manifest is not None and wanted is not None:
-            missing = wanted - set(seen.databases)
-            if missing:
-                raise RestoreError(f"not in the archive: {', '.join(sorted(missing))} "
-                                   f"(it holds {', '.join(seen.databases) or 'nothing'})")
-        if seen.problems:
-            raise RestoreError("archive damaged, nothing restored: " + "; ".join(seen.problems[:5]) +
-                               (f" (and {len(seen.problems) - 5} more)" if len(seen.problems) > 5 else ""))
-        restored = sorted(p.name for p in scratch.iterdir())
-        for name in restored:
-            final = data_dir / name
-            if final.exists():
-                shutil.rmtree(final)  # only reachable with force
-            (scratch / name).rename(final)
-        return RestoreResult(data_dir, restored, len(seen.files), sum(f.size for f in seen.files.values()),
-                             seen.manifest or {})
-    except ArchiveError as exc:
-        raise RestoreError(f"nothing restored: {exc}") from None
+        data_dir.mkdir(parents=True, exist_ok=True)
+        scratch = data_dir / f".restore-{uuid.uuid4().hex[:12]}"
+        scratch.mkdir(mode=0o700)
     except OSError as exc:
         raise RestoreError(f"nothing restored: {exc.strerror or exc}: {exc.filename}") from None
+    try:
+        try:
+            seen = archive.read(stream, _Scratch(scratch, wanted), on_bytes=on_bytes)
+        except OSError as exc:
+            raise RestoreError(f"nothing restored: {exc.strerror or exc}: {exc.filename}") from None
+        if not seen.ok:
+            raise RestoreError("archive invalid or damaged, nothing restored: " + "; ".join(seen.problems[:5]) +
+                               (f" (and {len(seen.problems) - 5} more)" if len(seen.problems) > 5 else ""))
+        if wanted is not None and wanted - set(seen.databases):
+            raise RestoreError(f"not in the archive: {', '.join(sorted(wanted - set(seen.databases)))} "
+                               f"(it holds {', '.join(seen.databases) or 'nothing'})")
+        chosen = [n for n in seen.databases if wanted is None or n in wanted]
+        for name in chosen:
+            (scratch / name).mkdir(mode=0o700, exist_ok=True)  # a database archived with no file at all
+        replaced = _check_destinations(data_dir, chosen)
+        _swap_in(data_dir, scratch, chosen, replaced)
+        files = {p: f for p, f in seen.files.items() if p.split("/", 1)[0] in chosen}
+        return RestoreResult(data_dir, sorted(chosen), sorted(set(chosen) - set(replaced)), sorted(replaced),
+                             len(files), sum(f.size for f in files.values()), seen.manifest or {})
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _check_destinations(data_dir: Path, names: list[str]) -> list[str]:
+    """The databases that exist in `data_dir` and will be replaced; raises
+    RestoreError before anything moves if one cannot be replaced safely."""
+    replaced = []
+    for name in names:
+        final = data_dir / name
+        if final.is_symlink():
+            raise RestoreError(f"nothing restored: {final} is a symbolic link (to {os.readlink(final)}); "
+                               f"restore will not replace it: remove the link or restore elsewhere")
+        if not final.exists():
+            continue
+        if not final.is_dir():
+            raise RestoreError(f"nothing restored: {final} exists and is not a directory")
+        if os.path.ismount(final):
+            raise RestoreError(f"nothing restored: {final} is a mount point; restore will not replace it: "
+                               f"restore into an empty directory and copy the folder's content there")
+        replaced.append(name)
+    return replaced
+
+
+def _swap_in(data_dir: Path, scratch: Path, names: list[str], replaced: list[str]) -> None:
+    """Move the restored folders into place; the replaced ones wait aside
+    (same file system) until all are in, and go back on any failure."""
+    aside = data_dir / f".restore-replaced-{uuid.uuid4().hex[:12]}"
+    moved_aside: list[str] = []
+    placed: list[str] = []
+    try:
+        aside.mkdir(mode=0o700)
+        for name in names:
+            if name in replaced:
+                os.rename(data_dir / name, aside / name)
+                moved_aside.append(name)
+            os.rename(scratch / name, data_dir / name)
+            placed.append(name)
+    except OSError as exc:
+        for name in reversed(placed):
+            os.rename(data_dir / name, scratch / name)
+        for name in reversed(moved_aside):
+            os.rename(aside / name, data_dir / name)
+        shutil.rmtree(aside, ignore_errors=True)
+        raise RestoreError(f"nothing restored: {exc.strerror or exc}: {exc.filename}; the destination is as it "
+                           f"was") from None
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def _inside(path: Path, root: Path) -> bool:

@@ -84,6 +84,10 @@ def restore(args: argparse.Namespace) -> int:
         result = restore_archive(stream, Path(args.data_dir), args.database, args.force)
     print(f"restored {', '.join(result.databases)} ({result.files} files, {size(result.bytes)}) from {location} "
           f"into {result.data_dir}; every file matched the manifest.")
+    if result.added:
+        print(f"  added: {', '.join(result.added)}")
+    if result.replaced:
+        print(f"  replaced (the previous folders are deleted): {', '.join(result.replaced)}")
     print(f"Start immudb on it with:  immudb --dir {result.data_dir}")
     print("The databases come back as ordinary, writable databases with default settings (the archive holds "
           "no systemdb). To make them replicas again, point a replicator at this server with "
@@ -103,4 +107,24 @@ def list_archives(args: argparse.Namespace) -> int:
         print(f"{when}  {size(a.size):>10}  {a.location}")
     if not archives:
         print(f"(no archives at {args.target})")
+    return 0
+
+
+def drill(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from reconciler.backup.drill import drill_archive
+    from reconciler.config.model import DrillConfig
+    cfg = _optional_config(args)
+    drill_cfg = cfg.backup.drill if cfg is not None else DrillConfig()
+    if args.immudb_binary:
+        drill_cfg = replace(drill_cfg, immudb_binary=args.immudb_binary)
+    result = drill_archive(cfg, args.archive, args.target, drill_cfg, say=print)
+    seconds = result.finished_at - result.started_at
+    if not result.ok:
+        for problem in result.problems or ["no database was checked"]:
+            print(f"FAIL {problem}", file=sys.stderr)
+        raise ReplicatorError(f"{result.location}: drill failed ({len(result.problems)} problems)")
+    print(f"{result.location}: drill OK in {seconds:.1f}s: {len(result.databases)} databases restored, opened by "
+          f"immudb and proven against the states recorded at backup time.")
     return 0
