@@ -120,6 +120,11 @@ class AlreadyExists(ImmudbError):
     """A database of that name exists already."""
 
 
+class ProofFailed(ImmudbError):
+    """immudb's cryptographic proofs for an entry did not hold: the data is
+    not the history the trusted state records."""
+
+
 @dataclass(frozen=True)
 class DatabaseState:
     """A database's current transaction id and hash (for lag and backups)."""
@@ -360,6 +365,46 @@ class ImmudbAdmin:
         token = self._database_token(name)
         s = self._call(f"current state of {name}", "CurrentState", empty_pb2.Empty(), token=token)
         return DatabaseState(name, s.txId, bytes(s.txHash))
+
+    def scan_keys(self, name: str, limit: int, newest_first: bool = False, since_tx: int = 0) -> list[bytes]:
+        """Up to `limit` keys of database `name` in key order (or reverse),
+        once its index holds transaction `since_tx`."""
+        token = self._database_token(name)
+        response = self._call(f"scan {name}", "Scan", pb.ScanRequest(limit=limit, desc=newest_first, sinceTx=since_tx),
+                              token=token)
+        return [entry.key for entry in response.entries]
+
+    def verified_get(self, name: str, key: bytes, trusted: DatabaseState) -> bytes:
+        """The value of `key` in database `name`, with immudb's proofs
+        checked (immudb-py's own verification: the entry is included in its
+        transaction, and that transaction in the history whose last state is
+        `trusted`, e.g. the one a backup's manifest recorded). Raises
+        ProofFailed when a proof does not hold, ImmudbError otherwise."""
+        from immudb.exceptions import ErrCorruptedData
+        from immudb.handler import verifiedGet
+        token = self._database_token(name)
+        admin = self
+
+        class Service:  # what immudb-py's handler calls: our RPC, with the database's token and a timeout
+            def VerifiableGet(self, request):  # noqa: N802 - the gRPC method's name
+                return admin._call(f"verified get in {name}", "VerifiableGet", request, token=token)
+
+        class TrustedState:  # immudb-py's state service, holding the state we trust
+            def __init__(self):
+                self.state = types.SimpleNamespace(db=name, txId=trusted.tx_id, txHash=trusted.tx_hash)
+
+            def get(self):
+                return self.state
+
+            def set(self, state):
+                self.state = state
+
+        try:
+            return verifiedGet.call(Service(), TrustedState(), key).value
+        except ErrCorruptedData:
+            raise ProofFailed(f"{self.name} ({self.address})", f"verified get in {name}",
+                              f"the proofs for key {key[:64]!r} do not hold against transaction {trusted.tx_id}",
+                              temporary=False) from None
 
     # ------------------------------------------------------------------
     # users

@@ -78,6 +78,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-c", "--config", metavar="FILE", default=os.environ.get("REPLICATOR_CONFIG") or None,
                    help="configuration, for the credentials of remote archives")
 
+    p = sub.add_parser("drill", help="restore an archive into a throwaway immudb and check it (exit 0 only if all match)",
+                       description="Restores the archive (or the newest at --target) into a scratch folder, opens it "
+                                   "with a throwaway immudb on loopback, and checks every database's transaction id "
+                                   "and state hash against the manifest and a sample of keys with immudb's proofs.")
+    p.add_argument("archive", nargs="?", help="a local path, s3://bucket/key or sftp://host/path, or a name with "
+                                              "--target (default: the newest archive at --target)")
+    p.add_argument("--target", metavar="NAME", help="the configured target the archive is at")
+    p.add_argument("--immudb-binary", metavar="PATH", help="immudb server to open it with (default: "
+                                                           "backup.drill.immudb_binary, else immudb on PATH)")
+    p.add_argument("-c", "--config", metavar="FILE", default=os.environ.get("REPLICATOR_CONFIG") or None,
+                   help="configuration, for targets and drill settings")
+
     p = sub.add_parser("list", help="archives at a target, with size and time")
     _config_args(p)
     p.add_argument("--target", metavar="NAME", required=True)

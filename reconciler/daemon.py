@@ -63,7 +63,9 @@ class Service:
         self._reload_lock = threading.Lock()
         self.stats = {"passes": 0, "pass_failures": 0, "last_pass_seconds": 0.0, "last_pass_at": 0.0,
                       "backup_last": {}, "backup_failures": {}, "backup_bytes": {},
+                      "drill_success_at": {}, "drill_failures": {},
                       "reloads_ok": 0, "reloads_failed": 0}
+        self.drills: dict = {}  # target -> the last drill's result (DrillResult)
 
     # ------------------------------------------------------------------ jobs
 
@@ -114,6 +116,33 @@ class Service:
             self._backup_done(skipped)
             event(log, "scheduled_backup_skipped", logging.WARNING, target=target_name, reason=str(exc))
 
+    def _scheduled_drill(self, target_name: str) -> None:
+        """Restore the target's newest archive into a throwaway immudb and
+        check it; the verdict goes to /status, /metrics and the log."""
+        from reconciler.backup.drill import DrillResult, drill_archive
+        from reconciler.errors import ReplicatorError
+        if target_name not in self.cfg.backup.targets:
+            return  # removed by a reload
+        event(log, "drill_started", target=target_name)
+        try:
+            result = drill_archive(self.cfg, target_name=target_name)
+        except Exception as exc:  # noqa: BLE001 - a drill that cannot run is a failed drill, recorded
+            result = DrillResult(f"target {target_name}", time.time(), time.time())
+            result.problems.append(str(exc) if isinstance(exc, ReplicatorError) else f"internal error "
+                                   f"({type(exc).__name__}): {exc}")
+        with self._state_lock:
+            self.drills[target_name] = result
+            if result.ok:
+                self.stats["drill_success_at"][target_name] = result.finished_at
+            else:
+                self.stats["drill_failures"][target_name] = self.stats["drill_failures"].get(target_name, 0) + 1
+        if result.ok:
+            event(log, "drill_done", target=target_name, archive=result.location, databases=len(result.databases),
+                  seconds=round(result.finished_at - result.started_at, 1))
+        else:
+            event(log, "drill_failed", logging.ERROR, target=target_name, archive=result.location,
+                  error="; ".join(result.problems[:3]) or "no database checked")
+
     def _backup_done(self, result: BackupResult) -> None:
         with self._state_lock:
             last = self.stats["backup_last"].setdefault(result.target, {"duration": 0.0, "success_at": None})
@@ -145,12 +174,15 @@ class Service:
         self.scheduler.add_job(self._check_config, "interval", seconds=self.cfg.daemon.config_check_interval,
                                id="config", name="config", replace_existing=True)
         for job in self.scheduler.get_jobs():
-            if job.id.startswith("backup:"):
+            if job.id.startswith(("backup:", "drill:")):
                 job.remove()
         for i, schedule in enumerate(self.cfg.backup.schedules):
+            work, what = ((self._scheduled_drill, "drill of") if schedule.action == "drill"
+                          else (self._scheduled_backup, "backup to"))
             self.scheduler.add_job(
-                self._scheduled_backup, CronTrigger.from_crontab(schedule.cron, timezone=schedule.timezone or None),
-                args=[schedule.target], id=f"backup:{i}:{schedule.target}", name=f"backup to {schedule.target}",
+                work, CronTrigger.from_crontab(schedule.cron, timezone=schedule.timezone or None),
+                args=[schedule.target], id=f"{schedule.action}:{i}:{schedule.target}",
+                name=f"{what} {schedule.target}",
                 misfire_grace_time=self.cfg.daemon.backup_misfire_grace, replace_existing=True)
 
     def reload(self, reason: str) -> bool:
@@ -234,6 +266,7 @@ class Service:
                            "progressing": s.progressing, "last_error": s.last_error,
                            "last_error_at": s.last_error_at} for s in self.reconciler.statuses()],
             "backup_running": self.backups.running,
+            "drills": {target: r.as_dict() for target, r in sorted(self.drills.items())},
         }
 
     def liveness_problems(self) -> list[str]:

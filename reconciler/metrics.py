@@ -63,6 +63,17 @@ class _Collector:
             bytes_out.add_metric([target], written)
         yield bytes_in
         yield bytes_out
+        drilled = GaugeMetricFamily("replicator_drill_last_success_timestamp_seconds",
+                                    "When the last successful restore drill of the target's newest archive ended.",
+                                    labels=["target"])
+        for target, at in stats["drill_success_at"].items():
+            drilled.add_metric([target], at)
+        yield drilled
+        drill_failures = CounterMetricFamily("replicator_drill_failures", "Restore drills that failed.",
+                                             labels=["target"])
+        for target, n in stats["drill_failures"].items():
+            drill_failures.add_metric([target], n)
+        yield drill_failures
         reloads = CounterMetricFamily("replicator_config_reloads", "Configuration reloads.", labels=["result"])
         reloads.add_metric(["ok"], stats["reloads_ok"])
         reloads.add_metric(["error"], stats["reloads_failed"])

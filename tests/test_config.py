@@ -48,7 +48,7 @@ def run_cli(*argv: str, env: dict | None = None) -> subprocess.CompletedProcess:
 def test_example_config_is_valid():
     cfg = config.load(EXAMPLE, env={})
     assert set(cfg.backup.targets) == {"local", "offsite", "cloud"}
-    assert len(cfg.backup.schedules) == 2
+    assert [s.action for s in cfg.backup.schedules] == ["backup", "backup", "drill"]
 
 
 def test_validate_command_accepts_the_example():

@@ -12,9 +12,11 @@ One backup at a time per process: a second gets BackupAlreadyRunning.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
+import stat
 import threading
 import time
 import uuid
@@ -24,13 +26,15 @@ from typing import Protocol
 
 from reconciler import __version__
 from reconciler.admin import ImmudbAdmin, ImmudbError
-from reconciler.backup import retention, targets
-from reconciler.backup.archive import ArchiveWriter, Cancelled
+from reconciler.backup import archive, retention, targets
+from reconciler.backup.archive import ArchiveWriter, Cancelled, SourceError
 from reconciler.backup.lock import BackupLock
 from reconciler.backup.progress import Progress
 from reconciler.config.model import Config, TargetConfig
 from reconciler.errors import ReplicatorError
 from reconciler.log import event
+from reconciler.secret import redact
+from reconciler.state import DatabaseInfo
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +78,7 @@ class BackupResult:
     bytes_out: int = 0
     deleted: list[str] = field(default_factory=list)     # by retention
     unload_windows: dict[str, float] = field(default_factory=dict)  # database -> seconds unavailable
+    verify_seconds: float | None = None  # reading the archive back from the target (verify_after_upload)
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
@@ -147,10 +152,8 @@ class Backups:
             try:
                 self._run(target_cfg, result)
                 result.ok = True
-            except (ReplicatorError, OSError) as exc:
-                result.error = str(exc) if not isinstance(exc, OSError) else f"{exc.strerror or exc}: {exc.filename}"
-                if isinstance(exc, Cancelled):
-                    result.error = "cancelled"
+            except Exception as exc:  # noqa: BLE001 - every failure ends as a recorded failed backup
+                result.error = _describe(exc)
                 event(log, "backup_failed", logging.ERROR, backup=result.backup_id, target=target_cfg.name,
                       error=result.error)
             result.finished_at = time.time()
@@ -167,14 +170,10 @@ class Backups:
 
     # ------------------------------------------------------------------
 
-    def select(self) -> list[tuple[str, bool]]:
-        """(name, loaded) of the replica databases to back up."""
-        chosen = []
-        for db in sorted(self.replica.list_databases(), key=lambda d: d.name):
-            if db.name in UNLOADABLE or db.name not in self.cfg.backup.databases:
-                continue
-            chosen.append((db.name, db.loaded))
-        return chosen
+    def select(self) -> list[DatabaseInfo]:
+        """The replica databases to back up, in name order."""
+        return [db for db in sorted(self.replica.list_databases(), key=lambda d: d.name)
+                if db.name not in UNLOADABLE and db.name in self.cfg.backup.databases]
 
     def _run(self, target_cfg: TargetConfig, result: BackupResult) -> None:
         progress = self.progress
@@ -185,7 +184,7 @@ class Backups:
         chosen = self.select()
         if not chosen:
             raise BackupError("no replica database to back up (defaultdb and systemdb cannot be unloaded)")
-        sizes = {name: _tree_size(data_dir / name) for name, _ in chosen}
+        sizes = {db.name: _tree_size(data_dir / db.name) for db in chosen}
         progress.update(databases_total=len(chosen), bytes_total=sum(sizes.values()), phase="starting")
         immudb_version = self.replica.version()
         staging_root = self._prepare_staging()
@@ -200,8 +199,8 @@ class Backups:
                 writer = ArchiveWriter(upload, self.cfg.backup.compression, self.cfg.backup.compression_level,
                                        on_bytes=progress.add_bytes, cancel=self.cancel)
                 states = []
-                for db_name, loaded in chosen:
-                    states.append(self._one(writer, db_name, loaded, staging_root, result))
+                for db in chosen:
+                    states.append(self._one(writer, db, staging_root, result))
                     progress.update(databases_done=progress.databases_done + 1, bytes_written=writer.bytes_written)
                 progress.update(phase="uploading", current_database=None)
                 result.finished_at = time.time()
@@ -222,8 +221,13 @@ class Backups:
                 raise
             result.bytes_out = writer.bytes_written
             result.bytes_in = progress.bytes_done
-            result.databases = [n for n, _ in chosen]
+            result.databases = [db.name for db in chosen]
             progress.update(bytes_written=writer.bytes_written)
+            if self.cfg.backup.verify_after_upload:
+                progress.update(phase="verifying")
+                started = time.monotonic()
+                self._verify_uploaded(target, name, result)
+                result.verify_seconds = time.monotonic() - started
             event(log, "backup_done", backup=result.backup_id, target=target.name, location=result.location,
                   databases=len(chosen), bytes_in=result.bytes_in, bytes_out=result.bytes_out,
                   seconds=round(time.time() - result.started_at, 1))
@@ -234,10 +238,35 @@ class Backups:
             if staging_root is not None:
                 shutil.rmtree(staging_root, ignore_errors=True)
 
-    def _one(self, writer: ArchiveWriter, name: str, loaded: bool, staging_root: Path | None,
+    def _verify_uploaded(self, target, name: str, result: BackupResult) -> None:
+        """Read the committed archive back from the target with the reader
+        restore uses; raises BackupError (after deleting it) unless it is
+        whole, matches its manifest and is this backup's."""
+        try:
+            with contextlib.closing(target.read(name)) as stream:
+                checked = archive.read(stream)
+            problems = checked.problems
+            if checked.ok and checked.manifest.get("backup_id") != result.backup_id:
+                problems = [f"it holds backup {checked.manifest.get('backup_id')}, not {result.backup_id}"]
+        except targets.TargetError as exc:
+            problems = [f"cannot read it back: {exc}"]
+        if not problems:
+            return
+        try:
+            target.delete(name)
+            what = "it was deleted"
+        except targets.TargetError as exc:
+            what = f"deleting it failed too ({exc}): delete it by hand"
+        raise BackupError(f"the archive written to {result.location} does not read back whole: {problems[0]}"
+                          + (f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else "") + f"; {what}")
+
+    def _one(self, writer: ArchiveWriter, db: DatabaseInfo, staging_root: Path | None,
              result: BackupResult) -> dict:
-        """Archive one database; returns its manifest entry."""
+        """Archive one database; returns its manifest entry. Raises
+        BackupError when its folder yields no file while the server counts
+        transactions in it (an archive of it would restore an empty database)."""
         progress = self.progress
+        name, loaded = db.name, db.loaded
         source = self.cfg.replica.data_dir / name
         self.holder.hold(name)
         progress.update(current_database=name, phase="copying" if staging_root else "archiving")
@@ -261,13 +290,17 @@ class Backups:
                 progress.update(phase="archiving")
                 files = writer.add_tree(staged, name)
                 shutil.rmtree(staged, ignore_errors=True)
-        except ImmudbError as exc:
+        except (ImmudbError, SourceError) as exc:
             raise BackupError(f"database {name}: {exc}") from None
         finally:
             if unloaded_at is not None:
                 self._load_again(name)
                 result.unload_windows[name] = time.monotonic() - unloaded_at
             self.holder.release(name)
+        transactions = state.tx_id if state else db.tx_count
+        if transactions and not files:
+            raise BackupError(f"database {name}: the server counts {transactions} transactions, and its folder "
+                              f"{source} holds no file: is replica.data_dir the replica's data directory?")
         return {"name": name, "tx_id": state.tx_id if state else None,
                 "tx_hash": state.tx_hash.hex() if state else None, "was_loaded": loaded,
                 "files": len(files), "bytes": sum(f.size for f in files)}
@@ -328,10 +361,11 @@ class Backups:
         root = self.cfg.backup.staging_dir
         if root is None:
             return None
-        root.mkdir(parents=True, exist_ok=True)
+        root.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._remove_staging_leftovers()
         path = root / f"{STAGING_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        path.mkdir()
+        path.mkdir(mode=0o700)
+        os.chmod(path, 0o700)  # copies of whole databases: private whatever the umask
         return path
 
     def _apply_retention(self, target, target_cfg: TargetConfig, just_written: str) -> list[str]:
@@ -345,6 +379,18 @@ class Backups:
             # the backup itself succeeded; report and keep going
             event(log, "retention_failed", logging.WARNING, target=target.name, error=str(exc))
             return []
+
+
+def _describe(exc: Exception) -> str:
+    """One line for a failed backup's record, scrubbed of every secret in use
+    (it is shown by the API and the CLI as well as logged)."""
+    if isinstance(exc, Cancelled):
+        return "cancelled"
+    if isinstance(exc, ReplicatorError):
+        return redact(str(exc))
+    if isinstance(exc, OSError):
+        return redact(f"{exc.strerror or exc}: {exc.filename}" if exc.filename else (exc.strerror or str(exc)))
+    return redact(f"internal error ({type(exc).__name__}): {exc}")
 
 
 def new_id() -> str:
@@ -367,13 +413,31 @@ def _tree_size(path: Path) -> int:
 
 
 def _copy_tree(source: Path, dest: Path, cancel: threading.Event) -> None:
-    """Copy a database folder at disk speed (copy_file_range/sendfile)."""
-    for root, dirs, files in os.walk(source):
+    """Copy a database folder at disk speed (copy_file_range/sendfile), the
+    copies private to this user. Raises SourceError as ArchiveWriter.add_tree
+    does: nothing is skipped quietly."""
+    def unreadable(exc: OSError) -> None:
+        raise SourceError(f"cannot list {exc.filename}: {exc.strerror or exc}")
+
+    for root, dirs, files in os.walk(source, onerror=unreadable):
         rel = Path(root).relative_to(source)
-        (dest / rel).mkdir(parents=True, exist_ok=True)
-        for name in files:
+        (dest / rel).mkdir(mode=0o700, parents=True, exist_ok=True)
+        for name in dirs + files:
             if cancel.is_set():
                 raise Cancelled("cancelled")
             src = Path(root) / name
-            if src.is_file() and not src.is_symlink():
-                shutil.copy2(src, dest / rel / name)
+            try:
+                st = src.lstat()
+            except OSError as exc:
+                raise SourceError(f"cannot read {src}: {exc.strerror or exc}") from None
+            if stat.S_ISDIR(st.st_mode):
+                continue  # created when os.walk enters it
+            if not stat.S_ISREG(st.st_mode):
+                raise SourceError(f"{src} is a {'symbolic link' if stat.S_ISLNK(st.st_mode) else 'special file'}: "
+                                  f"immudb's folders hold only folders and regular files")
+            try:
+                shutil.copyfile(src, dest / rel / name)
+            except OSError as exc:
+                raise SourceError(f"cannot copy {src}: {exc.strerror or exc}") from None
+            os.chmod(dest / rel / name, 0o600)
+            os.utime(dest / rel / name, ns=(st.st_atime_ns, st.st_mtime_ns))

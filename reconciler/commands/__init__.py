@@ -24,6 +24,7 @@ HANDLERS = {
     "verify": ("backups", "verify"),
     "restore": ("backups", "restore"),
     "list": ("backups", "list_archives"),
+    "drill": ("backups", "drill"),
 }
 
 CONFIG_REQUIRED = ("-c/--config FILE or $REPLICATOR_CONFIG is required (without a file, the Go tool's flags and "

@@ -151,6 +151,15 @@ class Schedule:
     cron: str
     target: str
     timezone: str | None = None
+    action: str = "backup"  # backup | drill
+
+
+@dataclass(frozen=True)
+class DrillConfig:
+    immudb_binary: str | None = None
+    scratch_dir: Path | None = None
+    sample_keys: int = 20
+    start_timeout: float = 300
 
 
 @dataclass(frozen=True)
@@ -161,6 +170,8 @@ class BackupConfig:
     staging_dir: Path | None
     targets: Mapping[str, TargetConfig]
     schedules: tuple[Schedule, ...]
+    verify_after_upload: bool = True
+    drill: DrillConfig = DrillConfig()
 
 
 @dataclass(frozen=True)
@@ -170,12 +181,32 @@ class ApiConfig:
     token: Secret | None
     file_target_dirs: tuple[Path, ...]
     max_body_bytes: int
-    inline_targets: tuple[str, ...] = ("file", "sftp", "s3")
+    inline_targets: tuple[str, ...] = ("file",)
+    inline_endpoint_urls: tuple[str, ...] = ()
+    inline_known_hosts_file: str | None = None
+    inline_host_key_fingerprints: bool = False
+    allowed_hosts: tuple[str, ...] = ()
 
     @property
     def host_port(self) -> tuple[str, int]:
         host, _, port = self.listen.rpartition(":")
         return host.strip("[]") or "0.0.0.0", int(port)
+
+    @property
+    def loopback_only(self) -> bool:
+        """True when only this machine can reach the API."""
+        return is_loopback(self.host_port[0])
+
+
+def is_loopback(host: str) -> bool:
+    """localhost, 127.0.0.0/8 or ::1 (an empty host or 0.0.0.0 is every interface)."""
+    import ipaddress
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 @dataclass(frozen=True)
@@ -240,7 +271,12 @@ class Config:
                 compression_level=backup["compression_level"],
                 staging_dir=Path(backup["staging_dir"]) if backup["staging_dir"] else None,
                 targets=MappingProxyType({n: TargetConfig.from_dict(n, t) for n, t in backup["targets"].items()}),
-                schedules=tuple(Schedule(s["cron"], s["target"], s["timezone"]) for s in backup["schedules"]),
+                schedules=tuple(Schedule(s["cron"], s["target"], s["timezone"], s["action"])
+                                for s in backup["schedules"]),
+                verify_after_upload=backup["verify_after_upload"],
+                drill=DrillConfig(backup["drill"]["immudb_binary"],
+                                  Path(backup["drill"]["scratch_dir"]) if backup["drill"]["scratch_dir"] else None,
+                                  backup["drill"]["sample_keys"], float(backup["drill"]["start_timeout"])),
             ),
             api=ApiConfig(
                 enabled=d["api"]["enabled"],
@@ -249,6 +285,10 @@ class Config:
                 file_target_dirs=tuple(Path(p) for p in d["api"]["file_target_dirs"]),
                 max_body_bytes=d["api"]["max_body_bytes"],
                 inline_targets=tuple(d["api"]["inline_targets"]),
+                inline_endpoint_urls=tuple(d["api"]["inline_endpoint_urls"]),
+                inline_known_hosts_file=d["api"]["inline_known_hosts_file"],
+                inline_host_key_fingerprints=d["api"]["inline_host_key_fingerprints"],
+                allowed_hosts=tuple(d["api"]["allowed_hosts"]),
             ),
             logging=LoggingConfig(d["logging"]["level"], d["logging"]["format"]),
             daemon=DaemonConfig(float(d["daemon"]["config_check_interval"]), float(d["daemon"]["shutdown_grace"]),

@@ -27,11 +27,11 @@ class FileUpload(Upload):
         self.target, self.final = target, final
         self.partial = final.with_name("." + final.name + PARTIAL_SUFFIX)
         try:
-            self.file = open(self.partial, "xb")
+            self.file = _create_private(self.partial)
         except FileExistsError:
             # another run's leftover with the same timestamp: ours to replace
             self.partial.unlink()
-            self.file = open(self.partial, "xb")
+            self.file = _create_private(self.partial)
         except OSError as exc:
             raise _os_error(target.name, f"cannot create {self.partial}", exc) from None
 
@@ -68,6 +68,14 @@ class FileUpload(Upload):
             pass
 
 
+def _create_private(path: Path):
+    """A new file only its owner may read, whatever the umask: an archive
+    holds whole databases."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    os.fchmod(fd, 0o600)
+    return open(fd, "wb")
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -93,7 +101,7 @@ class FileTarget(Target):
             if not self.create_dirs:
                 raise TargetError(f"target {self.name}: directory {self.dir} does not exist (create_dirs is off)")
             try:
-                self.dir.mkdir(parents=True, exist_ok=True)
+                self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
             except OSError as exc:
                 raise _os_error(self.name, f"cannot create directory {self.dir}", exc) from None
         if final.exists():

@@ -50,31 +50,68 @@ class _AcceptNew(paramiko.MissingHostKeyPolicy):
 
 
 class SftpUpload(Upload):
+    """Writes are pipelined (not waiting for each answer makes SFTP fast over
+    a WAN), but every one is acknowledged: paramiko reports a refused write
+    (a full disk, a quota) only to whoever reads its answer, and its close()
+    reads the last ones and drops their errors. So at most IN_FLIGHT writes
+    go unanswered, commit reads every answer left, and compares the file's
+    size on the server with the bytes sent before it renames the file."""
+
+    IN_FLIGHT = 32  # writes of up to 32 KiB: 1 MiB unanswered at most
+
     def __init__(self, target: "SftpTarget", final: str):
         self.target, self.final = target, final
         self.partial = posixpath.join(posixpath.dirname(final), "." + posixpath.basename(final) + PARTIAL_SUFFIX)
+        self.sent = 0
         try:
             self.file = target.sftp.open(self.partial, "wb")
-            self.file.set_pipelined(True)
         except (OSError, paramiko.SSHException) as exc:
             raise target.error(f"cannot create {self.partial}", exc) from None
+        try:
+            self.file.chmod(0o600)  # the archive holds whole databases: private before any byte arrives
+            self.file.set_pipelined(True)
+        except (OSError, paramiko.SSHException) as exc:
+            self.abort()
+            raise target.error(f"cannot make {self.partial} private (mode 0600)", exc) from None
+
+    def _acknowledge(self, keep: int = 0) -> None:
+        """Read the server's answers to our writes until at most `keep` are
+        unanswered. Raises OSError for a refused write. (paramiko keeps the
+        unanswered writes in SFTPFile._reqs; its _read_response raises for
+        an error status.)"""
+        pending = self.file._reqs
+        while len(pending) > keep:
+            self.file.sftp._read_response(pending.popleft())
 
     def write(self, data: bytes) -> None:
         try:
             self.file.write(data)
+            self.sent += len(data)
+            self._acknowledge(keep=self.IN_FLIGHT)
         except (OSError, paramiko.SSHException, EOFError) as exc:
-            raise self.target.error(f"cannot write {self.partial}", exc) from None
+            raise self.target.error(f"cannot write {self.partial} (a full disk or a quota on the server?)",
+                                    exc) from None
 
     def commit(self) -> str:
         try:
-            self.file.close()  # waits for every pipelined write to be acknowledged
+            self.file.flush()
+            self._acknowledge()
+            arrived = self.file.stat().st_size
+            if arrived != self.sent:
+                raise TargetError(f"target {self.target.name}: {self.partial} holds {arrived} bytes of the "
+                                  f"{self.sent} sent (a full disk or a quota on the server?); not committed")
+            self.file.close()
             self.target.sftp.rename(self.partial, self.final)
+        except TargetError:
+            self.abort()
+            raise
         except (OSError, paramiko.SSHException, EOFError) as exc:
             self.abort()
             if self.target.exists(self.final):
                 raise ArchiveExists(f"target {self.target.name}: {self.target.location(self.final)} exists; "
                                     f"it is never overwritten") from None
-            raise self.target.error(f"cannot finish {self.final}", exc) from None
+            raise self.target.error(f"cannot finish {self.final} (a full disk or a quota on the server?)",
+                                    exc) from None
         return self.target.location(posixpath.basename(self.final))
 
     def abort(self) -> None:
@@ -126,7 +163,7 @@ class SftpTarget(Target):
             client.set_missing_host_key_policy(_PinnedKey(self.fingerprint))
         else:
             if self.known_hosts.exists():
-                client.load_host_keys(str(self.known_hosts))
+                self._load_known_hosts(client)
             elif self.policy == "strict":
                 raise TargetError(f"target {self.name}: known_hosts file {self.known_hosts} does not exist; "
                                   f"add the server's key there, pin host_key_fingerprint, or use "
@@ -162,6 +199,17 @@ class SftpTarget(Target):
             raise self.error("cannot connect", exc) from None
         self._client = client
 
+    def _load_known_hosts(self, client: paramiko.SSHClient) -> None:
+        """Never quotes the file: whatever it holds stays out of messages."""
+        try:
+            client.load_host_keys(str(self.known_hosts))
+        except OSError as exc:
+            raise TargetError(f"target {self.name}: cannot read known_hosts file {self.known_hosts}: "
+                              f"{exc.strerror or exc}") from None
+        except Exception as exc:  # noqa: BLE001 - paramiko's parse errors quote the offending line
+            raise TargetError(f"target {self.name}: known_hosts file {self.known_hosts} has a malformed line "
+                              f"({type(exc).__name__}); fix or remove it") from None
+
     def close(self) -> None:
         if self._client is not None:
             self._client.close()
@@ -191,7 +239,7 @@ class SftpTarget(Target):
                 self.sftp.stat(path)
             except FileNotFoundError:
                 try:
-                    self.sftp.mkdir(path)
+                    self.sftp.mkdir(path, mode=0o700)
                 except OSError as exc:
                     raise self.error(f"cannot create directory {path}", exc) from None
 

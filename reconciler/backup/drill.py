@@ -1,0 +1,204 @@
+"""Restore drills: proof that an archive restores into a working immudb.
+
+The archive is restored (the reader and checks of `restore`) into a private
+scratch folder; a throwaway immudb is started on it, on a loopback port with
+a random admin password given through its environment; then, for every
+database in the manifest, its transaction id and state hash must be the
+ones recorded when it was unloaded, and a sample of its keys (the first and
+the last ones) must read back with immudb's proofs holding against that
+recorded state. This catches what `verify` cannot: files rewritten together
+with their checksums, so that the archive is consistent with itself but its
+data is not the history the replica had. The server is stopped and the
+scratch folder removed whatever happens.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO, Callable
+
+from reconciler.backup.restore import RestoreError, restore
+from reconciler.config.model import DrillConfig
+from reconciler.errors import ReplicatorError
+from reconciler.log import event
+
+log = logging.getLogger(__name__)
+
+
+class DrillError(ReplicatorError):
+    """The drill could not be run (no immudb binary, the server did not
+    start); not a verdict on the archive."""
+
+
+@dataclass
+class DrillResult:
+    location: str
+    started_at: float
+    finished_at: float = 0.0
+    databases: dict[str, str] = field(default_factory=dict)  # name -> what was checked, or what failed
+    problems: list[str] = field(default_factory=list)
+    backup_id: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems and bool(self.databases)
+
+    def as_dict(self) -> dict:
+        return {"location": self.location, "ok": self.ok, "started_at": self.started_at,
+                "finished_at": self.finished_at, "backup_id": self.backup_id, "databases": self.databases,
+                "problems": self.problems}
+
+
+def drill(stream: BinaryIO, location: str, cfg: DrillConfig,
+          say: Callable[[str], None] = lambda line: None) -> DrillResult:
+    """Restore the archive in `stream` and check it in a throwaway immudb.
+    The verdict is in the result; raises DrillError when the drill itself
+    cannot run."""
+    result = DrillResult(location, time.time())
+    binary = cfg.immudb_binary or shutil.which("immudb")
+    if not binary or not os.access(binary, os.X_OK):
+        raise DrillError(f"no immudb server to open the archive with ({binary or 'immudb not on PATH'}): set "
+                         f"backup.drill.immudb_binary")
+    if cfg.scratch_dir is not None:
+        cfg.scratch_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix="replicator-drill-", dir=cfg.scratch_dir))  # mode 0700
+    try:
+        say(f"restoring {location} into {scratch}")
+        try:
+            restored = restore(stream, scratch / "data")
+        except RestoreError as exc:
+            result.problems.append(str(exc))
+            return result
+        manifest = restored.manifest
+        result.backup_id = manifest.get("backup_id")
+        with _throwaway_immudb(binary, scratch, cfg.start_timeout) as admin:
+            say(f"immudb {admin.version() or '?'} opened it on {admin.address}")
+            opened = {d.name for d in admin.list_databases()}
+            for entry in manifest.get("databases", []):
+                name = entry["name"]
+                verdict = _check_database(admin, entry, opened, cfg.sample_keys)
+                result.databases[name] = verdict
+                if verdict.startswith("FAIL"):
+                    result.problems.append(f"{name}: {verdict.removeprefix('FAIL: ')}")
+                say(f"  {name}: {verdict}")
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+        result.finished_at = time.time()
+    return result
+
+
+def drill_archive(cfg, archive: str | None = None, target_name: str | None = None,
+                  drill_cfg: DrillConfig | None = None, say: Callable[[str], None] = lambda line: None) -> DrillResult:
+    """A drill of `archive` (a path, an s3:// or sftp:// location, or a name
+    at `target_name`), or of the newest archive at `target_name`. `cfg` may
+    be None for a local archive. Raises DrillError, ReplicatorError (no
+    such archive or target)."""
+    from reconciler.backup import targets
+    from reconciler.backup.locate import opened_archive, target_named
+    drill_cfg = drill_cfg or (cfg.backup.drill if cfg is not None else DrillConfig())
+    if archive is None:
+        if target_name is None:
+            raise DrillError("name an archive, or a target (--target) whose newest archive to drill")
+        with targets.build(target_named(cfg, target_name)) as target:
+            found = target.list()
+        if not found:
+            raise DrillError(f"no archive at target {target_name}")
+        archive = found[-1].name
+    with opened_archive(cfg, archive, target_name) as (stream, location):
+        return drill(stream, location, drill_cfg, say)
+
+
+def _check_database(admin, entry: dict, opened: set[str], sample: int) -> str:
+    """'ok: ...' or 'FAIL: why' for one database of the manifest."""
+    from reconciler.admin import DatabaseState, ImmudbError
+    name = entry["name"]
+    if name not in opened:
+        return "FAIL: immudb did not open it"
+    if entry.get("tx_id") is None:
+        return "ok: opened (it was unloaded when backed up: no state was recorded to compare)"
+    want = DatabaseState(name, entry["tx_id"], bytes.fromhex(entry["tx_hash"]))
+    try:
+        got = admin.state(name)
+        if (got.tx_id, got.tx_hash) != (want.tx_id, want.tx_hash):
+            return (f"FAIL: its state is transaction {got.tx_id} hash {got.tx_hash.hex()[:16]}..., the archive "
+                    f"recorded transaction {want.tx_id} hash {want.tx_hash.hex()[:16]}...")
+        keys: list[bytes] = []
+        if sample and want.tx_id:
+            first = admin.scan_keys(name, max(1, sample // 2), since_tx=want.tx_id)
+            last = admin.scan_keys(name, max(1, sample - sample // 2), newest_first=True, since_tx=want.tx_id)
+            keys = list(dict.fromkeys(first + last))
+        for key in keys:
+            admin.verified_get(name, key, want)
+    except ImmudbError as exc:
+        return f"FAIL: {exc.detail}"
+    except Exception as exc:  # noqa: BLE001 - a proof that cannot even be parsed is a failed proof
+        return f"FAIL: {type(exc).__name__}: {exc}"
+    return f"ok: transaction {want.tx_id} and its hash as recorded; {len(keys)} keys proven against it"
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def _throwaway_immudb(binary: str, scratch: Path, timeout: float):
+    """immudb on the restored data, on loopback; an admin client for it."""
+    from reconciler.admin import ImmudbAdmin, ImmudbError
+    from reconciler.secret import Secret
+    password = secrets.token_urlsafe(24)
+    port = _free_port()
+    output = scratch / "immudb.out"
+    argv = [binary, "--dir", str(scratch / "data"), "--address", "127.0.0.1", "--port", str(port),
+            "--pgsql-server=false", "--web-server=false", "--metrics-server=false", "--pidfile", "",
+            "--logfile", ""]
+    if shutil.which("setpriv"):
+        argv = ["setpriv", "--pdeathsig", "KILL", "--"] + argv  # never outlives this process
+    # HOME: no ~/immudb.toml of ours; the password through the environment, not the process list
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IMMUDB_")}
+    env.update(HOME=str(scratch), IMMUDB_ADMIN_PASSWORD=password)
+    with open(output, "wb") as out:
+        process = subprocess.Popen(argv, cwd=scratch, env=env, stdin=subprocess.DEVNULL, stdout=out,
+                                   stderr=subprocess.STDOUT)
+    event(log, "drill_server_started", pid=process.pid, port=port)
+    admin = ImmudbAdmin("drill immudb", "127.0.0.1", port, "immudb", Secret(password, origin="drill"), timeout=60)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if process.poll() is not None:
+                raise DrillError(f"immudb exited with code {process.returncode} before answering: "
+                                 f"{_tail(output)}")
+            try:
+                admin.login()
+                break
+            except ImmudbError as exc:
+                if time.monotonic() > deadline:
+                    raise DrillError(f"immudb did not answer within {timeout:g}s: {exc.detail}") from None
+                time.sleep(0.2)
+        yield admin
+    finally:
+        admin.close()
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _tail(path: Path, lines: int = 5) -> str:
+    try:
+        return " | ".join(path.read_text(errors="replace").strip().splitlines()[-lines:]) or "(its log is empty)"
+    except OSError:
+        return "(no log)"
