@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 OPEN_PATHS = frozenset({"/livez", "/readyz", "/metrics"})
+LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 
 
 class HTTPProblem(Exception):
@@ -57,6 +58,7 @@ def build_app(service: "Service") -> bottle.Bottle:
     def guarded(handler):
         def wrapper(*args, **kwargs):
             try:
+                _check_host(service)
                 if bottle.request.path not in OPEN_PATHS:
                     _authorize(service)
                 return handler(*args, **kwargs)
@@ -70,6 +72,7 @@ def build_app(service: "Service") -> bottle.Bottle:
     @app.post("/backup/start")
     @guarded
     def backup_start():
+        _require_json()
         body = _read_json(service.cfg.api.max_body_bytes)
         target_cfg = _target_from(service, body, request_schema)
         try:
@@ -131,6 +134,33 @@ def _authorize(service: "Service") -> None:
         raise HTTPProblem(401, "missing or wrong bearer token")
 
 
+def _check_host(service: "Service") -> None:
+    """Without a token, only requests addressed to this machine by a
+    loopback name (or a configured one) are served: a web page the operator
+    visits could otherwise reach the API through DNS rebinding (its own
+    host name resolved to 127.0.0.1; the browser still sends that name)."""
+    api = service.cfg.api
+    if api.token is not None:
+        return
+    header = bottle.request.get_header("Host")
+    if header is None:
+        return  # HTTP/1.0 without Host: not a browser
+    host = header.strip().lower()
+    host = host[1:host.index("]")] if host.startswith("[") and "]" in host else host.rpartition(":")[0] or host
+    if host in LOOPBACK_NAMES or host in {h.lower() for h in api.allowed_hosts}:
+        return
+    raise HTTPProblem(403, "requests without api.token must be addressed to localhost, 127.0.0.1 or [::1] "
+                           "(or a name in api.allowed_hosts)")
+
+
+def _require_json() -> None:
+    """A browser page may send a cross-site POST with a form's or text's
+    content type without asking first, never with application/json."""
+    kind = (bottle.request.get_header("Content-Type") or "").split(";", 1)[0].strip().lower()
+    if kind != "application/json":
+        raise HTTPProblem(415, "send the body as JSON with Content-Type: application/json")
+
+
 def _read_json(limit: int) -> Any:
     length = bottle.request.content_length
     if length > limit:
@@ -147,6 +177,9 @@ def _read_json(limit: int) -> Any:
 def _target_from(service: "Service", body: Any, schema: Draft202012Validator):
     if not isinstance(body, dict):
         raise HTTPProblem(400, "body must be a JSON object")
+    for key, value in body.items():
+        if isinstance(value, str) and not _is_text(value):
+            raise HTTPProblem(400, f"field '{key}' is not valid Unicode text", key)
     branch = schema.schema["oneOf"][0 if "target" in body else 1]
     errors = sorted(Draft202012Validator(branch).iter_errors(body), key=lambda e: list(e.absolute_path))
     if errors:
@@ -166,28 +199,57 @@ def _target_from(service: "Service", body: Any, schema: Draft202012Validator):
         if name not in service.cfg.backup.targets:
             raise HTTPProblem(404, f"unknown target '{name}'", "target")
         return service.cfg.backup.targets[name]
-    if body["type"] not in service.cfg.api.inline_targets:
+    api = service.cfg.api
+    if body["type"] not in api.inline_targets:
         raise HTTPProblem(403, f"inline {body['type']} targets are disabled (api.inline_targets)", "type")
+    if "known_hosts_file" in body:
+        raise HTTPProblem(403, "a request cannot name a local file: inline sftp targets use "
+                               "api.inline_known_hosts_file", "known_hosts_file")
+    if "host_key_fingerprint" in body and not api.inline_host_key_fingerprints:
+        raise HTTPProblem(403, "host keys cannot come from a request unless api.inline_host_key_fingerprints "
+                               "is true", "host_key_fingerprint")
+    if "endpoint_url" in body and body["endpoint_url"].rstrip("/") not in {u.rstrip("/") for u in
+                                                                          api.inline_endpoint_urls}:
+        raise HTTPProblem(403, "endpoint_url is not one of api.inline_endpoint_urls", "endpoint_url")
+    target_cfg = targets.from_request(body, known_hosts_file=api.inline_known_hosts_file)
     if body["type"] == "file":
-        _check_file_path(service, body["path"])
-    return targets.from_request(body)
+        _check_file_path(service, target_cfg)
+    return target_cfg
 
 
-def _check_file_path(service: "Service", path: str) -> None:
+def _is_text(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+        return "\x00" not in value
+    except UnicodeEncodeError:  # an unpaired surrogate: JSON can carry one ("\ud800")
+        return False
+
+
+def _check_file_path(service: "Service", target_cfg) -> None:
+    """The exact file the target writes (and its partial twin beside it),
+    links resolved, must be inside one of api.file_target_dirs."""
     allowed = service.cfg.api.file_target_dirs
     if not allowed:
         raise HTTPProblem(403, "inline file targets are disabled: list the directories they may use in "
                                "api.file_target_dirs", "path")
-    if not os.path.isabs(path) or ".." in Path(path).parts or "\x00" in path:
-        raise HTTPProblem(400, "path must be absolute and must not contain '..'", "path")
-    directory = Path(path).parent
-    probe = directory
+    path = target_cfg.path
+    parts = path.split("/")
+    if not os.path.isabs(path) or ".." in parts or "." in parts:
+        raise HTTPProblem(400, "path must be absolute and must not contain '.' or '..'", "path")
+    if any(len(p.encode()) > 255 for p in parts):
+        raise HTTPProblem(400, "path has a part longer than 255 bytes", "path")
+    try:
+        target = targets.build(target_cfg)
+        final = Path(target.location(target.archive_name()))
+    except targets.TargetError as exc:
+        raise HTTPProblem(400, str(exc), "path") from None
+    probe = final.parent
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
-    real = Path(os.path.realpath(probe)) / directory.relative_to(probe)
+    real = Path(os.path.realpath(probe)) / final.parent.relative_to(probe) / final.name
     for root in allowed:
         root_real = Path(os.path.realpath(root))
-        if real == root_real or root_real in real.parents:
+        if root_real in real.parents:
             return
     raise HTTPProblem(403, f"path is outside the directories inline file targets may use "
                            f"({', '.join(str(d) for d in allowed)})", "path")

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
+import threading
 import time
 from typing import Any
 
@@ -60,3 +62,19 @@ def setup(level: str = "info", fmt: str = "text", stream=None) -> None:
     # third-party chatter stays at warning whatever our level
     for noisy in ("apscheduler", "botocore", "boto3", "urllib3", "paramiko", "s3transfer", "waitress"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+    sys.excepthook = _uncaught
+    threading.excepthook = lambda hook: _uncaught(hook.exc_type, hook.exc_value, hook.exc_traceback,
+                                                   hook.thread.name if hook.thread else None)
+
+
+def _uncaught(exc_type, exc_value, exc_traceback, thread: str | None = None) -> None:
+    """An exception nobody caught, in any thread: one scrubbed log line
+    instead of Python's traceback on stderr (which bypasses the scrubber).
+    The traceback only with REPLICATOR_DEBUG."""
+    if exc_type is not None and issubclass(exc_type, (KeyboardInterrupt, SystemExit)):
+        return
+    fields = {"thread": thread, "error": f"{getattr(exc_type, '__name__', exc_type)}: {exc_value}"}
+    if os.environ.get("REPLICATOR_DEBUG"):
+        import traceback
+        fields["traceback"] = "".join(traceback.format_exception(exc_type, exc_value, exc_traceback))
+    event(logging.getLogger("reconciler"), "uncaught_exception", logging.CRITICAL, **fields)

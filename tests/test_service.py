@@ -54,7 +54,9 @@ def test_go_tool_json_starts_backups_of_every_kind(tmp_path, request, daemon_fac
     (home / "known_hosts").write_text(sftp_server.known_hosts.read_text())  # the daemon's ~/.ssh/known_hosts
     bucket = unique_name("gob").replace("_", "-")
     s3_server.client().create_bucket(Bucket=bucket)
-    d = daemon_factory(prefix, extra_env={"AWS_ENDPOINT_URL_S3": s3_server.endpoint_url}).start()
+    # sftp and s3 inline targets connect where the request says: the operator opts in
+    d = daemon_factory(prefix, extra_env={"AWS_ENDPOINT_URL_S3": s3_server.endpoint_url},
+                       api={"inline_targets": ["file", "sftp", "s3"]}).start()
     sftp_dir = f"{sftp_server.upload_dir}/{unique_name('go')}"
     bodies = {
         "file": {"type": "file", "path": str(tmp_path / "out" / "go-{timestamp}.tar.gz"), "host": "", "port": 0,

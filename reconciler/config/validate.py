@@ -193,6 +193,16 @@ def logic_problems(data: dict, lines: Lines) -> list[str]:
     if rec["backoff"]["initial"] > rec["backoff"]["max"]:
         problems.append(f"{at(('reconcile', 'backoff', 'initial'), lines)}: must not exceed backoff.max")
 
+    api = data["api"]
+    has_token = "token" in api or "token_file" in api
+    if api["enabled"] and not has_token:
+        from reconciler.config.model import is_loopback
+        host = api["listen"].rpartition(":")[0].strip("[]")
+        if not is_loopback(host):
+            problems.append(f"{at(('api', 'listen'), lines)}: {api['listen']} is reachable from other machines and "
+                            f"api.token is not set: anyone there could start backups. Set api.token (or "
+                            f"api.token_file, REPLICATOR_API_TOKEN_FILE), or listen on 127.0.0.1")
+
     problems += _backup_problems(data, lines)
     return problems
 

@@ -24,11 +24,13 @@ def build(cfg: TargetConfig) -> Target:
     raise TargetError(f"target {cfg.name}: unknown type {cfg.kind!r}")
 
 
-def from_request(body: Mapping[str, Any], name: str = "inline") -> TargetConfig:
+def from_request(body: Mapping[str, Any], name: str = "inline", known_hosts_file: str | None = None) -> TargetConfig:
     """A target from the Go tool's request fields: type, path, host, port,
     username, password. For s3, host is the region, username the access key
     and password the secret key. Extra keys of the config's target schema
-    (endpoint_url, known_hosts_file, ...) are passed through. The body must
+    (endpoint_url, known_hosts_file, host_key_fingerprint) are passed
+    through: the caller decides which a request may carry (see api.py).
+    `known_hosts_file` is the configured default for sftp. The body must
     have been validated against schemas/backup-request.schema.json."""
     kind = body["type"]
     password = Secret(body["password"], origin=f"{name}.password") if body.get("password") else None
@@ -38,6 +40,8 @@ def from_request(body: Mapping[str, Any], name: str = "inline") -> TargetConfig:
         options = {"host": body["host"], "port": int(body.get("port") or 22), "username": body["username"]}
         if password:
             options["password"] = password
+        if known_hosts_file:
+            options["known_hosts_file"] = known_hosts_file
     elif kind == "s3":
         options = {"region": body.get("host") or None}
         if body.get("username"):
