@@ -325,7 +325,9 @@ def test_every_endpoint_and_log_line_holds_no_secret(configured, primary_server,
     tmp, transcript = configured["tmp_path"], Transcript()
     d = Daemon(tmp, primary_server, replica_server, configured["prefix"])
     data = json.loads(json.dumps(configured["data"]))
-    data["api"] = {**data["api"], "listen": f"127.0.0.1:{d.port}"}
+    data["api"] = {**data["api"], "listen": f"127.0.0.1:{d.port}", "inline_targets": ["file", "sftp", "s3"],
+                   "inline_known_hosts_file": str(sftp_server.known_hosts),
+                   "inline_endpoint_urls": [s3_server.endpoint_url]}
     data["logging"]["format"] = log_format
     data["daemon"] = {"config_check_interval": 0.5, "shutdown_grace": 30}
     d.data = data
@@ -346,7 +348,7 @@ def test_every_endpoint_and_log_line_holds_no_secret(configured, primary_server,
         # refused requests, several of them carrying a secret
         sftp_inline = {"type": "sftp", "path": f"{sftp_server.upload_dir}/{unique_name('sxd')}-{{timestamp}}.tar.gz",
                        "host": "127.0.0.1", "port": sftp_server.port, "username": sftp_server.username,
-                       "password": sftp_server.password, "known_hosts_file": str(sftp_server.known_hosts)}
+                       "password": sftp_server.password}
         s3_inline = {"type": "s3", "path": f"s3://{configured['bucket']}/api/a-{{timestamp}}.tar.gz",
                      "host": s3_server.region, "username": s3_server.access_key, "password": s3_server.secret_key,
                      "endpoint_url": s3_server.endpoint_url}
@@ -370,7 +372,8 @@ def test_every_endpoint_and_log_line_holds_no_secret(configured, primary_server,
             got, answer = _call(transcript, d, "POST", "/backup/start", body, raw=raw)
             assert got == status, (body or raw, answer)
             assert isinstance(answer, dict) and answer["error"]
-        assert _call(transcript, d, "GET", "/backup/start")[0] == 405
+        assert _call(transcript, d, "GET", "/backup/start")[0] == 200  # the status, as the Go tool answers
+        assert _call(transcript, d, "PUT", "/backup/start")[0] == 405
         assert _call(transcript, d, "GET", "/no/such/endpoint")[0] == 404
 
         # backups: named targets of every kind, inline ones, and ones whose credentials are refused
