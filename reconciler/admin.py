@@ -472,7 +472,7 @@ def _database_info(d: Any) -> DatabaseInfo:
     s, r = d.settings, d.settings.replicationSettings
     password = r.primaryPassword.value
     return DatabaseInfo(
-        name=d.name, loaded=d.loaded, tx_count=d.numTransactions, disk_size=d.diskSize,
+        name=d.name, loaded=d.loaded, tx_count=d.numTransactions, disk_size=d.diskSize, sync_acks=r.syncAcks.value,
         replication=ReplicationSettings(
             replica=r.replica.value, primary_database=r.primaryDatabase.value, primary_host=r.primaryHost.value,
             primary_port=r.primaryPort.value, primary_username=r.primaryUsername.value,

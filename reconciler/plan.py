@@ -103,15 +103,38 @@ class Plan:
 
 # ---------------------------------------------------------------------------
 
-def desired_replication(cfg: Config, primary_database: str, password: Secret) -> ReplicationSettings:
-    """The settings a replica of `primary_database` should have."""
+def desired_replication(cfg: Config, source: DatabaseInfo, password: Secret) -> ReplicationSettings:
+    """The settings a replica of primary database `source` should have.
+    Synchronous when the primary database waits for synchronous
+    acknowledgements (syncAcks > 0: an asynchronous replica never gives
+    one, and the primary's writes would wait for them), unless
+    reconcile.replication.sync is `async`; `sync` only keeps replicas of
+    other databases from being created (see sync_finding).
+    allow_tx_discarding goes to synchronous replicas only, as the Go tool
+    sends it."""
     o = cfg.reconcile.replication
+    sync = source.sync_acks > 0 and o.sync != "async"
     return ReplicationSettings(
-        replica=True, primary_database=primary_database, primary_host=o.primary_host,
+        replica=True, primary_database=source.name, primary_host=o.primary_host,
         primary_port=o.primary_port, primary_username=cfg.follower.username, primary_password=password,
-        sync_replication=o.sync_replication, prefetch_tx_buffer_size=o.prefetch_tx_buffer_size,
-        commit_concurrency=o.commit_concurrency, allow_tx_discarding=o.allow_tx_discarding,
+        sync_replication=sync, prefetch_tx_buffer_size=o.prefetch_tx_buffer_size,
+        commit_concurrency=o.commit_concurrency, allow_tx_discarding=o.allow_tx_discarding and sync,
         skip_integrity_check=o.skip_integrity_check, wait_for_indexing=o.wait_for_indexing)
+
+
+def sync_finding(cfg: Config, name: str, source: DatabaseInfo) -> Finding | None:
+    """What an operator must know when reconcile.replication.sync and the
+    primary database's own setting disagree."""
+    mode = cfg.reconcile.replication.sync
+    if mode == "sync" and source.sync_acks == 0:
+        return Finding("sync", name, f"! {name}: {source.name} on the primary is not a synchronous database "
+                       f"(syncAcks 0) and reconcile.replication.sync is sync: no replica is created for it "
+                       f"(one that exists is left following asynchronously)")
+    if mode == "async" and source.sync_acks > 0:
+        return Finding("sync", name, f"! {name}: {source.name} on the primary waits for {source.sync_acks} "
+                       f"synchronous acknowledgement(s) per commit; this replica is asynchronous "
+                       f"(reconcile.replication.sync: async) and gives none")
+    return None
 
 
 def replication_differences(have: ReplicationSettings, want: ReplicationSettings) -> list[str]:
@@ -185,9 +208,15 @@ def plan(cfg: Config, observed: Observed, follower_password: Secret,
 
     # -- one replica database per selected primary database
     for name, source in wanted.items():
-        want = desired_replication(cfg, source.name, follower_password)
+        want = desired_replication(cfg, source, follower_password)
         needs = follower_ready + tuple(a.key for a in actions if a.kind == "grant" and a.database == source.name)
         have = replica.get(name)
+        refusal = sync_finding(cfg, name, source)
+        if refusal is not None:
+            findings.append(refusal)
+            if cfg.reconcile.replication.sync == "sync" and have is None:
+                states.append(DatabasePlan(name, source.name, MISSING, source.tx_count, None))
+                continue
         if name in waiting:
             states.append(DatabasePlan(name, source.name, MISSING, source.tx_count, None))
             continue

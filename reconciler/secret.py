@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import Callable
 
 from reconciler.errors import ConfigError
 
@@ -40,9 +41,12 @@ def remember(value: str) -> str:
 
 
 class Secret:
-    __slots__ = ("_value", "_file", "origin")
+    __slots__ = ("_value", "_file", "origin", "_decode")
 
-    def __init__(self, value: str | None = None, *, file: str | Path | None = None, origin: str = ""):
+    def __init__(self, value: str | None = None, *, file: str | Path | None = None, origin: str = "",
+                 decode: Callable[[str], str] | None = None):
+        """`decode` turns what was given into the secret itself (e.g. an
+        `enc:` password into its plaintext); it may raise ConfigError."""
         if (value is None) == (file is None):
             raise ValueError("a Secret takes a value or a file, not both")
         self._value = value
@@ -50,6 +54,7 @@ class Secret:
             remember(value)
         self._file = Path(file) if file is not None else None
         self.origin = origin  # where it came from, for messages: 'primary.password_file'
+        self._decode = decode
 
     @property
     def file(self) -> Path | None:
@@ -58,6 +63,10 @@ class Secret:
     def reveal(self) -> str:
         """The secret itself. Raises ConfigError (naming the file, never its
         content) when the file cannot be read or is empty."""
+        given = self._given()
+        return remember(self._decode(given) if self._decode else given)
+
+    def _given(self) -> str:
         if self._file is None:
             return remember(self._value)  # type: ignore[arg-type]
         where = f"At '{self.origin}': " if self.origin else ""

@@ -83,6 +83,7 @@ class DatabaseInfo:
     loaded: bool = True
     tx_count: int = 0
     disk_size: int = 0
+    sync_acks: int = 0  # synchronous replicas whose acknowledgement each commit waits for (a primary's setting)
     replication: ReplicationSettings = field(default_factory=ReplicationSettings)
     limits: StoreLimits = field(default_factory=StoreLimits)
 

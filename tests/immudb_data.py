@@ -81,3 +81,30 @@ def create_small_database(admin, name: str) -> None:
     settings = pb.DatabaseNullableSettings(maxKeyLen=pb.NullableUint32(value=256),
                                            maxTxEntries=pb.NullableUint32(value=64))
     admin._call(f"create database {name}", "CreateDatabaseV2", pb.CreateDatabaseRequest(name=name, settings=settings))
+
+
+def create_sync_database(admin, name: str, acks: int = 1) -> None:
+    """A primary database whose commits wait for `acks` synchronous replicas
+    (immudb needs syncReplication with syncAcks)."""
+    from immudb.grpc import schema_pb2 as pb
+    replication = pb.ReplicationNullableSettings(syncReplication=pb.NullableBool(value=True),
+                                                 syncAcks=pb.NullableUint32(value=acks))
+    settings = pb.DatabaseNullableSettings(replicationSettings=replication)
+    admin._call(f"create database {name}", "CreateDatabaseV2", pb.CreateDatabaseRequest(name=name, settings=settings))
+
+
+def try_write(server, database: str, timeout: float) -> bool:
+    """One write with a client that gives up after `timeout` seconds: True
+    if it committed, False if it was still waiting (for acknowledgements)."""
+    import grpc
+    c = ImmudbClient(server.address, timeout=timeout)
+    c.login(server.username, server.password, database=database.encode())
+    try:
+        c.set(b"sync-probe", b"value")
+        return True
+    except grpc.RpcError as exc:
+        if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+            return False
+        raise
+    finally:
+        c.shutdown()

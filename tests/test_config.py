@@ -290,3 +290,18 @@ def test_go_flags_without_a_file_still_reach_the_configuration():
                    env={"FOLLOWER_PASSWORD": "Env-follower-1", "REPLICATOR_CONFIG": ""})
     assert done.returncode == 0, done.stderr
     assert "(flags and environment): valid; primary 10.2.2.2:3322" in done.stdout
+
+
+def test_the_go_tools_replication_flags_reach_the_configuration():
+    args = _args("-master-addr", "10.2.2.2", "-master-pass", "Flag-master-1", "-replica-addr", "127.0.0.1",
+                 "-replica-pass", "Flag-replica-1", "-follower-pass", "Flag-follower-1", "-replication-sync", "sync",
+                 "-replication-prefetch-tx-buffer-size", "250", "--replication-commit-concurrency=4",
+                 "-replication-allow-tx-discarding")
+    r = config.load(None, args, {}).reconcile.replication
+    assert (r.sync, r.prefetch_tx_buffer_size, r.commit_concurrency, r.allow_tx_discarding) == ("sync", 250, 4, True)
+    assert config.load(None, _args("-master-addr", "h", "-master-pass", "P-pw-1", "-replica-addr", "r",
+                                   "-replica-pass", "R-pw-1", "-follower-pass", "F-pw-1",
+                                   "-replication-allow-tx-discarding=false"), {}).reconcile.replication \
+        .allow_tx_discarding is False
+    assert any("must be one of" in p for p in problems(None, _args("-master-addr", "h", "-replication-sync", "maybe"),
+                                                        {}))

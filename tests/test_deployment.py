@@ -13,14 +13,14 @@ import pytest
 import yaml
 
 from reconciler import config
-from reconciler.config.legacy import API_TOKEN, OVERRIDES
+from reconciler.config.legacy import ENV_ONLY, OVERRIDES
 
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "examples" / "kubernetes"
 
 # every environment variable the program reads
-KNOWN_ENV = ({o.env for o in OVERRIDES + (API_TOKEN,) if o.env}
-             | {o.env + "_FILE" for o in OVERRIDES + (API_TOKEN,) if o.env and o.secret}
+KNOWN_ENV = ({o.env for o in OVERRIDES + ENV_ONLY if o.env}
+             | {name for o in OVERRIDES + ENV_ONLY for name in o.file_envs}
              | {"REPLICATOR_CONFIG", "REPLICATOR_DEBUG", "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"})
 
 

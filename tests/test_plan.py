@@ -26,13 +26,15 @@ def make_config(**reconcile) -> config.Config:
     return config.Config.from_dict(data, "test")
 
 
-def primary_db(name: str, tx: int = 5) -> DatabaseInfo:
-    return DatabaseInfo(name, tx_count=tx, limits=StoreLimits(max_key_len=1024, max_value_len=4096, max_tx_entries=1024))
+def primary_db(name: str, tx: int = 5, sync_acks: int = 0) -> DatabaseInfo:
+    return DatabaseInfo(name, tx_count=tx, sync_acks=sync_acks,
+                        limits=StoreLimits(max_key_len=1024, max_value_len=4096, max_tx_entries=1024))
 
 
-def replica_of(cfg, name: str, source: str | None = None, tx: int = 5, loaded: bool = True,
+def replica_of(cfg, name: str, source: str | DatabaseInfo | None = None, tx: int = 5, loaded: bool = True,
                password: Secret = PASSWORD, **changes) -> DatabaseInfo:
-    settings = dataclasses.replace(desired_replication(cfg, source or name, password), **changes)
+    source = source if isinstance(source, DatabaseInfo) else primary_db(source or name)
+    settings = dataclasses.replace(desired_replication(cfg, source, password), **changes)
     return DatabaseInfo(name, loaded=loaded, tx_count=tx, replication=settings,
                         limits=StoreLimits(max_key_len=1024, max_value_len=4096, max_tx_entries=1024))
 
@@ -111,12 +113,47 @@ def test_rename_map_names_the_replica_database():
 
 
 def test_replication_options_from_config_reach_the_settings():
-    cfg = make_config(replication={"primary_host": "primary.svc", "primary_port": 4000, "sync_replication": True,
+    cfg = make_config(replication={"primary_host": "primary.svc", "primary_port": 4000,
                                    "prefetch_tx_buffer_size": 50, "commit_concurrency": 3})
     p = plan(cfg, Observed((primary_db("a"),), (), follower("a")), PASSWORD)
     s = p.actions[0].settings
     assert (s.primary_host, s.primary_port, s.sync_replication, s.prefetch_tx_buffer_size,
-            s.commit_concurrency) == ("primary.svc", 4000, True, 50, 3)
+            s.commit_concurrency) == ("primary.svc", 4000, False, 50, 3)
+
+
+@pytest.mark.parametrize("mode, acks, sync, discarding", [
+    ("auto", 0, False, False), ("auto", 1, True, True), ("async", 1, False, False), ("sync", 2, True, True)])
+def test_a_replica_is_synchronous_when_its_primary_database_waits_for_acks(mode, acks, sync, discarding):
+    cfg = make_config(replication={"sync": mode, "allow_tx_discarding": True})
+    p = plan(cfg, Observed((primary_db("a", sync_acks=acks),), (), follower("a")), PASSWORD)
+    [create] = [a for a in p.actions if a.kind == "create_replica"]
+    assert (create.settings.sync_replication, create.settings.allow_tx_discarding) == (sync, discarding)
+    assert bool(p.findings) == (mode == "async")  # an async replica of a database that waits for acks: said
+
+
+def test_sync_mode_creates_no_replica_of_an_asynchronous_database_and_says_so():
+    cfg = make_config(replication={"sync": "sync"})
+    p = plan(cfg, Observed((primary_db("a"), primary_db("b", sync_acks=1)), (), follower("a", "b")), PASSWORD)
+    assert kinds(p) == [("create_replica", "b")]
+    assert [f.database for f in p.findings] == ["a"] and "not a synchronous database" in p.findings[0].description
+    assert states(p)["a"] == MISSING
+
+
+def test_a_primary_database_turned_synchronous_gets_its_replica_updated():
+    cfg = make_config()
+    observed = Observed((primary_db("a", sync_acks=1),), (replica_of(cfg, "a"),), follower("a"))
+    p = plan(cfg, observed, PASSWORD)
+    assert kinds(p) == [("update_replica", "a")]
+    assert "sync_replication False -> True" in p.actions[0].description
+
+
+def test_the_old_sync_replication_key_is_refused_with_its_replacement():
+    from reconciler.config.validate import logic_problems, schema_problems
+    data = {"primary": {"host": "h", "password": "P-pw-1"}, "replica": {"host": "r", "password": "R-pw-1"},
+            "follower": {"password": "F-pw-1"}, "reconcile": {"replication": {"sync_replication": True}}}
+    assert not schema_problems(data, {})
+    [problem] = logic_problems(data, {})
+    assert "replaced by reconcile.replication.sync: auto" in problem
 
 
 def test_new_replicas_come_in_batches_of_max_new_replicas():

@@ -191,6 +191,35 @@ def test_status_says_moving_only_of_replicas_that_lag(tmp_path, primary_server, 
     assert row["progressing"] is False
 
 
+def test_synchronous_primary_databases_get_synchronous_replicas(tmp_path, primary_server, replica_server, primary,
+                                                                replica, prefix, follower_name):
+    """A primary database created with syncAcks=1 waits for one synchronous
+    replica to acknowledge each commit. With `sync: auto` (the default, as
+    in the Go tool) its replica is created synchronous and writes commit.
+    With `sync: async` the replica gives no acknowledgement and a write
+    waits until its client gives up: the reason auto is the default. Switching
+    that configuration back to auto updates the replica, and writes commit."""
+    auto_db, async_db = f"{prefix}auto", f"{prefix}async"
+    for name in (auto_db, async_db):
+        immudb_data.create_sync_database(primary, name, acks=1)
+    auto = write_config(tmp_path, primary_server, replica_server, auto_db, follower_name, name="auto.yaml")
+    assert run_cli("reconcile", "--once", "-c", str(auto)).returncode == 0
+    assert {d.name: d for d in replica.list_databases()}[auto_db].replication.sync_replication
+    assert immudb_data.try_write(primary_server, auto_db, timeout=60)
+
+    stuck = write_config(tmp_path, primary_server, replica_server, async_db, follower_name, name="async.yaml",
+                         replication={"sync": "async"})
+    done = run_cli("reconcile", "--once", "-c", str(stuck))
+    assert done.returncode == 0 and "gives none" in done.stdout
+    assert not {d.name: d for d in replica.list_databases()}[async_db].replication.sync_replication
+    assert not immudb_data.try_write(primary_server, async_db, timeout=5)  # waits for an ack that never comes
+
+    repaired = write_config(tmp_path, primary_server, replica_server, async_db, follower_name, name="repaired.yaml")
+    done = run_cli("reconcile", "--once", "-c", str(repaired))
+    assert done.returncode == 0 and f"~ update replica {async_db}: sync_replication False -> True" in done.stdout
+    assert immudb_data.try_write(primary_server, async_db, timeout=60)
+
+
 # --------------------------------------------------------------------------- names
 
 def test_rename_map_and_exclude_patterns(tmp_path, primary_server, replica_server, primary, replica,

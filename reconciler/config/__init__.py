@@ -30,7 +30,16 @@ def load(path: str | Path | None, args: argparse.Namespace | None = None,
          env: Mapping[str, str] | None = None) -> Config:
     """The effective configuration. Raises ConfigError with every problem."""
     data, source = check(path, args, env)
-    return Config.from_dict(data, source)
+    cfg = Config.from_dict(data, source)
+    problems = []
+    for password in (cfg.primary.password, cfg.replica.password, cfg.follower.password):
+        try:
+            password.reveal()  # an enc: value that cannot be decrypted is a config error now, not at first use
+        except ConfigError as exc:
+            problems += exc.problems
+    if problems:
+        raise ConfigError(problems)
+    return cfg
 
 
 def check(path: str | Path | None, args: argparse.Namespace | None = None,

@@ -12,14 +12,29 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 
+def go_bool(text: str) -> bool:
+    """A boolean as Go's flag package parses it."""
+    value = {"1": True, "t": True, "true": True, "0": False, "f": False, "false": False}.get(text.lower())
+    if value is None:
+        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    return value
+
+
 @dataclass(frozen=True)
 class Override:
     flag: str            # without dashes, as the Go tool spells it
     env: str | None      # the Go tool's variable, if it had one
-    path: tuple[str, str]
+    path: tuple[str, ...]
     kind: type = str
     secret: bool = False
     help: str = ""
+    file_env: str | None = None  # the variable naming a file with the value (default: env + "_FILE")
+
+    @property
+    def file_envs(self) -> tuple[str, ...]:
+        if not (self.secret and self.env):
+            return ()
+        return (self.env + "_FILE",) + ((self.file_env,) if self.file_env else ())
 
 
 OVERRIDES = (
@@ -38,21 +53,32 @@ OVERRIDES = (
              help="its password (prefer FOLLOWER_PASSWORD_FILE)"),
     Override("delay", None, ("reconcile", "interval"), int, help="seconds between reconcile passes"),
     Override("data-dir", "DATADIR", ("replica", "data_dir"), help="the replica's data directory (backups)"),
+    Override("replication-sync", None, ("reconcile", "replication", "sync"),
+             help="auto (default: synchronous replicas of databases with syncAcks > 0), sync or async"),
+    Override("replication-prefetch-tx-buffer-size", None, ("reconcile", "replication", "prefetch_tx_buffer_size"), int,
+             help="transactions a replica prefetches"),
+    Override("replication-commit-concurrency", None, ("reconcile", "replication", "commit_concurrency"), int,
+             help="transactions a replica commits concurrently"),
+    Override("replication-allow-tx-discarding", None, ("reconcile", "replication", "allow_tx_discarding"), go_bool,
+             help="synchronous replicas may discard precommitted transactions"),
 )
-# Not in the Go tool: the API token, so that a Secret can feed it.
+# Not flags of the Go tool: the API token, and the AES key its encrypted passwords were made
+# with (a build-time constant there; AES_KEY_FILE is what its deployments name)
 API_TOKEN = Override("api-token", "REPLICATOR_API_TOKEN", ("api", "token"), secret=True)
+AES_KEY = Override("aes-key", "REPLICATOR_AES_KEY", ("secrets", "aes_key"), secret=True, file_env="AES_KEY_FILE")
+ENV_ONLY = (API_TOKEN, AES_KEY)
 
 
 def hint(path: tuple) -> str:
     """How else the value at `path` (e.g. ('primary', 'password')) can be
     given, for error messages: '--master-pass or MASTER_PASSWORD or ...'."""
     key = tuple(path[:2])
-    for o in OVERRIDES + (API_TOKEN,):
+    for o in OVERRIDES + ENV_ONLY:
         if key not in (o.path, (o.path[0], o.path[1] + "_file")):
             continue
-        ways = [] if o is API_TOKEN else [f"--{o.flag}"]
+        ways = [] if o in ENV_ONLY else [f"--{o.flag}"]
         if o.env:
-            ways += [o.env, o.env + "_FILE"] if o.secret else [o.env]
+            ways += [o.env, *o.file_envs]
         return " or ".join(ways)
     return ""
 
@@ -61,6 +87,10 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
     """Add the Go tool's flags; each takes one or two dashes (-master-addr)."""
     group = parser.add_argument_group("Go replicator compatible overrides (flags > environment > file)")
     for o in OVERRIDES:
+        if o.kind is go_bool:  # `-flag` alone means true, as in Go; or -flag=false
+            group.add_argument(f"-{o.flag}", f"--{o.flag}", dest="legacy_" + o.flag.replace("-", "_"),
+                               type=go_bool, nargs="?", const=True, default=None, metavar="BOOL", help=o.help)
+            continue
         group.add_argument(f"-{o.flag}", f"--{o.flag}", dest="legacy_" + o.flag.replace("-", "_"),
                            type=o.kind, default=None, metavar=o.kind.__name__.upper(), help=o.help)
 
@@ -71,13 +101,16 @@ def collect(args: argparse.Namespace | None, env: Mapping[str, str]) -> tuple[li
     a file; and problems (a variable and its _FILE twin both set, a bad number)."""
     found: list[tuple[tuple, Any, str]] = []
     problems: list[str] = []
-    for o in OVERRIDES + (API_TOKEN,):
+    for o in OVERRIDES + ENV_ONLY:
         if o.env:
-            plain, file = env.get(o.env), env.get(o.env + "_FILE") if o.secret else None
-            if plain and file:
-                problems.append(f"set {o.env} or {o.env}_FILE, not both")
-            elif file:
-                found.append((o.path[:1] + (o.path[1] + "_file",), file, o.env + "_FILE"))
+            plain = env.get(o.env)
+            files = [(name, env[name]) for name in o.file_envs if env.get(name)]
+            if len(files) > 1 or (plain and files):
+                names = [o.env, *o.file_envs]
+                problems.append(f"set {names[0]} or {names[1]}, not both" if len(names) == 2 else
+                                f"set one of {', '.join(names)}, not several")
+            elif files:
+                found.append((o.path[:1] + (o.path[1] + "_file",), files[0][1], files[0][0]))
             elif plain:
                 try:
                     found.append((o.path, o.kind(plain), o.env))
@@ -100,14 +133,18 @@ def given(args: argparse.Namespace | None, env: Mapping[str, str]) -> bool:
 def apply(data: dict, overrides: list[tuple[tuple, Any, str]]) -> dict:
     """Set each override into `data` (a copy is returned). Giving a secret
     replaces both its forms: a flag password wins over a password_file."""
-    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
+    import copy
+    out = copy.deepcopy(data)
     for path, value, _origin in overrides:
-        section, key = path
-        if not isinstance(out.get(section), dict):
-            out[section] = {}
+        *sections, key = path
+        where = out
+        for section in sections:
+            if not isinstance(where.get(section), dict):
+                where[section] = {}
+            where = where[section]
         base = key[: -len("_file")] if key.endswith("_file") else key
-        if base in ("password", "token"):
-            out[section].pop(base, None)
-            out[section].pop(base + "_file", None)
-        out[section][key] = value
+        if base in ("password", "token", "aes_key"):
+            where.pop(base, None)
+            where.pop(base + "_file", None)
+        where[key] = value
     return out

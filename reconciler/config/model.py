@@ -19,12 +19,22 @@ SYSTEM_DATABASES = frozenset({"systemdb", "defaultdb"})
 TARGET_SECRETS = ("password", "passphrase", "secret_key", "access_key")
 
 
-def _secret(section: dict, key: str, origin: str) -> Secret | None:
+def _secret(section: dict, key: str, origin: str, decode=None) -> Secret | None:
     if key in section:
-        return Secret(str(section[key]), origin=f"{origin}.{key}")
+        return Secret(str(section[key]), origin=f"{origin}.{key}", decode=decode)
     if f"{key}_file" in section:
-        return Secret(file=section[f"{key}_file"], origin=f"{origin}.{key}_file")
+        return Secret(file=section[f"{key}_file"], origin=f"{origin}.{key}_file", decode=decode)
     return None
+
+
+def _password(section: dict, origin: str, aes_key: Secret | None) -> Secret | None:
+    """One of the three passwords the Go tool let be `enc:<hex>` (inline or
+    in its file): decrypted with the AES key each time it is read."""
+    from reconciler.config.encrypted import decrypt
+    key_origin = "password" if "password" in section else "password_file"
+    field = f"{origin}.{key_origin}"
+    return _secret(section, "password", origin, decode=lambda given: decrypt(
+        given, aes_key.reveal().encode() if aes_key is not None else None, field))
 
 
 @dataclass(frozen=True)
@@ -40,8 +50,8 @@ class ServerConfig:
         return f"{self.host}:{self.port}"
 
     @classmethod
-    def from_dict(cls, d: dict, origin: str) -> "ServerConfig":
-        return cls(d["host"], d["port"], d["username"], _secret(d, "password", origin), float(d["timeout"]))
+    def from_dict(cls, d: dict, origin: str, aes_key: Secret | None = None) -> "ServerConfig":
+        return cls(d["host"], d["port"], d["username"], _password(d, origin, aes_key), float(d["timeout"]))
 
 
 @dataclass(frozen=True)
@@ -49,8 +59,8 @@ class ReplicaConfig(ServerConfig):
     data_dir: Path = Path("/var/lib/immudb")
 
     @classmethod
-    def from_dict(cls, d: dict, origin: str) -> "ReplicaConfig":
-        base = ServerConfig.from_dict(d, origin)
+    def from_dict(cls, d: dict, origin: str, aes_key: Secret | None = None) -> "ReplicaConfig":
+        base = ServerConfig.from_dict(d, origin, aes_key)
         return cls(base.host, base.port, base.username, base.password, base.timeout, Path(d["data_dir"]))
 
 
@@ -83,7 +93,7 @@ class ReplicationOptions:
 
     primary_host: str
     primary_port: int
-    sync_replication: bool = False
+    sync: str = "auto"  # auto | sync | async: see plan.desired_replication
     prefetch_tx_buffer_size: int = 100
     commit_concurrency: int = 10
     allow_tx_discarding: bool = False
@@ -238,12 +248,13 @@ class Config:
     @classmethod
     def from_dict(cls, d: dict, source: str) -> "Config":
         rec, rep = d["reconcile"], d["reconcile"]["replication"]
-        primary = ServerConfig.from_dict(d["primary"], "primary")
+        aes_key = _secret(d["secrets"], "aes_key", "secrets")
+        primary = ServerConfig.from_dict(d["primary"], "primary", aes_key)
         backup = d["backup"]
         return cls(
             primary=primary,
-            replica=ReplicaConfig.from_dict(d["replica"], "replica"),
-            follower=FollowerConfig(d["follower"]["username"], _secret(d["follower"], "password", "follower")),
+            replica=ReplicaConfig.from_dict(d["replica"], "replica", aes_key),
+            follower=FollowerConfig(d["follower"]["username"], _password(d["follower"], "follower", aes_key)),
             reconcile=ReconcileConfig(
                 interval=rec["interval"],
                 databases=Selection.from_dict(rec["databases"]),
@@ -255,7 +266,7 @@ class Config:
                 replication=ReplicationOptions(
                     primary_host=rep["primary_host"] or primary.host,
                     primary_port=rep["primary_port"] or primary.port,
-                    sync_replication=rep["sync_replication"],
+                    sync=rep["sync"],
                     prefetch_tx_buffer_size=rep["prefetch_tx_buffer_size"],
                     commit_concurrency=rep["commit_concurrency"],
                     allow_tx_discarding=rep["allow_tx_discarding"],
@@ -305,7 +316,7 @@ def _digest(d: dict) -> str:
             return {k: scrub(v, k) for k, v in value.items()}
         if isinstance(value, list):
             return [scrub(v) for v in value]
-        if key in ("password", "token", "secret_key", "passphrase", "access_key"):
+        if key in ("password", "token", "secret_key", "passphrase", "access_key", "aes_key"):
             return "sha256:" + hashlib.sha256(str(value).encode()).hexdigest()
         return value
     return hashlib.sha256(json.dumps(scrub(d), sort_keys=True, default=str).encode()).hexdigest()

@@ -21,7 +21,7 @@ from reconciler import schemas
 from reconciler.config import legacy
 from reconciler.config.reader import Lines
 
-SECRET_KEYS = frozenset({"password", "token", "secret_key", "passphrase", "access_key"})
+SECRET_KEYS = frozenset({"password", "token", "secret_key", "passphrase", "access_key", "aes_key"})
 LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1", "[::1]", "0.0.0.0"})
 UNLOADABLE = frozenset({"defaultdb", "systemdb"})
 
@@ -169,6 +169,7 @@ def logic_problems(data: dict, lines: Lines) -> list[str]:
     for name in ("primary", "replica", "follower"):
         problems += _secret_problems(data[name], (name,), lines)
     problems += _secret_problems(data["api"], ("api",), lines, "token", required=False)
+    problems += _secret_problems(data["secrets"], ("secrets",), lines, "aes_key", required=False)
 
     if _same_server(data["primary"], data["replica"]):
         problems.append(f"{at(('replica',), lines)}: the replica is the primary "
@@ -190,6 +191,10 @@ def logic_problems(data: dict, lines: Lines) -> list[str]:
     for i, pattern in enumerate(rec["databases"]["include"] + rec["databases"]["exclude"]):
         if pattern.strip() != pattern:
             problems.append(f"{at(('reconcile', 'databases'), lines)}: pattern {pattern!r} has surrounding spaces")
+    if "sync_replication" in rec["replication"]:
+        problems.append(f"{at(('reconcile', 'replication', 'sync_replication'), lines)}: replaced by "
+                        f"reconcile.replication.sync: auto (each replica as its primary database asks, the "
+                        f"default), sync or async")
     if rec["backoff"]["initial"] > rec["backoff"]["max"]:
         problems.append(f"{at(('reconcile', 'backoff', 'initial'), lines)}: must not exceed backoff.max")
 
