@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import bottle
 from jsonschema import Draft202012Validator
 
+from reconciler import __version__
 from reconciler.backup import targets
 from reconciler.backup.job import BackupAlreadyRunning
 from reconciler.config.validate import dotted, load_schema
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
     from reconciler.daemon import Service
 
 log = logging.getLogger(__name__)
-OPEN_PATHS = frozenset({"/livez", "/readyz", "/metrics"})
+OPEN_PATHS = frozenset({"/", "/livez", "/readyz", "/metrics"})
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 
 
@@ -82,9 +83,17 @@ def build_app(service: "Service") -> bottle.Bottle:
         return _json(202, {"id": backup_id, "target": target_cfg.name, "status": "/backup/status"})
 
     @app.get("/backup/status")
+    @app.get("/backup/start")  # the Go tool answers GET /backup/start with the status too
     @guarded
     def backup_status():
         return _json(200, service.backup_status())
+
+    @app.get("/")
+    @guarded
+    def home():
+        # the Go tool's first line, which probes and scripts read: "replicator v<version>-<commit> @<build>"
+        return bottle.HTTPResponse(status=200, body=f"replicator v{__version__}-immudb-replicator @python\n",
+                                   headers={"Content-Type": "text/plain; charset=utf-8"})
 
     @app.get("/backups")
     @guarded

@@ -238,7 +238,8 @@ class Service:
         return {
             # the Go tool's fields
             "running": running,
-            "progress": round(100 * done / total, 1) if total else (100.0 if last and not running else 0.0),
+            # integer percent of databases done, as the Go tool (its clients decode an int)
+            "progress": (100 * done // total) if total else (100 if last and not running else 0),
             "progress_bytes": round(min(1.0, (snap.get("bytes_done") or 0) / bytes_total), 4) if bytes_total else 0.0,
             # ours
             "backup_id": snap.get("backup_id") if running else (last.backup_id if last else None),
