@@ -90,6 +90,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-c", "--config", metavar="FILE", default=os.environ.get("REPLICATOR_CONFIG") or None,
                    help="configuration, for targets and drill settings")
 
+    p = sub.add_parser("config", help="configuration helpers: from-go")
+    config_sub = p.add_subparsers(dest="config_command", metavar="SUBCOMMAND", required=True)
+    p = config_sub.add_parser("from-go", help="print the YAML equivalent of a Go replicator command line and "
+                                              "environment (passwords as references, never inline)",
+                              description="Give the Go replicator's flags as you ran it; its environment "
+                                          "variables (MASTER_ADDRESS, MASTER_PASSWORD, ...) are read too.")
+    legacy.add_flags(p)
+
     p = sub.add_parser("list", help="archives at a target, with size and time")
     _config_args(p)
     p.add_argument("--target", metavar="NAME", required=True)

@@ -305,3 +305,30 @@ def test_the_go_tools_replication_flags_reach_the_configuration():
         .allow_tx_discarding is False
     assert any("must be one of" in p for p in problems(None, _args("-master-addr", "h", "-replication-sync", "maybe"),
                                                         {}))
+
+
+def test_config_from_go_gives_a_valid_file_with_references_instead_of_passwords(tmp_path):
+    import os
+    secret_file = tmp_path / "replica-pw"
+    secret_file.write_text("Replica-file-pw-1")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MASTER_", "REPLICA_", "FOLLOWER_", "DATADIR"))}
+    env.update(MASTER_PASSWORD="Env-master-pw-1", REPLICA_PASSWORD_FILE=str(secret_file), DATADIR="/data/immudb")
+    done = subprocess.run([sys.executable, "-m", "reconciler", "config", "from-go", "-master-addr", "10.0.0.5",
+                           "-replica-addr", "127.0.0.1", "-follower-pass", "Flag-follower-pw-1", "-delay", "600",
+                           "-replication-sync", "async"], capture_output=True, text=True, env=env, cwd=ROOT,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    text = done.stdout
+    for secret in ("Env-master-pw-1", "Flag-follower-pw-1", "Replica-file-pw-1"):
+        assert secret not in text
+    assert "password: ${MASTER_PASSWORD}" in text and f'password_file: "{secret_file}"' in text
+    assert "write the value of -follower-pass here" in text and "# -master-addr" in text
+    follower_file = "/etc/immudb-replicator/credentials/follower-password"
+    written = tmp_path / "from-go.yaml"
+    written.write_text(text.replace(follower_file, str(tmp_path / "follower-pw")))
+    (tmp_path / "follower-pw").write_text("Follower-file-pw-1")
+    cfg = config.load(written, env={"MASTER_PASSWORD": "Env-master-pw-1"})
+    assert (cfg.primary.host, cfg.replica.data_dir.as_posix(), cfg.reconcile.interval) == ("10.0.0.5", "/data/immudb",
+                                                                                            600)
+    assert cfg.reconcile.replication.sync == "async" and cfg.reconcile.rename == {"defaultdb": "defaultdbbak"}
+    assert cfg.primary.password.reveal() == "Env-master-pw-1"
