@@ -20,9 +20,10 @@ from reconciler.admin import ImmudbAdmin, ImmudbError, Unreachable
 from reconciler.backup.lock import backup_running
 from reconciler.config.model import Config
 from reconciler.log import event
-from reconciler.plan import DRIFT, IN_SYNC, MISSING, UNLOADED, Action, Observed, Plan, plan
+from reconciler.plan import (DRIFT, IN_SYNC, MISSING, SERVER_DATABASES, UNLOADED, Action, Observed, Plan, plan,
+                             selected_databases)
 from reconciler.secret import Secret
-from reconciler.state import PERMISSION_ADMIN
+from reconciler.state import PERMISSION_ADMIN, DatabaseInfo
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +90,17 @@ class _Backoff:
     at: float
 
 
+def version_tuple(version: str) -> tuple[int, ...]:
+    """'1.10.0' -> (1, 10, 0); parts that are not numbers end it."""
+    out = []
+    for part in version.lstrip("v").split("."):
+        digits = "".join(c for c in part if c.isdigit())
+        if not digits:
+            break
+        out.append(int(digits))
+    return tuple(out)
+
+
 def moved(before_tx: int | None, now_tx: int | None) -> bool | None:
     """Whether a lagging replica's transaction count moved between two looks
     (`status`: a second apart; the daemon: one pass apart). None when either
@@ -115,6 +127,8 @@ class Reconciler:
         self._backoff: dict[str, _Backoff] = {}
         self._states: dict[str, DatabaseStatus] = {}
         self._last_pass_error: str | None = None
+        self._replica_names: set[str] = set()  # what the replica held at the last listing
+        self._replica_version: str | None = None  # asked only where a feature depends on it
         self.last_result: PassResult | None = None
         self.passes = 0
         self.closed = False  # set by close(): a pass still running is being cut short
@@ -155,20 +169,75 @@ class Reconciler:
         """The configured follower password, read now (a file may have rotated)."""
         return Secret(self.cfg.follower.password.reveal(), origin="follower.password")
 
-    def observe(self, password: Secret) -> Observed:
+    def observe(self, password: Secret, may_load: bool = False) -> Observed:
         """Two DatabaseListV2, one ListUsers and one follower login: the same
-        number of RPCs whatever the number of databases."""
+        number of RPCs whatever the number of databases. `may_load`: see
+        _list_replica_loading."""
+        if self.cfg.reconcile.on_primary_removed == "unload":
+            self._check_unload_is_supported()
         primary_dbs = tuple(self.primary.list_databases())
-        replica_dbs = tuple(self.replica.list_databases())
+        try:
+            replica_dbs = tuple(self.replica.list_databases())
+        except ImmudbError as exc:
+            if "already closed" not in exc.detail:
+                raise
+            replica_dbs = self._list_replica_loading(primary_dbs, exc, may_load)
+        self._replica_names = {d.name for d in replica_dbs}
         users = {u.name: u for u in self.primary.list_users()}
         follower = users.get(self.cfg.follower.username)
         password_ok = follower is None or self.primary.check_credentials(self.cfg.follower.username, password)
         return Observed(primary_dbs, replica_dbs, follower, password_ok)
 
-    def plan(self) -> tuple[Observed, Plan]:
-        """Observe and plan, changing nothing. Raises ImmudbError, ConfigError."""
+    def _check_unload_is_supported(self) -> None:
+        """on_primary_removed: unload needs immudb 1.11.1 on the replica:
+        before it, every listing fails while a database is unloaded (and
+        loading it to list would undo the policy). Asked once."""
+        if self._replica_version is None:
+            self._replica_version = self.replica.version()
+        if self._replica_version and version_tuple(self._replica_version) < (1, 11, 1):
+            raise ImmudbError(f"replica ({self.cfg.replica.address})", "check the version",
+                              f"on_primary_removed: unload needs immudb 1.11.1 or newer on the replica; it runs "
+                              f"{self._replica_version}, which cannot list its databases while one is unloaded: "
+                              f"upgrade it, or choose ignore, promote or delete", temporary=False)
+
+    def _list_replica_loading(self, primary_dbs: tuple[DatabaseInfo, ...], failure: ImmudbError,
+                              may_load: bool) -> list[DatabaseInfo]:
+        """immudb before 1.11.1 fails DatabaseListV2 ("already closed")
+        while any database is unloaded, so a database unloaded by hand or
+        by a crash would stop every later pass. Then (`may_load`, and no
+        backup holding databases) every replica database we know of or
+        expect is loaded, and the list asked again. Raises ImmudbError,
+        saying why, when that is not allowed or does not help."""
+        held = self.busy or backup_running(self.cfg.replica.data_dir)
+        why = (f"{failure.server}: immudb before 1.11.1 cannot list its databases while one is unloaded "
+               f"(upgrade the replica to 1.11.1 to avoid this)")
+        if held:
+            raise ImmudbError(failure.server, "list databases", f"{why}; a backup holds databases unloaded: "
+                              f"this pass is skipped", temporary=True)
+        if not may_load:
+            raise ImmudbError(failure.server, "list databases", f"{why}; a pass loads the unloaded ones",
+                              temporary=True)
+        names = set(self._replica_names) | set(selected_databases(self.cfg, primary_dbs))
+        for name in sorted(names - SERVER_DATABASES):
+            try:
+                self.replica.load(name)
+                event(log, "database_loaded_to_list", database=name, reason=why)
+            except ImmudbError:
+                pass  # loaded already, or not there
+        try:
+            return self.replica.list_databases()
+        except ImmudbError as exc:
+            if "already closed" not in exc.detail:
+                raise
+            raise ImmudbError(failure.server, "list databases", f"{why}; loading every replica database this "
+                              f"tool knows did not help: load the unloaded one by hand", temporary=True) from None
+
+    def plan(self, may_load: bool = False) -> tuple[Observed, Plan]:
+        """Observe and plan. Changes nothing, unless `may_load` lets an old
+        immudb's unloaded databases be loaded so that it can list them.
+        Raises ImmudbError, ConfigError."""
         password = self.follower_password()
-        observed = self.observe(password)
+        observed = self.observe(password, may_load)
         busy = self.busy
         if backup_running(self.cfg.replica.data_dir):
             # a backup (here or in another process) unloads databases on purpose: leave them be
@@ -181,7 +250,7 @@ class Reconciler:
             result = PassResult(started=self._wall())
             self.passes += 1
             try:
-                observed, the_plan = self.plan()
+                observed, the_plan = self.plan(may_load=True)
             except ImmudbError as exc:
                 result.error = str(exc)
             else:

@@ -226,6 +226,7 @@ class ImmudbServer:
     username: str = "immudb"
     password: str = "Immudb-admin-1"  # set on first start; not the default, which immudb warns about
     extra_args: tuple[str, ...] = ()  # more immudb flags, e.g. ("--token-expiry-time", "1")
+    version: str = IMMUDB_VERSION
     process: Process | None = None
 
     @property
@@ -237,7 +238,7 @@ class ImmudbServer:
         return f"127.0.0.1:{self.port}"
 
     def start(self) -> "ImmudbServer":
-        bindir = build_immudb()
+        bindir = build_immudb(self.version)
         self.root.mkdir(parents=True, exist_ok=True)
         self.data_dir.mkdir(exist_ok=True)
         self.port = self.port or free_port()

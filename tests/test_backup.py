@@ -21,7 +21,7 @@ from reconciler.plan import BUSY
 from reconciler.reconcile import Reconciler
 from tests import immudb_data
 from tests.conftest import admin_for, unique_name
-from tests.servers import ImmudbServer
+from tests.servers import IMMUDB_VERSION, ImmudbServer
 from tests.test_targets import KINDS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -131,7 +131,7 @@ def test_backup_verifies_and_restores_into_a_working_immudb(kind, tmp_path, requ
         check = verify(target.read(archives[0].name))
         assert check.ok, check.problems
         m = check.manifest
-        assert m["immudb_version"] == "1.11.1" and m["tool"] == "immudb-replicator"
+        assert m["immudb_version"] == IMMUDB_VERSION and m["tool"] == "immudb-replicator"
         states = {d["name"]: (d["tx_id"], d["tx_hash"]) for d in m["databases"]}
         assert states == {n: (before[n][0], before[n][1].hex()) for n in names}
         assert all(f["path"].split("/")[0] in names for f in m["files"])

@@ -486,3 +486,48 @@ def test_run_reconciles_at_start_and_stops_cleanly_on_sigterm(tmp_path, primary_
     assert "Traceback" not in err
     for secret in ("Daemon-pw-77", primary_server.password):
         assert secret not in out + err
+
+
+OLD_IMMUDB = "1.10.0"  # before 1.11.1, DatabaseListV2 fails while any database is unloaded
+
+
+@pytest.fixture(scope="module")
+def old_immudb(immudb_build):
+    """immudb 1.10.0 built from the Go module proxy (cached like the default version)."""
+    from tests.servers import ServerError, build_immudb
+    try:
+        return build_immudb(OLD_IMMUDB)
+    except ServerError as exc:
+        pytest.fail(str(exc), pytrace=False)
+
+
+def test_on_immudb_before_1_11_1_a_pass_loads_an_unloaded_replica_to_list_them(tmp_path, old_immudb):
+    """A replica database unloaded by hand made every DatabaseListV2 of
+    the replica fail ("already closed"), so every later pass failed until
+    someone loaded it. The pass now loads the databases it knows, lists
+    again and goes on; `plan` (which changes nothing) says why instead."""
+    p = ImmudbServer("primary-old", tmp_path / "p", version=OLD_IMMUDB).start()
+    r = ImmudbServer("replica-old", tmp_path / "r", version=OLD_IMMUDB).start()
+    try:
+        prefix = "old_"
+        with admin_for(p, "setup") as admin:
+            for name in (f"{prefix}a", f"{prefix}b"):
+                admin.create_database(name)
+        path = write_config(tmp_path, p, r, prefix, "fol_old")
+        assert run_cli("reconcile", "--once", "-c", str(path)).returncode == 0
+        with admin_for(r, "by hand") as replica:
+            replica.unload(f"{prefix}a")
+            with pytest.raises(Exception, match="already closed"):
+                replica.list_databases()  # what the old server does
+        planned = run_cli("plan", "-c", str(path))
+        assert planned.returncode == 1 and "before 1.11.1 cannot list" in planned.stderr
+        done = run_cli("reconcile", "--once", "-c", str(path))
+        assert done.returncode == 0, done.stdout + done.stderr
+        with admin_for(r, "check") as replica:
+            assert all(d.loaded for d in replica.list_databases())
+        unload = write_config(tmp_path, p, r, prefix, "fol_old", name="unload.yaml", on_primary_removed="unload")
+        refused = run_cli("reconcile", "--once", "-c", str(unload))
+        assert refused.returncode == 1 and "needs immudb 1.11.1 or newer on the replica" in refused.stderr
+    finally:
+        p.stop()
+        r.stop()
