@@ -25,8 +25,6 @@ import argparse
 import json
 import os
 import platform
-import random
-import resource
 import shutil
 import subprocess
 import sys
@@ -39,82 +37,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 
-import yaml  # noqa: E402
 
+from bench.common import MB, fill, run_backup_subprocess, timed, tree_bytes, write_config  # noqa: E402
 from tests import immudb_data  # noqa: E402
 from tests.conftest import admin_for  # noqa: E402
 from tests.servers import ImmudbServer, S3Server, free_port  # noqa: E402
-
-MB = 1_000_000
-
-
-def _json_value(rng: random.Random, size: int) -> bytes:
-    """A compressible, JSON-like document of about `size` bytes."""
-    words = ["order", "customer", "amount", "currency", "EUR", "status", "shipped", "pending", "sku", "address"]
-    parts = []
-    while sum(len(p) for p in parts) < size:
-        parts.append(f'"{rng.choice(words)}_{rng.randint(0, 9999)}": "{rng.choice(words)}-{rng.randint(0, 99999)}"')
-    return ("{" + ", ".join(parts) + "}").encode()[:size]
-
-
-def fill(server, database: str, megabytes: int, seed: int) -> int:
-    """Write about `megabytes` of values, half JSON-like, half random, in
-    transactions of 64 entries of 16 KiB. Returns bytes written."""
-    rng = random.Random(seed)
-    client = immudb_data.client(server, database)
-    written, n = 0, 0
-    while written < megabytes * MB:
-        batch = {}
-        for _ in range(64):
-            value = _json_value(rng, 16384) if n % 2 == 0 else os.urandom(16384)
-            batch[f"k{n:09d}".encode()] = value
-            written += len(value)
-            n += 1
-        client.setAll(batch)
-    client.shutdown()
-    return written
-
-
-def tree_bytes(paths) -> int:
-    return sum(f.stat().st_size for p in paths for f in Path(p).rglob("*") if f.is_file())
-
-
-def timed(argv, shell=False) -> float:
-    start = time.perf_counter()
-    subprocess.run(argv, check=True, shell=shell, stdout=subprocess.DEVNULL)
-    return time.perf_counter() - start
-
-
-def write_config(root: Path, primary, replica, timeout: float = 30, reconcile: dict | None = None,
-                 **backup) -> Path:
-    path = root / "bench.yaml"
-    path.write_text(yaml.safe_dump({
-        "primary": {"host": "127.0.0.1", "port": primary.port, "password": primary.password, "timeout": timeout},
-        "replica": {"host": "127.0.0.1", "port": replica.port, "password": replica.password, "timeout": timeout,
-                    "data_dir": str(replica.data_dir)},
-        "follower": {"password": "Bench-follower-1"},
-        "reconcile": {"databases": {"include": ["bench_*"]}, **(reconcile or {})},
-        "backup": {"databases": {"include": ["bench_*"]}, **backup},
-    }))
-    return path
-
-
-def run_backup_subprocess(config: Path, target: str) -> dict:
-    """A backup in a child process: its result and the child's peak RSS."""
-    code = (
-        "import json, resource, sys, warnings; warnings.filterwarnings('ignore');"
-        "from reconciler import config; from reconciler.backup.job import Backups;"
-        f"cfg = config.load({str(config)!r}, env={{}});"
-        f"r = Backups(cfg).run(cfg.backup.targets[{target!r}]);"
-        "print(json.dumps(dict(r.as_dict(), maxrss_kb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)))"
-    )
-    start = time.perf_counter()
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
-    result = json.loads(out.stdout.strip().splitlines()[-1])
-    result["wall_seconds"] = time.perf_counter() - start
-    if not result["ok"]:
-        raise RuntimeError(f"backup failed: {result['error']}")
-    return result
 
 
 def bench_backup(root: Path, primary, replica, names: list[str], results: dict) -> None:
@@ -133,11 +60,13 @@ def bench_backup(root: Path, primary, replica, names: list[str], results: dict) 
         # the backup's own time; the process start (imports) is reported apart
         rows.append({"method": f"replicator ({label})", "seconds": r["finished_at"] - r["started_at"],
                      "process_seconds": r["wall_seconds"], "bytes": size,
-                     "peak_rss_mb": r["maxrss_kb"] / 1024, "unload_windows": r["unload_windows"]})
+                     "peak_rss_mb": r["maxrss_kb"] / 1024, "unload_windows": r["unload_windows"],
+                     "verify_seconds": r.get("verify_seconds")})
         Path(r["location"]).unlink()
         return r
 
     ours("gzip", compression="gzip")
+    ours("gzip, no verify", compression="gzip", verify_after_upload=False)  # the read-back's cost
     ours("gzip+staging", compression="gzip", staging_dir=str(root / "staging"))
     ours("gzip -2 isal", compression="gzip", compression_level=2)
     ours("gzip -3 zlib-ng", compression="gzip", compression_level=3)
@@ -170,10 +99,10 @@ def bench_backup(root: Path, primary, replica, names: list[str], results: dict) 
     results["backup"] = {"data_bytes": data, "rows": rows, "copy_seconds_per_db": per_db_copy}
     by = {r["method"]: r for r in rows}
     print(f"\n== backup of {data / MB:.0f} MB in {len(names)} databases (file target)")
-    print(f"{'method':28} {'seconds':>8} {'MB/s':>8} {'archive MB':>11} {'peak RSS MB':>12}")
+    print(f"{'method':28} {'seconds':>8} {'MB/s':>8} {'archive MB':>11} {'peak RSS MB':>12} {'of it, verify s':>16}")
     for r in rows:
         print(f"{r['method']:28} {r['seconds']:8.2f} {r['MB_per_s']:8.1f} {r['bytes'] / MB:11.1f} "
-              f"{r.get('peak_rss_mb', float('nan')):12.1f}")
+              f"{r.get('peak_rss_mb', float('nan')):12.1f} {r.get('verify_seconds') or float('nan'):16.2f}")
     gz, tgz = by["replicator (gzip)"], by["tar -czf"]
     results["backup"]["ratios"] = {
         "gzip_vs_tar_czf_speed": tgz["seconds"] / gz["seconds"],
@@ -409,11 +338,11 @@ def data_benchmarks(root: Path, args, size: int, results: dict) -> None:
         for n in names:
             want, got = immudb_data.wait_caught_up(primary, replica, n, n, timeout=600)
             assert got == want, f"{n} did not catch up"
-        if args.only in (None, "backup"):
+        if args.only is None or "backup" in args.only:
             bench_backup(root, primary, replica, names, results)
-        if args.only in (None, "s3"):
+        if args.only is None or "s3" in args.only:
             bench_s3(root, primary, replica, results)
-        if args.only in (None, "cli"):
+        if args.only is None or "cli" in args.only:
             bench_cli(root, primary, replica, names, results)
     finally:
         primary.stop()
@@ -426,7 +355,8 @@ def main() -> int:
     parser.add_argument("--size-mb", type=int, help="total data size (default 240, quick 120)")
     parser.add_argument("--databases", type=int, default=4)
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "latest.json"))
-    parser.add_argument("--only", choices=["backup", "s3", "reconcile", "cli"], help="run one benchmark")
+    parser.add_argument("--only", type=lambda v: set(v.split(",")),
+                        help="run only these benchmarks, comma-separated: backup, s3, reconcile, cli")
     parser.add_argument("--reconcile-sizes", type=lambda v: [int(x) for x in v.split(",")],
                         help="database counts for the reconcile benchmark (default 10,100,500; quick 10,50)")
     args = parser.parse_args()
@@ -436,9 +366,9 @@ def main() -> int:
                "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "kernel": platform.release()}}
     root = Path(tempfile.mkdtemp(prefix="replicator-bench-"))
     try:
-        if args.only in (None, "backup", "s3", "cli"):
+        if args.only is None or args.only & {"backup", "s3", "cli"}:
             data_benchmarks(root, args, size, results)
-        if args.only in (None, "reconcile"):
+        if args.only is None or "reconcile" in args.only:
             bench_reconcile(root, sizes, results)
         go_tool(results)
     finally:
