@@ -12,7 +12,8 @@ same data in the same run. Prints tables and writes JSON.
    and the time to bring up N new replicas
 4. peak RSS of a backup process against the data size
 5. backup to S3 (SeaweedFS) vs boto3 upload_file of the finished archive
-6. the Go tool it replaces, if it can be built here
+6. the Go tool it replaces (--go-tool PATH): backup to a file, bringing new
+   databases into sync, and the faults it gets wrong
 7. the command line as a user meets it: `replicator --help`, `validate`,
    and a whole `replicator backup` process against a whole `tar -czf`
 
@@ -301,22 +302,6 @@ def _reconcile_once(root: Path, n: int, parked: bool) -> dict:
         r.stop()
 
 
-def go_tool(results: dict) -> None:
-    done = subprocess.run(["go", "mod", "download", "-json", "github.com/codenotary/immudb-tools/replicator@latest"],
-                          capture_output=True, text=True)
-    try:
-        error = json.loads(done.stdout).get("Error")
-    except ValueError:
-        error = done.stderr.strip()
-    if error or done.returncode != 0:
-        # keep the reason, not the registry's address
-        reason = "not available from the Go module proxy (the proxy answers 403 'not available')"
-        results["go_tool"] = {"built": False, "reason": reason}
-        print(f"\n== Go replicator: {reason}; not compared")
-    else:
-        results["go_tool"] = {"built": False, "reason": "downloaded, comparison not implemented yet"}
-
-
 def data_benchmarks(root: Path, args, size: int, results: dict) -> None:
     """Backup and S3 benchmarks on real replicated data."""
     primary = ImmudbServer("primary", root / "primary").start()
@@ -344,6 +329,9 @@ def data_benchmarks(root: Path, args, size: int, results: dict) -> None:
             bench_s3(root, primary, replica, results)
         if args.only is None or "cli" in args.only:
             bench_cli(root, primary, replica, names, results)
+        if args.go_tool and (args.only is None or "go" in args.only):
+            from bench.go_tool import compare_backup
+            compare_backup(root, primary, replica, names, args.go_tool, results)
     finally:
         primary.stop()
         replica.stop()
@@ -356,7 +344,10 @@ def main() -> int:
     parser.add_argument("--databases", type=int, default=4)
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "latest.json"))
     parser.add_argument("--only", type=lambda v: set(v.split(",")),
-                        help="run only these benchmarks, comma-separated: backup, s3, reconcile, cli")
+                        help="run only these benchmarks, comma-separated: backup, s3, reconcile, cli, go")
+    parser.add_argument("--go-tool", metavar="PATH",
+                        help="the Go replicator's binary, built from its source (bench/go_tool.py says how): "
+                             "compared side by side")
     parser.add_argument("--reconcile-sizes", type=lambda v: [int(x) for x in v.split(",")],
                         help="database counts for the reconcile benchmark (default 10,100,500; quick 10,50)")
     args = parser.parse_args()
@@ -366,11 +357,17 @@ def main() -> int:
                "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "kernel": platform.release()}}
     root = Path(tempfile.mkdtemp(prefix="replicator-bench-"))
     try:
-        if args.only is None or args.only & {"backup", "s3", "cli"}:
+        if args.only is None or args.only & {"backup", "s3", "cli", "go"}:
             data_benchmarks(root, args, size, results)
         if args.only is None or "reconcile" in args.only:
             bench_reconcile(root, sizes, results)
-        go_tool(results)
+        if args.go_tool and (args.only is None or "go" in args.only):
+            from bench.go_tool import compare_bring_up, compare_faults
+            compare_bring_up(root, args.go_tool, results)
+            compare_faults(root, args.go_tool, results)
+        elif not args.go_tool:
+            results["go_tool"] = {"compared": False, "reason": "no --go-tool given (see bench/go_tool.py)"}
+            print("\n== Go replicator: give --go-tool PATH to compare (bench/go_tool.py says how to build it)")
     finally:
         shutil.rmtree(root, ignore_errors=True)
     out = Path(args.out)

@@ -362,3 +362,37 @@ def test_an_unexpected_error_in_the_background_backup_is_recorded_as_a_failure(t
     assert not backups.running
     assert_all_loaded(replica, names)
     assert list((tmp_path / "x").iterdir()) == []
+
+
+def test_an_archive_that_does_not_read_back_as_written_is_never_committed(tmp_path, monkeypatch, primary_server,
+                                                                          replica_server, replica, replicated):
+    """The stream is read back member by member while it is written: a
+    damaged stream (fake: a compressor whose output loses a byte, as a
+    compressor bug would) fails the backup before anything is committed."""
+    prefix, names, _ = replicated
+    real = archive.open_compressor
+
+    import io
+
+    class Damaged(io.RawIOBase):
+        def __init__(self, inner):
+            self.inner, self.done = inner, False
+
+        def writable(self):
+            return True
+
+        def write(self, data):
+            if not self.done and len(data) > 4096:
+                self.done = True
+                self.inner.write(bytes(data[:100]) + bytes(data[101:]))
+                return len(data)
+            return self.inner.write(data)
+
+    monkeypatch.setattr(archive, "open_compressor", lambda kind, level, raw, threads=None: real(kind, level, Damaged(raw)))
+    out = tmp_path / "damaged"
+    cfg = load(write_config(tmp_path, primary_server, replica_server, prefix,
+                            targets={"t": {"type": "file", "path": str(out / "d-{timestamp}.tar.gz")}}))
+    result = Backups(cfg).run(cfg.backup.targets["t"])
+    assert not result.ok and "does not read back" in result.error and "nothing was committed" in result.error
+    assert not out.exists() or list(out.iterdir()) == []
+    assert_all_loaded(replica, names)
