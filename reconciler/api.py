@@ -24,6 +24,7 @@ from reconciler.backup import targets
 from reconciler.backup.job import BackupAlreadyRunning
 from reconciler.config.validate import dotted, load_schema
 from reconciler.log import event
+from reconciler.paths import inside
 from reconciler.secret import redact
 
 if TYPE_CHECKING:
@@ -252,14 +253,8 @@ def _check_file_path(service: "Service", target_cfg) -> None:
         final = Path(target.location(target.archive_name()))
     except targets.TargetError as exc:
         raise HTTPProblem(400, str(exc), "path") from None
-    probe = final.parent
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    real = Path(os.path.realpath(probe)) / final.parent.relative_to(probe) / final.name
-    for root in allowed:
-        root_real = Path(os.path.realpath(root))
-        if root_real in real.parents:
-            return
+    if any(inside(final.parent, root) for root in allowed):
+        return
     raise HTTPProblem(403, f"path is outside the directories inline file targets may use "
                            f"({', '.join(str(d) for d in allowed)})", "path")
 

@@ -9,7 +9,7 @@ import os
 import sys
 
 from reconciler import __version__
-from reconciler.config import legacy
+from reconciler.config import go_flags
 from reconciler.errors import ReplicatorError
 from reconciler.secret import redact
 
@@ -18,7 +18,7 @@ def _config_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-c", "--config", metavar="FILE", default=os.environ.get("REPLICATOR_CONFIG") or None,
                         help="YAML configuration (default: $REPLICATOR_CONFIG; optional where the Go "
                              "tool's flags/environment give everything)")
-    legacy.add_flags(parser)
+    go_flags.add_flags(parser)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -96,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
                                               "environment (passwords as references, never inline)",
                               description="Give the Go replicator's flags as you ran it; its environment "
                                           "variables (MASTER_ADDRESS, MASTER_PASSWORD, ...) are read too.")
-    legacy.add_flags(p)
+    go_flags.add_flags(p)
 
     p = sub.add_parser("list", help="archives at a target, with size and time")
     _config_args(p)

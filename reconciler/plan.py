@@ -12,10 +12,8 @@ from typing import Iterable
 
 from reconciler.config.model import Config
 from reconciler.secret import Secret
-from reconciler.state import (PERMISSION_ADMIN, DatabaseInfo, ReplicationSettings, StoreLimits, UserInfo)
-
-# the replica server's own databases: never replicas, never orphans
-SERVER_DATABASES = frozenset({"defaultdb", "systemdb"})
+from reconciler.state import (PERMISSION_ADMIN, SERVER_DATABASES, DatabaseInfo, ReplicationSettings, StoreLimits,
+                              UserInfo)
 
 # from this many replica databases on, warn about the primary's session limit
 SESSION_WARNING = 90

@@ -20,10 +20,9 @@ from reconciler.admin import ImmudbAdmin, ImmudbError, Unreachable
 from reconciler.backup.lock import backup_running
 from reconciler.config.model import Config
 from reconciler.log import event
-from reconciler.plan import (DRIFT, IN_SYNC, MISSING, SERVER_DATABASES, UNLOADED, Action, Observed, Plan, plan,
-                             selected_databases)
+from reconciler.plan import DRIFT, IN_SYNC, MISSING, UNLOADED, Action, Observed, Plan, plan, selected_databases
 from reconciler.secret import Secret
-from reconciler.state import PERMISSION_ADMIN, DatabaseInfo
+from reconciler.state import PERMISSION_ADMIN, SERVER_DATABASES, DatabaseInfo
 
 log = logging.getLogger(__name__)
 

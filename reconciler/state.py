@@ -14,6 +14,10 @@ PERMISSION_READ_WRITE = 2
 PERMISSION_ADMIN = 254
 PERMISSION_SYSADMIN = 255
 
+# every immudb server's own databases: never replicas (a replica server's defaultdb is its own),
+# never orphans, and immudb cannot unload them (so backups leave them out)
+SERVER_DATABASES = frozenset({"defaultdb", "systemdb"})
+
 
 def is_database_name(name: str) -> bool:
     """True for exactly the names immudb gives databases (v1.11.1,

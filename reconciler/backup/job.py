@@ -34,11 +34,10 @@ from reconciler.config.model import Config, TargetConfig
 from reconciler.errors import ReplicatorError
 from reconciler.log import event
 from reconciler.secret import redact
-from reconciler.state import DatabaseInfo
+from reconciler.state import SERVER_DATABASES, DatabaseInfo
 
 log = logging.getLogger(__name__)
 
-UNLOADABLE = frozenset({"defaultdb", "systemdb"})  # immudb cannot unload these
 STAGING_PREFIX = ".replicator-staging-"
 
 
@@ -173,7 +172,7 @@ class Backups:
     def select(self) -> list[DatabaseInfo]:
         """The replica databases to back up, in name order."""
         return [db for db in sorted(self.replica.list_databases(), key=lambda d: d.name)
-                if db.name not in UNLOADABLE and db.name in self.cfg.backup.databases]
+                if db.name not in SERVER_DATABASES and db.name in self.cfg.backup.databases]
 
     def _run(self, target_cfg: TargetConfig, result: BackupResult) -> None:
         progress = self.progress

@@ -20,6 +20,7 @@ from typing import BinaryIO, Callable
 
 from reconciler.backup import archive
 from reconciler.errors import ReplicatorError
+from reconciler.paths import inside
 
 
 class RestoreError(ReplicatorError):
@@ -48,7 +49,7 @@ class _Scratch:
         if self.wanted is not None and name.split("/", 1)[0] not in self.wanted:
             return None
         path = self.root / name
-        if not _inside(path, self.root):
+        if not inside(path, self.root):
             raise archive.ArchiveError(f"unsafe archive: {name!r} leaves the destination")
         return path
 
@@ -163,8 +164,3 @@ def _swap_in(data_dir: Path, scratch: Path, names: list[str], replaced: list[str
         raise RestoreError(f"nothing restored: {exc.strerror or exc}: {exc.filename}; the destination is as it "
                            f"was") from None
     shutil.rmtree(aside, ignore_errors=True)
-
-
-def _inside(path: Path, root: Path) -> bool:
-    resolved, base = path.resolve(), root.resolve()
-    return resolved == base or base in resolved.parents

@@ -10,7 +10,7 @@ import argparse
 import importlib
 import os
 
-from reconciler.config import legacy
+from reconciler.config import go_flags
 from reconciler.errors import ConfigError
 
 # command -> (module in this package, function)
@@ -42,7 +42,7 @@ def load_config(args: argparse.Namespace, setup_logging: bool = True):
     else the Go tool's flags and environment alone. Raises ConfigError, also
     when neither is given."""
     from reconciler import config, log
-    if not args.config and not legacy.given(args, os.environ):
+    if not args.config and not go_flags.given(args, os.environ):
         raise ConfigError(CONFIG_REQUIRED)
     cfg = config.load(args.config or None, args)
     if setup_logging:

@@ -9,7 +9,7 @@ import argparse
 import json
 import os
 
-from reconciler.config import legacy
+from reconciler.config import go_flags
 from reconciler.config.encrypted import is_encrypted
 
 CREDENTIALS = "/etc/immudb-replicator/credentials"
@@ -28,7 +28,7 @@ def _scalar(value) -> str:
 def from_go(args: argparse.Namespace, env=None) -> str:
     """The configuration text; never a secret's value."""
     env = os.environ if env is None else env
-    found, problems = legacy.collect(args, env)
+    found, problems = go_flags.collect(args, env)
     given = {path: (value, origin) for path, value, origin in found}  # later (higher precedence) wins
 
     def value(path, default):

@@ -18,7 +18,7 @@ import os
 from pathlib import Path
 from typing import Mapping
 
-from reconciler.config import legacy
+from reconciler.config import go_flags
 from reconciler.config.environment import interpolate
 from reconciler.config.model import Config
 from reconciler.errors import ConfigError
@@ -58,9 +58,9 @@ def check(path: str | Path | None, args: argparse.Namespace | None = None,
     data, env_problems = interpolate(data, env)
     problems = [f"{at(p, lines)}: {message}" for p, message in env_problems]
 
-    overrides, override_problems = legacy.collect(args, env)
+    overrides, override_problems = go_flags.collect(args, env)
     problems += override_problems
-    data = legacy.apply(data, overrides)
+    data = go_flags.apply(data, overrides)
 
     schema = schema_problems(data, lines)
     problems += schema

@@ -15,8 +15,9 @@ from typing import Any, Mapping
 
 from reconciler.secret import Secret
 
-SYSTEM_DATABASES = frozenset({"systemdb", "defaultdb"})
-TARGET_SECRETS = ("password", "passphrase", "secret_key", "access_key")
+# every key whose value is a secret (each may be given as KEY_file instead): never printed,
+# never in a message, only hashed into the configuration's digest
+SECRET_KEYS = frozenset({"password", "token", "secret_key", "passphrase", "access_key", "aes_key"})
 
 
 def _secret(section: dict, key: str, origin: str, decode=None) -> Secret | None:
@@ -149,8 +150,8 @@ class TargetConfig:
     def from_dict(cls, name: str, d: dict) -> "TargetConfig":
         origin = f"backup.targets.{name}"
         options: dict[str, Any] = {k: v for k, v in d.items() if k not in ("type", "path", "retention")
-                                   and k.removesuffix("_file") not in TARGET_SECRETS}
-        for key in TARGET_SECRETS:
+                                   and k.removesuffix("_file") not in SECRET_KEYS}
+        for key in sorted(SECRET_KEYS):
             if (secret := _secret(d, key, origin)) is not None:
                 options[key] = secret
         return cls(name, d["type"], d["path"], MappingProxyType(options), Retention.from_dict(d.get("retention")))
@@ -316,7 +317,7 @@ def _digest(d: dict) -> str:
             return {k: scrub(v, k) for k, v in value.items()}
         if isinstance(value, list):
             return [scrub(v) for v in value]
-        if key in ("password", "token", "secret_key", "passphrase", "access_key", "aes_key"):
+        if key in SECRET_KEYS:
             return "sha256:" + hashlib.sha256(str(value).encode()).hexdigest()
         return value
     return hashlib.sha256(json.dumps(scrub(d), sort_keys=True, default=str).encode()).hexdigest()

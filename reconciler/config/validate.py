@@ -11,19 +11,19 @@ import copy
 import difflib
 import json
 import os
-from pathlib import PurePosixPath
 from typing import Any, Iterable
 
 import jsonschema
 from jsonschema import Draft202012Validator
 
 from reconciler import schemas
-from reconciler.config import legacy
+from reconciler.config import go_flags
+from reconciler.config.model import SECRET_KEYS
 from reconciler.config.reader import Lines
+from reconciler.paths import inside
+from reconciler.state import SERVER_DATABASES
 
-SECRET_KEYS = frozenset({"password", "token", "secret_key", "passphrase", "access_key", "aes_key"})
 LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1", "[::1]", "0.0.0.0"})
-UNLOADABLE = frozenset({"defaultdb", "systemdb"})
 
 
 def load_schema(name: str = "replicator.schema.json") -> dict:
@@ -77,7 +77,7 @@ def schema_problems(data: dict, lines: Lines, schema_name: str = "replicator.sch
     for error in validator.iter_errors(data):
         extra_path, message = _describe(error, schema)
         path = tuple(error.absolute_path) + extra_path
-        hint = (legacy.hint(path) or legacy.hint(path + ("host",))) if error.validator == "required" else ""
+        hint = (go_flags.hint(path) or go_flags.hint(path + ("host",))) if error.validator == "required" else ""
         found.append((line_of(path, lines), dotted(path), f"{at(path, lines)}: {message}" + (f" (or {hint})" if hint else "")))
     # in file order, as an operator reads them
     return list(dict.fromkeys(problem for _, _, problem in sorted(found)))
@@ -145,7 +145,7 @@ def _secret_problems(section: dict, path: tuple, lines: Lines, key: str = "passw
         if not os.path.isfile(file) or not os.access(file, os.R_OK):
             return [f"{at(path + (key + '_file',), lines)}: cannot read secret file {file}"]
     if required and not (has_value or has_file):
-        hint = legacy.hint(path + (key,))
+        hint = go_flags.hint(path + (key,))
         return [f"{at(path, lines)}: {key} is required: set {key} or {key}_file" + (f" (or {hint})" if hint else "")]
     return []
 
@@ -155,12 +155,6 @@ def _same_server(a: dict, b: dict) -> bool:
         host = host.strip().lower()
         return "localhost" if host in LOCAL_HOSTS else host
     return norm(a["host"]) == norm(b["host"]) and a["port"] == b["port"]
-
-
-def _inside(child: str, parent: str) -> bool:
-    c = PurePosixPath(os.path.normpath(os.path.abspath(child)))
-    p = PurePosixPath(os.path.normpath(os.path.abspath(parent)))
-    return c == p or p in c.parents
 
 
 def logic_problems(data: dict, lines: Lines) -> list[str]:
@@ -181,7 +175,7 @@ def logic_problems(data: dict, lines: Lines) -> list[str]:
     rec = data["reconcile"]
     targets: dict[str, str] = {}
     for source, target in rec["rename"].items():
-        if target in UNLOADABLE:
+        if target in SERVER_DATABASES:
             problems.append(f"{at(('reconcile', 'rename', source), lines)}: '{target}' on the replica is the "
                             f"server's own database and cannot become a replica; choose another name")
         if target in targets:
@@ -221,13 +215,13 @@ def _backup_problems(data: dict, lines: Lines) -> list[str]:
         problems.append(f"{at(('backup', 'compression_level'), lines)}: gzip levels are 1 to 9, got {level}")
     if level is not None and compression == "none":
         problems.append(f"{at(('backup', 'compression_level'), lines)}: has no meaning with compression: none")
-    if backup["staging_dir"] and _inside(backup["staging_dir"], data_dir):
+    if backup["staging_dir"] and inside(backup["staging_dir"], data_dir):
         problems.append(f"{at(('backup', 'staging_dir'), lines)}: must be outside the replica's data_dir "
                         f"{data_dir}: immudb loads every folder there as a database")
     for name, target in backup["targets"].items():
         path = ("backup", "targets", name)
         kind = target["type"]
-        if kind == "file" and _inside(os.path.dirname(target["path"]) or ".", data_dir):
+        if kind == "file" and inside(os.path.dirname(target["path"]) or ".", data_dir):
             problems.append(f"{at(path + ('path',), lines)}: archives must not be written inside the replica's "
                             f"data_dir {data_dir}")
         if kind == "sftp":

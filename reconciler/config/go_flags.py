@@ -11,6 +11,8 @@ import argparse
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from reconciler.config.model import SECRET_KEYS
+
 
 def go_bool(text: str) -> bool:
     """A boolean as Go's flag package parses it."""
@@ -88,10 +90,10 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("Go replicator compatible overrides (flags > environment > file)")
     for o in OVERRIDES:
         if o.kind is go_bool:  # `-flag` alone means true, as in Go; or -flag=false
-            group.add_argument(f"-{o.flag}", f"--{o.flag}", dest="legacy_" + o.flag.replace("-", "_"),
+            group.add_argument(f"-{o.flag}", f"--{o.flag}", dest="go_" + o.flag.replace("-", "_"),
                                type=go_bool, nargs="?", const=True, default=None, metavar="BOOL", help=o.help)
             continue
-        group.add_argument(f"-{o.flag}", f"--{o.flag}", dest="legacy_" + o.flag.replace("-", "_"),
+        group.add_argument(f"-{o.flag}", f"--{o.flag}", dest="go_" + o.flag.replace("-", "_"),
                            type=o.kind, default=None, metavar=o.kind.__name__.upper(), help=o.help)
 
 
@@ -117,7 +119,7 @@ def collect(args: argparse.Namespace | None, env: Mapping[str, str]) -> tuple[li
                 except ValueError:
                     problems.append(f"{o.env} must be {'a whole number' if o.kind is int else o.kind.__name__}")
     for o in OVERRIDES:
-        value = getattr(args, "legacy_" + o.flag.replace("-", "_"), None) if args is not None else None
+        value = getattr(args, "go_" + o.flag.replace("-", "_"), None) if args is not None else None
         if value is not None:
             found.append((o.path, value, "--" + o.flag))
     return found, problems
@@ -143,7 +145,7 @@ def apply(data: dict, overrides: list[tuple[tuple, Any, str]]) -> dict:
                 where[section] = {}
             where = where[section]
         base = key[: -len("_file")] if key.endswith("_file") else key
-        if base in ("password", "token", "aes_key"):
+        if base in SECRET_KEYS:
             where.pop(base, None)
             where.pop(base + "_file", None)
         where[key] = value
