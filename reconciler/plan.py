@@ -23,6 +23,13 @@ IN_SYNC, MISSING, DRIFT, UNLOADED, CONFLICT, ORPHAN, BUSY = (
     "in_sync", "missing", "drift", "unloaded", "conflict", "orphan", "busy")
 
 
+# what each kind of action does to what exists
+CHANGES = {"create_follower": "add", "grant": "add", "create_replica": "add",
+           "activate_follower": "change", "change_follower_password": "change", "update_replica": "change",
+           "adopt": "change", "load": "change", "promote": "change",
+           "unload": "remove", "delete": "remove"}
+
+
 @dataclass(frozen=True)
 class Observed:
     """What one pass saw: both servers' databases and the follower user."""
@@ -50,6 +57,12 @@ class Action:
     @property
     def key(self) -> str:
         return f"{self.kind}:{self.database or ''}"
+
+    @property
+    def change(self) -> str:
+        """add, change or remove: what the action does to what exists (the
+        +, ~ or - of its description)."""
+        return CHANGES[self.kind]
 
 
 @dataclass(frozen=True)
@@ -164,120 +177,150 @@ def plan(cfg: Config, observed: Observed, follower_password: Secret,
     """What to do so that every selected primary database has a working
     replica. `follower_password` is the configured password, already read;
     databases in `busy` (a backup has them unloaded) are left alone."""
-    actions: list[Action] = []
-    findings: list[Finding] = []
-    states: list[DatabasePlan] = []
-    primary_addr = f"{cfg.reconcile.replication.primary_host}:{cfg.reconcile.replication.primary_port}"
     wanted = selected_databases(cfg, observed.primary)
     replica = {d.name: d for d in observed.replica}
-    follower = cfg.follower.username
     # each new replica logs in to the primary and replays its whole history: bring them up in batches
     limit = cfg.reconcile.max_new_replicas
     new = [name for name in wanted if name not in replica and name not in busy]
     waiting = tuple(new[limit:]) if limit else ()
+    draft = _Draft()
+    follower_ready = _plan_follower(cfg, observed, wanted, waiting, draft)
+    _plan_replicas(cfg, wanted, replica, waiting, busy, follower_password, follower_ready, draft)
+    _plan_orphans(cfg, observed, wanted, replica, busy, draft)
+    if len(wanted) >= SESSION_WARNING:
+        draft.findings.append(Finding("sessions", "*", f"! {len(wanted)} replica databases follow this primary and "
+                                      f"each holds a session there: make sure the primary's --max-sessions "
+                                      f"(immudb's default is 100) exceeds their number plus its other clients"))
+    return Plan(tuple(draft.actions), tuple(draft.findings), tuple(draft.states), waiting, limit)
+
+
+@dataclass
+class _Draft:
+    actions: list[Action] = field(default_factory=list)
+    findings: list[Finding] = field(default_factory=list)
+    states: list[DatabasePlan] = field(default_factory=list)
+
+
+def _plan_follower(cfg: Config, observed: Observed, wanted: dict[str, DatabaseInfo], waiting: tuple[str, ...],
+                   draft: _Draft) -> tuple[str, ...]:
+    """The follower user on the primary, before anything that logs in as
+    it: created, activated, its password changed, granted Admin on each
+    followed database. Returns the keys of the actions replicas need."""
+    if not wanted:
+        return ()
+    follower = cfg.follower.username
     wanted_now = {name: src for name, src in wanted.items() if name not in waiting}
+    ready: tuple[str, ...] = ()
+    if observed.follower is None:
+        first = next(iter(wanted_now.values())).name
+        a = Action("create_follower", "primary", None, f"+ create user {follower} on primary (Admin on {first})",
+                   primary_database=first)
+        draft.actions.append(a)
+        ready = (a.key,)
+        granted = {first}
+    else:
+        granted = {d.name for d in wanted.values() if observed.follower.may_export(d.name)}
+        if not observed.follower.active:
+            a = Action("activate_follower", "primary", None, f"~ activate user {follower} on primary")
+            draft.actions.append(a)
+            ready += (a.key,)
+        if not observed.follower_password_ok:
+            a = Action("change_follower_password", "primary", None,
+                       f"~ change password of {follower} on primary (then on every replica database)")
+            draft.actions.append(a)
+            ready += (a.key,)
+    for source in wanted_now.values():
+        if source.name not in granted:
+            draft.actions.append(Action("grant", "primary", source.name,
+                                        f"+ grant Admin on {source.name} to {follower} on primary",
+                                        primary_database=source.name, requires=ready))
+    return ready
 
-    # -- the follower user on the primary: before anything that logs in as it
-    follower_ready: tuple[str, ...] = ()
-    if wanted:
-        if observed.follower is None:
-            first = next(iter(wanted_now.values())).name
-            a = Action("create_follower", "primary", None,
-                       f"+ create user {follower} on primary (Admin on {first})", primary_database=first)
-            actions.append(a)
-            follower_ready = (a.key,)
-            granted = {first}
-        else:
-            granted = {p for p in (d.name for d in wanted.values()) if observed.follower.may_export(p)}
-            if not observed.follower.active:
-                a = Action("activate_follower", "primary", None, f"~ activate user {follower} on primary")
-                actions.append(a)
-                follower_ready += (a.key,)
-            if not observed.follower_password_ok:
-                a = Action("change_follower_password", "primary", None,
-                           f"~ change password of {follower} on primary (then on every replica database)")
-                actions.append(a)
-                follower_ready += (a.key,)
-        for replica_name, source in wanted_now.items():
-            if source.name not in granted:
-                actions.append(Action("grant", "primary", source.name,
-                                      f"+ grant Admin on {source.name} to {follower} on primary",
-                                      primary_database=source.name, requires=follower_ready))
 
-    # -- one replica database per selected primary database
+def _plan_replicas(cfg: Config, wanted: dict[str, DatabaseInfo], replica: dict[str, DatabaseInfo],
+                   waiting: tuple[str, ...], busy: frozenset[str], follower_password: Secret,
+                   follower_ready: tuple[str, ...], draft: _Draft) -> None:
+    """One replica database per selected primary database: created,
+    adopted, updated or loaded; conflicts and smaller limits reported."""
+    primary_addr = f"{cfg.reconcile.replication.primary_host}:{cfg.reconcile.replication.primary_port}"
     for name, source in wanted.items():
         want = desired_replication(cfg, source, follower_password)
-        needs = follower_ready + tuple(a.key for a in actions if a.kind == "grant" and a.database == source.name)
+        needs = follower_ready + tuple(a.key for a in draft.actions
+                                       if a.kind == "grant" and a.database == source.name)
         have = replica.get(name)
         refusal = sync_finding(cfg, name, source)
         if refusal is not None:
-            findings.append(refusal)
+            draft.findings.append(refusal)
             if cfg.reconcile.replication.sync == "sync" and have is None:
-                states.append(DatabasePlan(name, source.name, MISSING, source.tx_count, None))
+                draft.states.append(DatabasePlan(name, source.name, MISSING, source.tx_count, None))
                 continue
         if name in waiting:
-            states.append(DatabasePlan(name, source.name, MISSING, source.tx_count, None))
+            draft.states.append(DatabasePlan(name, source.name, MISSING, source.tx_count, None))
             continue
         if name in busy:
-            states.append(DatabasePlan(name, source.name, BUSY, source.tx_count, have.tx_count if have else None))
+            draft.states.append(DatabasePlan(name, source.name, BUSY, source.tx_count,
+                                             have.tx_count if have else None))
             continue
         if have is None:
-            actions.append(Action("create_replica", "replica", name,
-                                  f"+ create replica {name} <- {primary_addr}/{source.name}",
-                                  primary_database=source.name, settings=want, limits=source.limits, requires=needs))
-            states.append(DatabasePlan(name, source.name, MISSING, source.tx_count, None))
+            draft.actions.append(Action("create_replica", "replica", name,
+                                        f"+ create replica {name} <- {primary_addr}/{source.name}",
+                                        primary_database=source.name, settings=want, limits=source.limits,
+                                        requires=needs))
+            draft.states.append(DatabasePlan(name, source.name, MISSING, source.tx_count, None))
             continue
         state = IN_SYNC
         if not have.is_replica:
             if cfg.reconcile.adopt_existing:
-                actions.append(Action("adopt", "replica", name,
-                                      f"~ adopt {name} as replica of {primary_addr}/{source.name} "
-                                      f"(reconcile.adopt_existing)", primary_database=source.name,
-                                      settings=want, requires=needs))
+                draft.actions.append(Action("adopt", "replica", name,
+                                            f"~ adopt {name} as replica of {primary_addr}/{source.name} "
+                                            f"(reconcile.adopt_existing)", primary_database=source.name,
+                                            settings=want, requires=needs))
                 state = DRIFT
             else:
-                findings.append(Finding(CONFLICT, name, f"! conflict {name}: exists on the replica and is not a "
-                                        f"replica; left untouched (set reconcile.adopt_existing to convert it)"))
+                draft.findings.append(Finding(CONFLICT, name, f"! conflict {name}: exists on the replica and is "
+                                              f"not a replica; left untouched (set reconcile.adopt_existing to "
+                                              f"convert it)"))
                 state = CONFLICT
         else:
             diff = replication_differences(have.replication, want)
             if diff:
-                actions.append(Action("update_replica", "replica", name, f"~ update replica {name}: {', '.join(diff)}",
-                                      primary_database=source.name, settings=want, requires=needs))
+                draft.actions.append(Action("update_replica", "replica", name,
+                                            f"~ update replica {name}: {', '.join(diff)}",
+                                            primary_database=source.name, settings=want, requires=needs))
                 state = DRIFT
             if not have.limits.accepts(source.limits):
-                findings.append(Finding("limits", name, f"! {name}: created with smaller limits than "
-                                        f"{source.name} on the primary; transactions beyond them cannot replicate "
-                                        f"(recreate the replica database)"))
+                draft.findings.append(Finding("limits", name, f"! {name}: created with smaller limits than "
+                                              f"{source.name} on the primary; transactions beyond them cannot "
+                                              f"replicate (recreate the replica database)"))
         if not have.loaded and state != CONFLICT:
-            actions.append(Action("load", "replica", name, f"~ load {name} (it is unloaded)"))
+            draft.actions.append(Action("load", "replica", name, f"~ load {name} (it is unloaded)"))
             state = UNLOADED if state == IN_SYNC else state
-        states.append(DatabasePlan(name, source.name, state, source.tx_count, have.tx_count))
+        draft.states.append(DatabasePlan(name, source.name, state, source.tx_count, have.tx_count))
 
-    # -- replica databases whose primary database is gone
+
+def _plan_orphans(cfg: Config, observed: Observed, wanted: dict[str, DatabaseInfo],
+                  replica: dict[str, DatabaseInfo], busy: frozenset[str], draft: _Draft) -> None:
+    """Replica databases of this primary whose primary database is gone:
+    on_primary_removed applies. Replicas of other primaries, and of
+    databases the selection would not include, are not ours to touch."""
     primary_names = {d.name for d in observed.primary}
+    home = (cfg.reconcile.replication.primary_host, cfg.reconcile.replication.primary_port)
     for name, have in sorted(replica.items()):
         if name in wanted or name in SERVER_DATABASES or not have.is_replica or name in busy:
             continue
         r = have.replication
-        ours = (r.primary_host, r.primary_port) == (cfg.reconcile.replication.primary_host,
-                                                     cfg.reconcile.replication.primary_port)
-        if not ours or r.primary_database in primary_names or r.primary_database not in cfg.reconcile.databases:
-            continue  # another primary's replica, or one the config does not select: not ours to touch
-        states.append(DatabasePlan(name, r.primary_database, ORPHAN, None, have.tx_count))
+        if ((r.primary_host, r.primary_port) != home or r.primary_database in primary_names
+                or r.primary_database not in cfg.reconcile.databases):
+            continue
+        draft.states.append(DatabasePlan(name, r.primary_database, ORPHAN, None, have.tx_count))
         policy = cfg.reconcile.on_primary_removed
         gone = f"{r.primary_database} is gone from the primary"
         if policy == "ignore":
-            findings.append(Finding(ORPHAN, name, f"! orphan {name}: {gone} (on_primary_removed: ignore)"))
+            draft.findings.append(Finding(ORPHAN, name, f"! orphan {name}: {gone} (on_primary_removed: ignore)"))
         elif policy == "unload" and have.loaded:
-            actions.append(Action("unload", "replica", name, f"- unload {name}: {gone}"))
+            draft.actions.append(Action("unload", "replica", name, f"- unload {name}: {gone}"))
         elif policy == "promote":
-            actions.append(Action("promote", "replica", name, f"~ promote {name} to a writable database: {gone}"))
+            draft.actions.append(Action("promote", "replica", name, f"~ promote {name} to a writable database: "
+                                        f"{gone}"))
         elif policy == "delete":
-            actions.append(Action("delete", "replica", name, f"- delete {name} and its data: {gone}"))
-
-    if len(wanted) >= SESSION_WARNING:
-        findings.append(Finding("sessions", "*", f"! {len(wanted)} replica databases follow this primary and each "
-                                f"holds a session there: make sure the primary's --max-sessions (immudb's default "
-                                f"is 100) exceeds their number plus its other clients"))
-    return Plan(tuple(actions), tuple(findings), tuple(states), waiting, limit)
+            draft.actions.append(Action("delete", "replica", name, f"- delete {name} and its data: {gone}"))

@@ -346,3 +346,19 @@ def test_orphans_outside_the_selection_are_not_ours():
     cfg = make_config(on_primary_removed="delete", databases={"include": ["mine_*"]})
     observed = Observed((), (replica_of(cfg, "theirs_gone"), replica_of(cfg, "mine_gone")), follower())
     assert kinds(plan(cfg, observed, PASSWORD)) == [("delete", "mine_gone")]
+
+
+def test_every_action_kind_says_what_it_changes_as_its_description_shows():
+    from reconciler.plan import CHANGES, Action
+    sign = {"add": "+", "change": "~", "remove": "-"}
+    cfg = make_config(on_primary_removed="delete", adopt_existing=True)
+    observed = Observed((primary_db("a"), primary_db("b"), primary_db("c")),
+                        (replica_of(cfg, "b", loaded=False, primary_port=1),
+                         DatabaseInfo("c"), replica_of(cfg, "gone", "gone")),
+                        follower("b", active=False), follower_password_ok=False)
+    actions = plan(cfg, observed, PASSWORD).actions
+    assert {a.kind for a in actions} >= {"activate_follower", "change_follower_password", "grant", "create_replica",
+                                        "update_replica", "adopt", "load", "delete"}
+    assert all(a.description[0] == sign[a.change] for a in actions)
+    assert set(CHANGES) == {a.kind for a in actions} | {"create_follower", "unload", "promote"}
+    assert Action("unload", "replica", "x", "- unload x").change == "remove"

@@ -15,8 +15,8 @@ from reconciler.reconcile import DONE, Reconciler, moved
 
 
 def _summary(the_plan: Plan) -> str:
-    kinds = Counter(a.description[0] for a in the_plan.actions)
-    text = f"Plan: {kinds['+']} to add, {kinds['~']} to change, {kinds['-']} to remove"
+    changes = Counter(a.change for a in the_plan.actions)
+    text = f"Plan: {changes['add']} to add, {changes['change']} to change, {changes['remove']} to remove"
     if the_plan.findings:
         text += f"; {len(the_plan.findings)} to look at"
     return text + "."
