@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from reconciler import config
-from reconciler.config.legacy import ENV_ONLY, OVERRIDES
+from reconciler.config.go_flags import ENV_ONLY, OVERRIDES
 
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "examples" / "kubernetes"
