@@ -364,11 +364,11 @@ def test_an_unexpected_error_in_the_background_backup_is_recorded_as_a_failure(t
     assert list((tmp_path / "x").iterdir()) == []
 
 
-def test_an_archive_that_does_not_read_back_as_written_is_never_committed(tmp_path, monkeypatch, primary_server,
-                                                                          replica_server, replica, replicated):
-    """The stream is read back member by member while it is written: a
-    damaged stream (fake: a compressor whose output loses a byte, as a
-    compressor bug would) fails the backup before anything is committed."""
+def test_an_archive_damaged_on_its_way_is_read_back_found_damaged_and_deleted(tmp_path, monkeypatch, primary_server,
+                                                                              replica_server, replica, replicated):
+    """A damaged stream (fake: a compressor whose output loses a byte, as a
+    compressor bug would) is read back after the commit, fails, and is
+    deleted; the backup fails."""
     prefix, names, _ = replicated
     real = archive.open_compressor
 
@@ -393,6 +393,6 @@ def test_an_archive_that_does_not_read_back_as_written_is_never_committed(tmp_pa
     cfg = load(write_config(tmp_path, primary_server, replica_server, prefix,
                             targets={"t": {"type": "file", "path": str(out / "d-{timestamp}.tar.gz")}}))
     result = Backups(cfg).run(cfg.backup.targets["t"])
-    assert not result.ok and "does not read back" in result.error and "nothing was committed" in result.error
+    assert not result.ok and "does not read back whole" in result.error and "it was deleted" in result.error
     assert not out.exists() or list(out.iterdir()) == []
     assert_all_loaded(replica, names)

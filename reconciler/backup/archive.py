@@ -171,11 +171,10 @@ class FileEntry:
 
 
 class _CountingSink(io.RawIOBase):
-    """The compressed byte stream going to the target, counted, and handed
-    to `check` as well when there is one."""
+    """The compressed byte stream going to the target, counted."""
 
-    def __init__(self, upload, check: "StreamCheck | None" = None):
-        self.upload, self.count, self.check = upload, 0, check
+    def __init__(self, upload):
+        self.upload, self.count = upload, 0
         self.discarding = False
 
     def writable(self) -> bool:
@@ -183,92 +182,9 @@ class _CountingSink(io.RawIOBase):
 
     def write(self, data) -> int:
         if not self.discarding:
-            data = bytes(data)
-            self.upload.write(data)
+            self.upload.write(bytes(data))
             self.count += len(data)
-            if self.check is not None:
-                self.check.feed(data)
         return len(data)
-
-
-class _Pipe(io.RawIOBase):
-    """Bytes from one thread to another, at most `depth` writes ahead. When
-    the reading side is done (or the writing side gives up), writes are
-    dropped instead of waiting."""
-
-    def __init__(self, depth: int = 16):
-        import queue
-        self.chunks: "queue.Queue[bytes]" = queue.Queue(maxsize=depth)
-        self.pending = b""
-        self.eof = False
-        self.reader_done = threading.Event()
-
-    def write(self, data: bytes) -> int:
-        import queue
-        while not self.reader_done.is_set():
-            try:
-                self.chunks.put(data, timeout=0.2)
-                break
-            except queue.Full:
-                continue
-        return len(data)
-
-    def close_write(self) -> None:
-        self.write(b"")  # the end
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer) -> int:
-        if not self.pending and not self.eof:
-            self.pending = self.chunks.get()
-            self.eof = not self.pending
-        n = min(len(buffer), len(self.pending))
-        buffer[:n] = self.pending[:n]
-        self.pending = self.pending[n:]
-        return n
-
-
-class StreamCheck:
-    """Reads the archive as it is being written, in a thread of its own,
-    with the reader restore uses (`read`): once the writer finishes, every
-    member has been compared with the manifest. Also the SHA-256 and length
-    of the compressed bytes sent, so that the copy the target stores can be
-    read back and found identical without being decompressed again."""
-
-    def __init__(self):
-        self.pipe = _Pipe()
-        self.sha, self.size = hashlib.sha256(), 0
-        self.hasher = _Hasher()  # the stream's SHA-256 off the writer's thread
-        self.result: Verification | None = None
-        self.thread = threading.Thread(target=self._run, name="archive-check", daemon=True)
-        self.thread.start()
-
-    def feed(self, data: bytes) -> None:
-        self.hasher.update(self.sha, data)
-        self.size += len(data)
-        self.pipe.write(data)
-
-    def _run(self) -> None:
-        try:
-            self.result = read(self.pipe)
-        except Exception as exc:  # noqa: BLE001 - a reader that fails is a failed check
-            self.result = Verification(problems=[f"the archive could not be read back: {type(exc).__name__}: {exc}"])
-        finally:
-            self.pipe.reader_done.set()
-
-    def finish(self) -> "Verification":
-        """The verdict on everything fed; call once the writer is done."""
-        self.pipe.close_write()
-        self.thread.join()
-        self.digest = self.hasher.digest(self.sha)
-        self.hasher.close()
-        return self.result  # type: ignore[return-value]
-
-    def abandon(self) -> None:
-        self.pipe.reader_done.set()
-        self.pipe.close_write()
-        self.hasher.close()
 
 
 class _Hasher:
@@ -353,13 +269,8 @@ class ArchiveWriter:
     """Streams files into a compressed tar on `upload`, hashing each."""
 
     def __init__(self, upload, compression: str = "gzip", level: int | None = None,
-                 on_bytes: Callable[[int], None] = lambda n: None, cancel: threading.Event | None = None,
-                 check: bool = False):
-        """`check`: read the archive back as it is written (see StreamCheck;
-        its verdict is `self.verification` after finish())."""
-        self.check = StreamCheck() if check else None
-        self.verification: Verification | None = None
-        self.sink = _CountingSink(upload, self.check)
+                 on_bytes: Callable[[int], None] = lambda n: None, cancel: threading.Event | None = None):
+        self.sink = _CountingSink(upload)
         self.compressor = open_compressor(compression, level, self.sink)
         self.tar = _TarStream(self.compressor)
         self.files: list[FileEntry] = []
@@ -441,8 +352,6 @@ class ArchiveWriter:
         with contextlib.suppress(Exception):
             self.compressor.close()
         self.hasher.close()
-        if self.check is not None:
-            self.check.abandon()
 
     def finish(self, manifest: dict) -> None:
         """Append the manifest (with every file added) and close the streams."""
@@ -455,8 +364,6 @@ class ArchiveWriter:
         self.tar.close()
         self.compressor.close()
         self.hasher.close()
-        if self.check is not None:
-            self.verification = self.check.finish()
 
 
 # --------------------------------------------------------------------------- reading
@@ -518,7 +425,8 @@ def _damage_is_archive_error():
     except (tarfile.TarError, EOFError, zlib.error, OSError, ValueError) as exc:
         raise ArchiveError(f"archive is truncated or corrupt: {exc}") from None
     except Exception as exc:
-        if type(exc).__module__.startswith("zstandard"):
+        # the decompressors' own errors: zstandard's, and ISA-L's IsalError (module igzip_lib, not a zlib.error)
+        if type(exc).__module__.startswith(("zstandard", "igzip_lib", "isal")):
             raise ArchiveError(f"archive is truncated or corrupt: {exc}") from None
         raise
 
@@ -635,17 +543,6 @@ def hash_stream(f: BinaryIO, sink: Callable[[bytes], None] | None = None,
         on_bytes(len(chunk))
         if sink is not None:
             sink(chunk)
-
-
-def stream_digest(stream: BinaryIO) -> tuple[int, str]:
-    """(length, sha256) of every byte `stream` holds, as stored."""
-    sha, size = hashlib.sha256(), 0
-    while True:
-        chunk = stream.read(CHUNK)
-        if not chunk:
-            return size, sha.hexdigest()
-        sha.update(chunk)
-        size += len(chunk)
 
 
 class Store(Protocol):

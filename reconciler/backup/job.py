@@ -196,8 +196,7 @@ class Backups:
             writer = None
             try:
                 writer = ArchiveWriter(upload, self.cfg.backup.compression, self.cfg.backup.compression_level,
-                                       on_bytes=progress.add_bytes, cancel=self.cancel,
-                                       check=self.cfg.backup.verify_after_upload)
+                                       on_bytes=progress.add_bytes, cancel=self.cancel)
                 states = []
                 for db in chosen:
                     states.append(self._one(writer, db, staging_root, result))
@@ -213,11 +212,6 @@ class Backups:
                 })
                 if self.cancel.is_set():  # the compressor's last flush can take a while: last safe point
                     raise Cancelled("cancelled")
-                if writer.verification is not None and not writer.verification.ok:
-                    problems = writer.verification.problems
-                    raise BackupError(f"the archive as written does not read back: {problems[0]}"
-                                      + (f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else "")
-                                      + "; nothing was committed")
                 result.location = upload.commit()
             except BaseException:
                 if writer is not None:
@@ -228,10 +222,10 @@ class Backups:
             result.bytes_in = progress.bytes_done
             result.databases = [db.name for db in chosen]
             progress.update(bytes_written=writer.bytes_written)
-            if writer.check is not None:
+            if self.cfg.backup.verify_after_upload:
                 progress.update(phase="verifying")
                 started = time.monotonic()
-                self._verify_uploaded(target, name, result, writer.check)
+                self._verify_uploaded(target, name, result)
                 result.verify_seconds = time.monotonic() - started
             event(log, "backup_done", backup=result.backup_id, target=target.name, location=result.location,
                   databases=len(chosen), bytes_in=result.bytes_in, bytes_out=result.bytes_out,
@@ -243,19 +237,16 @@ class Backups:
             if staging_root is not None:
                 shutil.rmtree(staging_root, ignore_errors=True)
 
-    def _verify_uploaded(self, target, name: str, result: BackupResult, check: archive.StreamCheck) -> None:
-        """Read the committed archive back from the target, every byte;
-        raises BackupError (after deleting it) unless the stored copy is
-        identical to the stream sent, which `check` read member by member
-        with restore's reader while it was written (so it is the same as
-        decompressing and checking the stored copy, without paying for
-        decompression twice)."""
+    def _verify_uploaded(self, target, name: str, result: BackupResult) -> None:
+        """Read the committed archive back from the target with the reader
+        restore uses; raises BackupError (after deleting it) unless it is
+        whole, matches its manifest and is this backup's."""
         try:
             with contextlib.closing(target.read(name)) as stream:
-                size, digest = archive.stream_digest(stream)
-            problems = []
-            if (size, digest) != (check.size, check.digest):
-                problems = [f"the stored copy ({size} bytes) differs from the {check.size} bytes sent"]
+                checked = archive.read(stream)
+            problems = checked.problems
+            if checked.ok and checked.manifest.get("backup_id") != result.backup_id:
+                problems = [f"it holds backup {checked.manifest.get('backup_id')}, not {result.backup_id}"]
         except targets.TargetError as exc:
             problems = [f"cannot read it back: {exc}"]
         if not problems:
