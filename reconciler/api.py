@@ -14,7 +14,7 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import bottle
 from jsonschema import Draft202012Validator
@@ -23,16 +23,40 @@ from reconciler import __version__
 from reconciler.backup import targets
 from reconciler.backup.job import BackupAlreadyRunning
 from reconciler.config.validate import dotted, load_schema
+from reconciler.config.model import Config, TargetConfig
 from reconciler.log import event
 from reconciler.paths import inside
+from reconciler.status import DatabaseStatus, ServiceStats
 from reconciler.secret import redact
 
-if TYPE_CHECKING:
-    from reconciler.daemon import Service
 
 log = logging.getLogger(__name__)
 OPEN_PATHS = frozenset({"/", "/livez", "/readyz", "/metrics"})
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+class Service(Protocol):
+    """What the API serves (the daemon): its configuration, its status
+    records, and backups to start."""
+
+    cfg: Config
+    config_loaded_at: float
+    stats: ServiceStats
+
+    @property
+    def backup_running(self) -> bool: ...
+
+    def start_backup(self, target_cfg: TargetConfig, source: str = "api") -> str: ...
+
+    def backup_status(self) -> dict: ...
+
+    def backup_history(self) -> list[dict]: ...
+
+    def status(self) -> dict: ...
+
+    def databases(self) -> list[DatabaseStatus]: ...
+
+    def liveness_problems(self) -> list[str]: ...
 
 
 class HTTPProblem(Exception):
@@ -53,7 +77,7 @@ def _problem(status: int, message: str, field: str | None = None) -> bottle.HTTP
     return _json(status, body)
 
 
-def build_app(service: "Service") -> bottle.Bottle:
+def build_app(service: Service) -> bottle.Bottle:
     app = bottle.Bottle(catchall=False)
     request_schema = Draft202012Validator(load_schema("backup-request.schema.json"))
 
@@ -99,7 +123,7 @@ def build_app(service: "Service") -> bottle.Bottle:
     @app.get("/backups")
     @guarded
     def backups():
-        return _json(200, {"backups": [r.as_dict() for r in reversed(service.backups.history)]})
+        return _json(200, {"backups": service.backup_history()})
 
     @app.get("/status")
     @guarded
@@ -134,7 +158,7 @@ def build_app(service: "Service") -> bottle.Bottle:
     return app
 
 
-def _authorize(service: "Service") -> None:
+def _authorize(service: Service) -> None:
     token = service.cfg.api.token
     if token is None:
         return  # warned about at start
@@ -144,7 +168,7 @@ def _authorize(service: "Service") -> None:
         raise HTTPProblem(401, "missing or wrong bearer token")
 
 
-def _check_host(service: "Service") -> None:
+def _check_host(service: Service) -> None:
     """Without a token, only requests addressed to this machine by a
     loopback name (or a configured one) are served: a web page the operator
     visits could otherwise reach the API through DNS rebinding (its own
@@ -184,7 +208,7 @@ def _read_json(limit: int) -> Any:
         raise HTTPProblem(400, "body is not valid JSON") from None
 
 
-def _target_from(service: "Service", body: Any, schema: Draft202012Validator):
+def _target_from(service: Service, body: Any, schema: Draft202012Validator):
     if not isinstance(body, dict):
         raise HTTPProblem(400, "body must be a JSON object")
     for key, value in body.items():
@@ -235,7 +259,7 @@ def _is_text(value: str) -> bool:
         return False
 
 
-def _check_file_path(service: "Service", target_cfg) -> None:
+def _check_file_path(service: Service, target_cfg) -> None:
     """The exact file the target writes (and its partial twin beside it),
     links resolved, must be inside one of api.file_target_dirs."""
     allowed = service.cfg.api.file_target_dirs
@@ -262,7 +286,7 @@ def _check_file_path(service: "Service", target_cfg) -> None:
 class ApiServer:
     """waitress in a thread; `stop()` closes the listening socket."""
 
-    def __init__(self, service: "Service"):
+    def __init__(self, service: Service):
         import waitress
         host, port = service.cfg.api.host_port
         self.server = waitress.create_server(

@@ -35,6 +35,7 @@ from reconciler.errors import ConfigError
 from reconciler.log import event
 from reconciler.notify import Notifier
 from reconciler.reconcile import Reconciler
+from reconciler.status import DatabaseStatus, ServiceStats
 
 log = logging.getLogger(__name__)
 
@@ -61,10 +62,7 @@ class Service:
         self._reload_requested = threading.Event()
         self._state_lock = threading.Lock()
         self._reload_lock = threading.Lock()
-        self.stats = {"passes": 0, "pass_failures": 0, "last_pass_seconds": 0.0, "last_pass_at": 0.0,
-                      "backup_last": {}, "backup_failures": {}, "backup_bytes": {},
-                      "drill_success_at": {}, "drill_failures": {},
-                      "reloads_ok": 0, "reloads_failed": 0}
+        self.stats = ServiceStats()
         self.drills: dict = {}  # target -> the last drill's result (DrillResult)
 
     # ------------------------------------------------------------------ jobs
@@ -86,20 +84,16 @@ class Service:
                 return
             event(log, "pass_crashed", logging.ERROR, error=f"{type(exc).__name__}: {exc}")
             with self._state_lock:
-                self.stats["passes"] += 1
-                self.stats["pass_failures"] += 1
+                self.stats.record_pass(ok=False)
             return
         with self._state_lock:
-            self.stats["passes"] += 1
-            self.stats["pass_failures"] += 0 if result.ok else 1
-            self.stats["last_pass_seconds"] = result.finished - result.started
-            self.stats["last_pass_at"] = result.finished
+            self.stats.record_pass(result.ok, result.started, result.finished)
         if result.plan and result.plan.waiting:
             # replica databases wait to be created in batches: the next batch soon, not after `interval`
             self.scheduler.add_job(self._reconcile_job, "date", id="reconcile-batch", name="reconcile (next batch)",
                                    replace_existing=True, misfire_grace_time=None,
                                    run_date=datetime.now(timezone.utc) + timedelta(
-                                       seconds=self.cfg.reconcile.batch_interval))
+                                       seconds=self.reconciler.next_pass_in(result)))
 
     def _scheduled_backup(self, target_name: str) -> None:
         target_cfg = self.cfg.backup.targets.get(target_name)
@@ -132,10 +126,7 @@ class Service:
                                    f"({type(exc).__name__}): {exc}")
         with self._state_lock:
             self.drills[target_name] = result
-            if result.ok:
-                self.stats["drill_success_at"][target_name] = result.finished_at
-            else:
-                self.stats["drill_failures"][target_name] = self.stats["drill_failures"].get(target_name, 0) + 1
+            self.stats.record_drill(target_name, result.ok, result.finished_at)
         if result.ok:
             event(log, "drill_done", target=target_name, archive=result.location, databases=len(result.databases),
                   seconds=round(result.finished_at - result.started_at, 1))
@@ -145,14 +136,8 @@ class Service:
 
     def _backup_done(self, result: BackupResult) -> None:
         with self._state_lock:
-            last = self.stats["backup_last"].setdefault(result.target, {"duration": 0.0, "success_at": None})
-            if result.ok:
-                last["duration"] = result.finished_at - result.started_at
-                last["success_at"] = result.finished_at
-                read, written = self.stats["backup_bytes"].get(result.target, (0, 0))
-                self.stats["backup_bytes"][result.target] = (read + result.bytes_in, written + result.bytes_out)
-            else:
-                self.stats["backup_failures"][result.target] = self.stats["backup_failures"].get(result.target, 0) + 1
+            self.stats.record_backup(result.target, result.ok, result.started_at, result.finished_at,
+                                     result.bytes_in, result.bytes_out)
 
     def start_backup(self, target_cfg: TargetConfig, source: str = "api") -> str:
         """Start a backup in the background; its id. Raises BackupAlreadyRunning."""
@@ -199,13 +184,13 @@ class Service:
             self.config_hash = new_hash  # do not retry the same broken content every few seconds
             self.last_reload_error = "; ".join(exc.problems)
             with self._state_lock:
-                self.stats["reloads_failed"] += 1
+                self.stats.reloads_failed += 1
             event(log, "config_rejected", logging.ERROR, reason=reason, error=self.last_reload_error,
                   note="the previous configuration stays in force")
             return False
         self.config_hash, self.last_reload_error = new_hash, None
         with self._state_lock:
-            self.stats["reloads_ok"] += 1
+            self.stats.reloads_ok += 1
         if new.digest == self.cfg.digest:
             return True
         old = self.cfg
@@ -262,13 +247,22 @@ class Service:
             "primary": self.cfg.primary.address, "replica": self.cfg.replica.address,
             "last_pass": None if last is None else {"started_at": last.started, "finished_at": last.finished,
                                                     "ok": last.ok, "error": last.error},
-            "databases": [{"name": s.name, "primary_database": s.primary_database, "state": s.state,
-                           "primary_tx": s.primary_tx, "replica_tx": s.replica_tx, "lag": s.lag,
-                           "progressing": s.progressing, "last_error": s.last_error,
-                           "last_error_at": s.last_error_at} for s in self.reconciler.statuses()],
+            "databases": [s.as_dict() for s in self.databases()],
             "backup_running": self.backups.running,
             "drills": {target: r.as_dict() for target, r in sorted(self.drills.items())},
         }
+
+    def backup_history(self) -> list[dict]:
+        """Recent backups, newest first."""
+        return [r.as_dict() for r in reversed(self.backups.history)]
+
+    def databases(self) -> list[DatabaseStatus]:
+        """Every replica database as the last pass left it."""
+        return self.reconciler.statuses()
+
+    @property
+    def backup_running(self) -> bool:
+        return self.backups.running
 
     def liveness_problems(self) -> list[str]:
         problems = []

@@ -1,37 +1,45 @@
-"""Prometheus metrics, read from the service's state at every scrape."""
+"""Prometheus metrics, rendered at every scrape from the status records
+(reconciler/status.py) of whatever serves them: the daemon."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-if TYPE_CHECKING:
-    from reconciler.daemon import Service
+from reconciler.status import STATES, DatabaseStatus, ServiceStats
 
-STATES = ("in_sync", "missing", "drift", "unloaded", "conflict", "orphan", "busy", "error")
+
+class Source(Protocol):
+    """What the metrics read."""
+
+    stats: ServiceStats
+
+    @property
+    def backup_running(self) -> bool: ...
+
+    def databases(self) -> list[DatabaseStatus]: ...
 
 
 class _Collector:
-    def __init__(self, service: "Service"):
-        self.service = service
+    def __init__(self, source: Source):
+        self.source = source
 
     def collect(self):
-        s = self.service
-        stats = s.stats
-        yield _counter("replicator_reconcile_passes", "Reconcile passes run.", stats["passes"])
+        stats = self.source.stats
+        yield _counter("replicator_reconcile_passes", "Reconcile passes run.", stats.passes)
         yield _counter("replicator_reconcile_failures", "Passes that could not observe or had a failed action.",
-                       stats["pass_failures"])
+                       stats.pass_failures)
         yield _gauge("replicator_reconcile_last_pass_duration_seconds", "Duration of the last pass.",
-                     stats["last_pass_seconds"])
+                     stats.last_pass_seconds)
         yield _gauge("replicator_reconcile_last_pass_timestamp_seconds", "When the last pass ended.",
-                     stats["last_pass_at"])
+                     stats.last_pass_at)
         states = GaugeMetricFamily("replicator_databases", "Replica databases by reconcile state.", labels=["state"])
         counts = {state: 0 for state in STATES}
         lag = GaugeMetricFamily("replicator_database_lag_transactions",
                                 "Primary transactions not yet on the replica.", labels=["database"])
-        for db in s.reconciler.statuses():
+        for db in self.source.databases():
             counts[db.state] = counts.get(db.state, 0) + 1
             if db.lag is not None:
                 lag.add_metric([db.name], db.lag)
@@ -40,43 +48,41 @@ class _Collector:
         yield states
         yield lag
         running = GaugeMetricFamily("replicator_backup_running", "1 while a backup runs.")
-        running.add_metric([], 1 if s.backups.running else 0)
+        running.add_metric([], 1 if self.source.backup_running else 0)
         yield running
-        duration = GaugeMetricFamily("replicator_backup_last_duration_seconds", "Duration of the last backup.",
-                                     labels=["target"])
-        success = GaugeMetricFamily("replicator_backup_last_success_timestamp_seconds",
-                                    "When the last successful backup ended.", labels=["target"])
-        for target, t in stats["backup_last"].items():
-            duration.add_metric([target], t["duration"])
-            if t.get("success_at"):
-                success.add_metric([target], t["success_at"])
-        yield duration
-        yield success
-        failures = CounterMetricFamily("replicator_backup_failures", "Failed or skipped backups.", labels=["target"])
-        for target, n in stats["backup_failures"].items():
-            failures.add_metric([target], n)
-        yield failures
-        bytes_in = CounterMetricFamily("replicator_backup_read_bytes", "Database bytes archived.", labels=["target"])
-        bytes_out = CounterMetricFamily("replicator_backup_written_bytes", "Archive bytes written.", labels=["target"])
-        for target, (read, written) in stats["backup_bytes"].items():
-            bytes_in.add_metric([target], read)
-            bytes_out.add_metric([target], written)
-        yield bytes_in
-        yield bytes_out
-        drilled = GaugeMetricFamily("replicator_drill_last_success_timestamp_seconds",
-                                    "When the last successful restore drill of the target's newest archive ended.",
-                                    labels=["target"])
-        for target, at in stats["drill_success_at"].items():
-            drilled.add_metric([target], at)
-        yield drilled
-        drill_failures = CounterMetricFamily("replicator_drill_failures", "Restore drills that failed.",
-                                             labels=["target"])
-        for target, n in stats["drill_failures"].items():
-            drill_failures.add_metric([target], n)
-        yield drill_failures
+        families = {
+            "duration": GaugeMetricFamily("replicator_backup_last_duration_seconds", "Duration of the last backup.",
+                                          labels=["target"]),
+            "success": GaugeMetricFamily("replicator_backup_last_success_timestamp_seconds",
+                                         "When the last successful backup ended.", labels=["target"]),
+            "failures": CounterMetricFamily("replicator_backup_failures", "Failed or skipped backups.",
+                                            labels=["target"]),
+            "read": CounterMetricFamily("replicator_backup_read_bytes", "Database bytes archived.", labels=["target"]),
+            "written": CounterMetricFamily("replicator_backup_written_bytes", "Archive bytes written.",
+                                           labels=["target"]),
+            "drilled": GaugeMetricFamily("replicator_drill_last_success_timestamp_seconds",
+                                         "When the last successful restore drill of the target's newest archive ended.",
+                                         labels=["target"]),
+            "drill_failures": CounterMetricFamily("replicator_drill_failures", "Restore drills that failed.",
+                                                  labels=["target"]),
+        }
+        for target, t in sorted(stats.targets.items()):
+            if t.last_success_at is not None or t.backup_failures:
+                families["duration"].add_metric([target], t.last_duration)
+            if t.last_success_at is not None:
+                families["success"].add_metric([target], t.last_success_at)
+                families["read"].add_metric([target], t.bytes_read)
+                families["written"].add_metric([target], t.bytes_written)
+            if t.backup_failures:
+                families["failures"].add_metric([target], t.backup_failures)
+            if t.drill_success_at is not None:
+                families["drilled"].add_metric([target], t.drill_success_at)
+            if t.drill_failures:
+                families["drill_failures"].add_metric([target], t.drill_failures)
+        yield from families.values()
         reloads = CounterMetricFamily("replicator_config_reloads", "Configuration reloads.", labels=["result"])
-        reloads.add_metric(["ok"], stats["reloads_ok"])
-        reloads.add_metric(["error"], stats["reloads_failed"])
+        reloads.add_metric(["ok"], stats.reloads_ok)
+        reloads.add_metric(["error"], stats.reloads_failed)
         yield reloads
 
 
@@ -92,7 +98,7 @@ def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
     return g
 
 
-def render(service: "Service") -> tuple[bytes, str]:
+def render(source: Source) -> tuple[bytes, str]:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Collector(service))
+    registry.register(_Collector(source))
     return generate_latest(registry), CONTENT_TYPE_LATEST

@@ -14,14 +14,11 @@ from reconciler.config.model import Config
 from reconciler.secret import Secret
 from reconciler.state import (PERMISSION_ADMIN, SERVER_DATABASES, DatabaseInfo, ReplicationSettings, StoreLimits,
                               UserInfo)
+from reconciler.status import (BUSY, CONFLICT, DRIFT, IN_SYNC, MISSING, ORPHAN, UNLOADED,  # noqa: F401 (vocabulary)
+                               DatabaseStatus)
 
 # from this many replica databases on, warn about the primary's session limit
 SESSION_WARNING = 90
-
-# per-database states, as `status` shows them
-IN_SYNC, MISSING, DRIFT, UNLOADED, CONFLICT, ORPHAN, BUSY = (
-    "in_sync", "missing", "drift", "unloaded", "conflict", "orphan", "busy")
-
 
 # what each kind of action does to what exists
 CHANGES = {"create_follower": "add", "grant": "add", "create_replica": "add",
@@ -75,27 +72,10 @@ class Finding:
 
 
 @dataclass(frozen=True)
-class DatabasePlan:
-    """One replica database as the plan sees it."""
-
-    name: str                    # on the replica
-    primary_database: str | None  # None for an orphan
-    state: str
-    primary_tx: int | None = None
-    replica_tx: int | None = None
-
-    @property
-    def lag(self) -> int | None:
-        if self.primary_tx is None or self.replica_tx is None:
-            return None
-        return max(0, self.primary_tx - self.replica_tx)
-
-
-@dataclass(frozen=True)
 class Plan:
     actions: tuple[Action, ...] = ()
     findings: tuple[Finding, ...] = ()
-    databases: tuple[DatabasePlan, ...] = ()
+    databases: tuple[DatabaseStatus, ...] = ()
     waiting: tuple[str, ...] = ()  # replica databases to create in later passes (max_new_replicas)
     max_new_replicas: int = 0
 
@@ -191,14 +171,22 @@ def plan(cfg: Config, observed: Observed, follower_password: Secret,
         draft.findings.append(Finding("sessions", "*", f"! {len(wanted)} replica databases follow this primary and "
                                       f"each holds a session there: make sure the primary's --max-sessions "
                                       f"(immudb's default is 100) exceeds their number plus its other clients"))
-    return Plan(tuple(draft.actions), tuple(draft.findings), tuple(draft.states), waiting, limit)
+    return Plan(tuple(draft.actions), tuple(draft.findings), tuple(_with_notes(draft)), waiting, limit)
+
+
+def _with_notes(draft: "_Draft") -> list[DatabaseStatus]:
+    """Each database's note: what an operator must know about it, else
+    what the plan will do to it."""
+    notes = {a.database: a.description for a in draft.actions if a.database}
+    notes.update({f.database: f.description for f in draft.findings})
+    return [s.with_(note=notes.get(s.name)) for s in draft.states]
 
 
 @dataclass
 class _Draft:
     actions: list[Action] = field(default_factory=list)
     findings: list[Finding] = field(default_factory=list)
-    states: list[DatabasePlan] = field(default_factory=list)
+    states: list[DatabaseStatus] = field(default_factory=list)
 
 
 def _plan_follower(cfg: Config, observed: Observed, wanted: dict[str, DatabaseInfo], waiting: tuple[str, ...],
@@ -252,13 +240,13 @@ def _plan_replicas(cfg: Config, wanted: dict[str, DatabaseInfo], replica: dict[s
         if refusal is not None:
             draft.findings.append(refusal)
             if cfg.reconcile.replication.sync == "sync" and have is None:
-                draft.states.append(DatabasePlan(name, source.name, MISSING, source.tx_count, None))
+                draft.states.append(DatabaseStatus(name, source.name, MISSING, source.tx_count, None))
                 continue
         if name in waiting:
-            draft.states.append(DatabasePlan(name, source.name, MISSING, source.tx_count, None))
+            draft.states.append(DatabaseStatus(name, source.name, MISSING, source.tx_count, None))
             continue
         if name in busy:
-            draft.states.append(DatabasePlan(name, source.name, BUSY, source.tx_count,
+            draft.states.append(DatabaseStatus(name, source.name, BUSY, source.tx_count,
                                              have.tx_count if have else None))
             continue
         if have is None:
@@ -266,7 +254,7 @@ def _plan_replicas(cfg: Config, wanted: dict[str, DatabaseInfo], replica: dict[s
                                         f"+ create replica {name} <- {primary_addr}/{source.name}",
                                         primary_database=source.name, settings=want, limits=source.limits,
                                         requires=needs))
-            draft.states.append(DatabasePlan(name, source.name, MISSING, source.tx_count, None))
+            draft.states.append(DatabaseStatus(name, source.name, MISSING, source.tx_count, None))
             continue
         state = IN_SYNC
         if not have.is_replica:
@@ -295,7 +283,7 @@ def _plan_replicas(cfg: Config, wanted: dict[str, DatabaseInfo], replica: dict[s
         if not have.loaded and state != CONFLICT:
             draft.actions.append(Action("load", "replica", name, f"~ load {name} (it is unloaded)"))
             state = UNLOADED if state == IN_SYNC else state
-        draft.states.append(DatabasePlan(name, source.name, state, source.tx_count, have.tx_count))
+        draft.states.append(DatabaseStatus(name, source.name, state, source.tx_count, have.tx_count))
 
 
 def _plan_orphans(cfg: Config, observed: Observed, wanted: dict[str, DatabaseInfo],
@@ -312,7 +300,7 @@ def _plan_orphans(cfg: Config, observed: Observed, wanted: dict[str, DatabaseInf
         if ((r.primary_host, r.primary_port) != home or r.primary_database in primary_names
                 or r.primary_database not in cfg.reconcile.databases):
             continue
-        draft.states.append(DatabasePlan(name, r.primary_database, ORPHAN, None, have.tx_count))
+        draft.states.append(DatabaseStatus(name, r.primary_database, ORPHAN, None, have.tx_count))
         policy = cfg.reconcile.on_primary_removed
         gone = f"{r.primary_database} is gone from the primary"
         if policy == "ignore":

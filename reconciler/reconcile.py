@@ -17,17 +17,17 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from reconciler.admin import ImmudbAdmin, ImmudbError, Unreachable
-from reconciler.backup.lock import backup_running
 from reconciler.config.model import Config
+from reconciler.holds import Holds, backup_running
 from reconciler.log import event
-from reconciler.plan import DRIFT, IN_SYNC, MISSING, UNLOADED, Action, Observed, Plan, plan, selected_databases
+from reconciler.plan import Action, Observed, Plan, plan, selected_databases
 from reconciler.secret import Secret
 from reconciler.state import PERMISSION_ADMIN, SERVER_DATABASES, DatabaseInfo
+from reconciler.status import DRIFT, ERROR, IN_SYNC, MISSING, UNLOADED, DatabaseStatus, moved
 
 log = logging.getLogger(__name__)
 
 DONE, FAILED, SKIPPED, DEFERRED = "done", "failed", "skipped", "deferred"
-ERROR = "error"  # database state: its last action failed
 FOLLOWER = "(follower)"  # status key of actions on the follower user
 
 
@@ -59,27 +59,6 @@ class PassResult:
 
 
 @dataclass
-class DatabaseStatus:
-    """What `status` shows for one replica database."""
-
-    name: str
-    primary_database: str | None
-    state: str
-    primary_tx: int | None = None
-    replica_tx: int | None = None
-    progressing: bool | None = None   # while it lags: replica tx moved since the previous pass (see moved())
-    last_error: str | None = None
-    last_error_at: float | None = None
-    failures: int = 0
-
-    @property
-    def lag(self) -> int | None:
-        if self.primary_tx is None or self.replica_tx is None:
-            return None
-        return max(0, self.primary_tx - self.replica_tx)
-
-
-@dataclass
 class _Backoff:
     failures: int
     retry_at: float
@@ -100,16 +79,6 @@ def version_tuple(version: str) -> tuple[int, ...]:
     return tuple(out)
 
 
-def moved(before_tx: int | None, now_tx: int | None) -> bool | None:
-    """Whether a lagging replica's transaction count moved between two looks
-    (`status`: a second apart; the daemon: one pass apart). None when either
-    look is missing. Only asked of replicas that lag: one in sync has
-    nothing to move towards."""
-    if before_tx is None or now_tx is None:
-        return None
-    return now_tx > before_tx
-
-
 class Reconciler:
     """Runs passes for one config; safe to call from the scheduler thread
     and the API thread (one pass at a time)."""
@@ -121,8 +90,7 @@ class Reconciler:
         self.replica = replica
         self._clock, self._wall = clock, wall
         self._pass_lock = threading.Lock()
-        self._busy: set[str] = set()       # databases a backup holds
-        self._busy_lock = threading.Lock()
+        self._holds = Holds()  # databases a backup in this process holds
         self._backoff: dict[str, _Backoff] = {}
         self._states: dict[str, DatabaseStatus] = {}
         self._last_pass_error: str | None = None
@@ -148,19 +116,16 @@ class Reconciler:
             if got:
                 self._pass_lock.release()
 
-    # -- backups hold databases so that no pass touches them mid-copy
+    # -- backups hold databases so that no pass touches them mid-copy (a holds.Holder)
     def hold(self, database: str) -> None:
-        with self._busy_lock:
-            self._busy.add(database)
+        self._holds.hold(database)
 
     def release(self, database: str) -> None:
-        with self._busy_lock:
-            self._busy.discard(database)
+        self._holds.release(database)
 
     @property
     def busy(self) -> frozenset[str]:
-        with self._busy_lock:
-            return frozenset(self._busy)
+        return self._holds.busy
 
     # ------------------------------------------------------------------
 
@@ -359,10 +324,10 @@ class Reconciler:
             before = self._states.get(db.name)
             progressing = moved(before.replica_tx if before else None, db.replica_tx) if db.lag else None
             backoff = self._backoff.get(db.name)
-            status = DatabaseStatus(db.name, db.primary_database, ERROR if backoff else db.state,
-                                    db.primary_tx, db.replica_tx,
-                                    progressing, backoff.error if backoff else None,
-                                    backoff.at if backoff else None, backoff.failures if backoff else 0)
+            status = db.with_(state=ERROR if backoff else db.state, progressing=progressing,
+                              last_error=backoff.error if backoff else None,
+                              last_error_at=backoff.at if backoff else None,
+                              failures=backoff.failures if backoff else 0)
             if before is None or before.state != status.state or before.last_error != status.last_error:
                 event(log, "database_state", logging.WARNING if status.last_error else logging.INFO,
                       database=db.name, state=status.state, previous=before.state if before else None,
@@ -386,6 +351,12 @@ class Reconciler:
         if changed or result.failed:
             event(log, "pass_done", changes=changed, failures=len(result.failed),
                   seconds=round(result.finished - result.started, 3))
+
+    def next_pass_in(self, result: PassResult) -> float:
+        """Seconds until the next pass: `interval`, or `batch_interval` while
+        new replica databases wait for their batch."""
+        r = self.cfg.reconcile
+        return r.batch_interval if result.plan is not None and result.plan.waiting else r.interval
 
     def statuses(self) -> list[DatabaseStatus]:
         return [self._states[k] for k in sorted(self._states)]

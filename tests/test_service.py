@@ -308,10 +308,10 @@ def test_scheduled_backup_finding_another_running_is_skipped_and_recorded(tmp_pa
             service._scheduled_backup("local")
         skipped = service.backups.history[-1]
         assert not skipped.ok and skipped.error.startswith("skipped: a backup is already running")
-        assert service.stats["backup_failures"] == {"local": 1}
+        assert {t: s.backup_failures for t, s in service.stats.targets.items()} == {"local": 1}
         service._scheduled_backup("local")  # free again: it runs
         assert service.backups.history[-1].ok
-        assert service.stats["backup_last"]["local"]["success_at"]
+        assert service.stats.targets["local"].last_success_at
     finally:
         service.reconciler.close()
 

@@ -22,13 +22,12 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
 
 from reconciler import __version__
 from reconciler.admin import ImmudbAdmin, ImmudbError
 from reconciler.backup import archive, retention, targets
 from reconciler.backup.archive import ArchiveWriter, Cancelled, SourceError
-from reconciler.backup.lock import BackupLock
+from reconciler.holds import BackupLock, Holder
 from reconciler.backup.progress import Progress
 from reconciler.config.model import Config, TargetConfig
 from reconciler.errors import ReplicatorError
@@ -47,12 +46,6 @@ class BackupError(ReplicatorError):
 
 class BackupAlreadyRunning(ReplicatorError):
     exit_code = 1
-
-
-class Holder(Protocol):
-    def hold(self, database: str) -> None: ...
-
-    def release(self, database: str) -> None: ...
 
 
 class _NoHolder:

@@ -11,7 +11,8 @@ from collections import Counter
 from reconciler.commands import load_config
 from reconciler.errors import ReplicatorError
 from reconciler.plan import Plan
-from reconciler.reconcile import DONE, Reconciler, moved
+from reconciler.reconcile import DONE, Reconciler
+from reconciler.status import IN_SYNC, DatabaseStatus, moved
 
 
 def _summary(the_plan: Plan) -> str:
@@ -58,12 +59,10 @@ def reconcile(args: argparse.Namespace) -> int:
                   f"{len(result.plan.databases)} replica databases.")
             if result.plan.waiting:
                 print(f"Next batch of {min(len(result.plan.waiting), cfg.reconcile.max_new_replicas)} "
-                      f"in {cfg.reconcile.batch_interval}s.", flush=True)
-                time.sleep(cfg.reconcile.batch_interval)
-                continue
-            if args.once:
+                      f"in {reconciler.next_pass_in(result)}s.", flush=True)
+            elif args.once:
                 return 0 if result.ok else 1
-            time.sleep(cfg.reconcile.interval)
+            time.sleep(reconciler.next_pass_in(result))
     finally:
         reconciler.close()
 
@@ -81,30 +80,24 @@ def status(args: argparse.Namespace) -> int:
             moving = {d.name: moved(d.replica_tx, now.get(d.name)) for d in lagging}
     finally:
         reconciler.close()
-    findings = {f.database: f.description for f in the_plan.findings}
-    pending = {a.database: a.description for a in the_plan.actions if a.database}
-    rows = []
-    for d in the_plan.databases:
-        rows.append({"database": d.name, "primary_database": d.primary_database, "state": d.state,
-                     "primary_tx": d.primary_tx, "replica_tx": d.replica_tx, "lag": d.lag,
-                     "progressing": moving.get(d.name), "note": findings.get(d.name) or pending.get(d.name)})
+    databases = [d.with_(progressing=moving.get(d.name)) for d in the_plan.databases]
     if args.json:
-        json.dump({"primary": cfg.primary.address, "replica": cfg.replica.address, "databases": rows},
-                  sys.stdout, indent=2)
+        json.dump({"primary": cfg.primary.address, "replica": cfg.replica.address,
+                   "databases": [d.as_dict() for d in databases]}, sys.stdout, indent=2)
         print()
     else:
-        _print_table(rows)
-    return 0 if all(r["state"] == "in_sync" for r in rows) else 2
+        _print_table(databases)
+    return 0 if all(d.state == IN_SYNC for d in databases) else 2
 
 
-def _print_table(rows: list[dict]) -> None:
+def _print_table(databases: list[DatabaseStatus]) -> None:
     def cell(v):
         return "-" if v is None else ("yes" if v is True else "no" if v is False else str(v))
     header = ["DATABASE", "PRIMARY DB", "STATE", "PRIMARY TX", "REPLICA TX", "LAG", "MOVING", "NOTE"]
-    keys = ["database", "primary_database", "state", "primary_tx", "replica_tx", "lag", "progressing", "note"]
-    table = [header] + [[cell(r[k]) for k in keys] for r in rows]
+    table = [header] + [[cell(v) for v in (d.name, d.primary_database, d.state, d.primary_tx, d.replica_tx, d.lag,
+                                            d.progressing, d.note)] for d in databases]
     widths = [max(len(row[i]) for row in table) for i in range(len(header) - 1)]
     for row in table:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths)) + "  " + row[-1])
-    if not rows:
+    if not databases:
         print("(no replica databases)")

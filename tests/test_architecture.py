@@ -1,0 +1,62 @@
+"""The layering the code relies on (docs/architecture.md), checked on the
+source: every import of one module of the package by another, including
+the ones inside functions."""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parent.parent / "reconciler"
+
+
+def imports() -> dict[str, set[str]]:
+    modules = {}
+    for path in PACKAGE.rglob("*.py"):
+        name = ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts).removesuffix(".__init__")
+        modules[name] = path
+    graph: dict[str, set[str]] = {m: set() for m in modules}
+    for name, path in modules.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                found = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                found = [a.name for a in node.names]
+            else:
+                continue
+            graph[name] |= {m for m in found if m in modules and m != name}
+    return graph
+
+
+def reachable(graph: dict[str, set[str]], start: str) -> set[str]:
+    seen, todo = set(), [start]
+    while todo:
+        for nxt in graph[todo.pop()]:
+            if nxt not in seen:
+                seen.add(nxt)
+                todo.append(nxt)
+    return seen
+
+
+def test_no_module_imports_one_that_imports_it_back():
+    graph = imports()
+    cycles = sorted(f"{a} <-> {b}" for a in graph for b in graph[a]
+                    if a in reachable(graph, b) and not (a.startswith(b + ".") or b.startswith(a + ".")))
+    assert cycles == []
+
+
+def test_the_planner_and_the_status_records_talk_to_nothing():
+    """plan and status are pure: no server, target, clock or file behind them."""
+    graph = imports()
+    for module in ("reconciler.plan", "reconciler.status"):
+        reached = reachable(graph, module)
+        assert not {"reconciler.admin", "reconciler.backup.job", "reconciler.daemon", "reconciler.api"} & reached
+
+
+def test_only_the_admin_module_imports_grpc_and_only_targets_import_paramiko_or_boto3():
+    for path in PACKAGE.rglob("*.py"):
+        text = path.read_text()
+        relative = path.relative_to(PACKAGE).as_posix()
+        if "import grpc" in text:
+            assert relative == "admin.py", relative
+        if "import paramiko" in text or "import boto3" in text:
+            assert relative.startswith("backup/targets/"), relative
