@@ -434,6 +434,20 @@ class ImmudbAdmin:
 # ----------------------------------------------------------------------
 # protobuf <-> values
 
+# ReplicationSettings' fields and immudb's: one table for both directions (the password is apart)
+_REPLICATION_FIELDS = (
+    ("replica", "replica", pb.NullableBool), ("primary_database", "primaryDatabase", pb.NullableString),
+    ("primary_host", "primaryHost", pb.NullableString), ("primary_port", "primaryPort", pb.NullableUint32),
+    ("primary_username", "primaryUsername", pb.NullableString),
+    ("sync_replication", "syncReplication", pb.NullableBool),
+    ("prefetch_tx_buffer_size", "prefetchTxBufferSize", pb.NullableUint32),
+    ("commit_concurrency", "replicationCommitConcurrency", pb.NullableUint32),
+    ("allow_tx_discarding", "allowTxDiscarding", pb.NullableBool),
+    ("skip_integrity_check", "skipIntegrityCheck", pb.NullableBool),
+    ("wait_for_indexing", "waitForIndexing", pb.NullableBool),
+)
+
+
 def _replication_message(r: ReplicationSettings) -> pb.ReplicationNullableSettings:
     if not r.replica:
         return pb.ReplicationNullableSettings(replica=pb.NullableBool(value=False))
@@ -442,20 +456,16 @@ def _replication_message(r: ReplicationSettings) -> pb.ReplicationNullableSettin
         # immudb would create a replica with no replicator running
         raise ValueError("a replica needs primary host, port, database, username and password")
     return pb.ReplicationNullableSettings(
-        replica=pb.NullableBool(value=True),
-        primaryDatabase=pb.NullableString(value=r.primary_database),
-        primaryHost=pb.NullableString(value=r.primary_host),
-        primaryPort=pb.NullableUint32(value=r.primary_port),
-        primaryUsername=pb.NullableString(value=r.primary_username),
         primaryPassword=pb.NullableString(value=r.primary_password.reveal()),
-        syncReplication=pb.NullableBool(value=r.sync_replication),
         syncAcks=pb.NullableUint32(value=0),  # must be 0 on a replica
-        prefetchTxBufferSize=pb.NullableUint32(value=r.prefetch_tx_buffer_size),
-        replicationCommitConcurrency=pb.NullableUint32(value=r.commit_concurrency),
-        allowTxDiscarding=pb.NullableBool(value=r.allow_tx_discarding),
-        skipIntegrityCheck=pb.NullableBool(value=r.skip_integrity_check),
-        waitForIndexing=pb.NullableBool(value=r.wait_for_indexing),
-    )
+        **{ours: wrapper(value=getattr(r, mine)) for mine, ours, wrapper in _REPLICATION_FIELDS})
+
+
+def _replication_settings(r: Any, database: str) -> ReplicationSettings:
+    password = r.primaryPassword.value
+    return ReplicationSettings(
+        primary_password=Secret(password, origin=f"{database} replication") if password else None,
+        **{mine: getattr(r, ours).value for mine, ours, _ in _REPLICATION_FIELDS})
 
 
 def _set_limits(settings: pb.DatabaseNullableSettings, limits: StoreLimits) -> None:
@@ -470,16 +480,9 @@ def _set_limits(settings: pb.DatabaseNullableSettings, limits: StoreLimits) -> N
 
 def _database_info(d: Any) -> DatabaseInfo:
     s, r = d.settings, d.settings.replicationSettings
-    password = r.primaryPassword.value
     return DatabaseInfo(
         name=d.name, loaded=d.loaded, tx_count=d.numTransactions, disk_size=d.diskSize, sync_acks=r.syncAcks.value,
-        replication=ReplicationSettings(
-            replica=r.replica.value, primary_database=r.primaryDatabase.value, primary_host=r.primaryHost.value,
-            primary_port=r.primaryPort.value, primary_username=r.primaryUsername.value,
-            primary_password=Secret(password, origin=f"{d.name} replication") if password else None,
-            sync_replication=r.syncReplication.value, prefetch_tx_buffer_size=r.prefetchTxBufferSize.value,
-            commit_concurrency=r.replicationCommitConcurrency.value, allow_tx_discarding=r.allowTxDiscarding.value,
-            skip_integrity_check=r.skipIntegrityCheck.value, wait_for_indexing=r.waitForIndexing.value),
+        replication=_replication_settings(r, d.name),
         limits=StoreLimits(
             max_key_len=s.maxKeyLen.value, max_value_len=s.maxValueLen.value, max_tx_entries=s.maxTxEntries.value,
             file_size=s.fileSize.value, write_tx_header_version=s.writeTxHeaderVersion.value,

@@ -7,6 +7,7 @@ gives no actions (idempotent).
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field, fields
 from typing import Iterable
 
@@ -103,20 +104,16 @@ def desired_replication(cfg: Config, source: DatabaseInfo, password: Secret) -> 
     other databases from being created (see sync_finding).
     allow_tx_discarding goes to synchronous replicas only, as the Go tool
     sends it."""
-    o = cfg.reconcile.replication
-    sync = source.sync_acks > 0 and o.sync != "async"
-    return ReplicationSettings(
-        replica=True, primary_database=source.name, primary_host=o.primary_host,
-        primary_port=o.primary_port, primary_username=cfg.follower.username, primary_password=password,
-        sync_replication=sync, prefetch_tx_buffer_size=o.prefetch_tx_buffer_size,
-        commit_concurrency=o.commit_concurrency, allow_tx_discarding=o.allow_tx_discarding and sync,
-        skip_integrity_check=o.skip_integrity_check, wait_for_indexing=o.wait_for_indexing)
+    template = cfg.reconcile.replication
+    sync = source.sync_acks > 0 and cfg.reconcile.sync != "async"
+    return dataclasses.replace(template, primary_database=source.name, primary_password=password,
+                               sync_replication=sync, allow_tx_discarding=template.allow_tx_discarding and sync)
 
 
 def sync_finding(cfg: Config, name: str, source: DatabaseInfo) -> Finding | None:
     """What an operator must know when reconcile.replication.sync and the
     primary database's own setting disagree."""
-    mode = cfg.reconcile.replication.sync
+    mode = cfg.reconcile.sync
     if mode == "sync" and source.sync_acks == 0:
         return Finding("sync", name, f"! {name}: {source.name} on the primary is not a synchronous database "
                        f"(syncAcks 0) and reconcile.replication.sync is sync: no replica is created for it "
@@ -239,7 +236,7 @@ def _plan_replicas(cfg: Config, wanted: dict[str, DatabaseInfo], replica: dict[s
         refusal = sync_finding(cfg, name, source)
         if refusal is not None:
             draft.findings.append(refusal)
-            if cfg.reconcile.replication.sync == "sync" and have is None:
+            if cfg.reconcile.sync == "sync" and have is None:
                 draft.states.append(DatabaseStatus(name, source.name, MISSING, source.tx_count, None))
                 continue
         if name in waiting:

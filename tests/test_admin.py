@@ -102,3 +102,21 @@ def test_follower_password_change_and_credentials_check(primary):
     primary.change_password(name, Secret("New-pass-2"))
     assert primary.check_credentials(name, Secret("New-pass-2"))
     assert not primary.check_credentials(name, Secret("Old-pass-1"))
+
+
+def test_replication_settings_round_trip_through_immudbs_message_field_by_field():
+    """One table maps every ReplicationSettings field to immudb's message,
+    both ways: a field missing from it fails here."""
+    import dataclasses
+
+    from reconciler.admin import _REPLICATION_FIELDS, _replication_message, _replication_settings
+    every = {f.name for f in dataclasses.fields(ReplicationSettings)}
+    assert {mine for mine, _, _ in _REPLICATION_FIELDS} == every - {"primary_password"}
+    settings = ReplicationSettings(replica=True, primary_database="shop", primary_host="10.0.0.5", primary_port=3323,
+                                   primary_username="follower", primary_password=Secret("Pw-round-trip-1"),
+                                   sync_replication=True, prefetch_tx_buffer_size=7, commit_concurrency=3,
+                                   allow_tx_discarding=True, skip_integrity_check=True, wait_for_indexing=True)
+    message = _replication_message(settings)
+    assert message.syncAcks.value == 0
+    back = _replication_settings(message, "shop")
+    assert back == settings

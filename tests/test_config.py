@@ -297,8 +297,9 @@ def test_the_go_tools_replication_flags_reach_the_configuration():
                  "-replica-pass", "Flag-replica-1", "-follower-pass", "Flag-follower-1", "-replication-sync", "sync",
                  "-replication-prefetch-tx-buffer-size", "250", "--replication-commit-concurrency=4",
                  "-replication-allow-tx-discarding")
-    r = config.load(None, args, {}).reconcile.replication
-    assert (r.sync, r.prefetch_tx_buffer_size, r.commit_concurrency, r.allow_tx_discarding) == ("sync", 250, 4, True)
+    rec = config.load(None, args, {}).reconcile
+    r = rec.replication
+    assert (rec.sync, r.prefetch_tx_buffer_size, r.commit_concurrency, r.allow_tx_discarding) == ("sync", 250, 4, True)
     assert config.load(None, _args("-master-addr", "h", "-master-pass", "P-pw-1", "-replica-addr", "r",
                                    "-replica-pass", "R-pw-1", "-follower-pass", "F-pw-1",
                                    "-replication-allow-tx-discarding=false"), {}).reconcile.replication \
@@ -330,5 +331,5 @@ def test_config_from_go_gives_a_valid_file_with_references_instead_of_passwords(
     cfg = config.load(written, env={"MASTER_PASSWORD": "Env-master-pw-1"})
     assert (cfg.primary.host, cfg.replica.data_dir.as_posix(), cfg.reconcile.interval) == ("10.0.0.5", "/data/immudb",
                                                                                             600)
-    assert cfg.reconcile.replication.sync == "async" and cfg.reconcile.rename == {"defaultdb": "defaultdbbak"}
+    assert cfg.reconcile.sync == "async" and cfg.reconcile.rename == {"defaultdb": "defaultdbbak"}
     assert cfg.primary.password.reveal() == "Env-master-pw-1"

@@ -5,6 +5,7 @@ is checked again here. Secrets are `Secret` objects: they print as `***`.
 """
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import hashlib
 import json
@@ -14,6 +15,7 @@ from types import MappingProxyType
 from typing import Any, Mapping
 
 from reconciler.secret import Secret
+from reconciler.state import ReplicationSettings
 
 # every key whose value is a secret (each may be given as KEY_file instead): never printed,
 # never in a message, only hashed into the configuration's digest
@@ -89,27 +91,14 @@ class Selection:
 
 
 @dataclass(frozen=True)
-class ReplicationOptions:
-    """Settings every replica database gets, besides where its primary is."""
-
-    primary_host: str
-    primary_port: int
-    sync: str = "auto"  # auto | sync | async: see plan.desired_replication
-    prefetch_tx_buffer_size: int = 100
-    commit_concurrency: int = 10
-    allow_tx_discarding: bool = False
-    skip_integrity_check: bool = False
-    wait_for_indexing: bool = False
-
-
-@dataclass(frozen=True)
 class ReconcileConfig:
     interval: int
     databases: Selection
     rename: Mapping[str, str]
     on_primary_removed: str
     adopt_existing: bool
-    replication: ReplicationOptions
+    replication: ReplicationSettings  # what every replica gets: primary's address, follower, options
+    sync: str                         # auto | sync | async (reconcile.replication.sync; plan.desired_replication)
     max_new_replicas: int
     batch_interval: int
     backoff_initial: float
@@ -264,16 +253,14 @@ class Config:
                 adopt_existing=rec["adopt_existing"],
                 max_new_replicas=rec["max_new_replicas"],
                 batch_interval=rec["batch_interval"],
-                replication=ReplicationOptions(
-                    primary_host=rep["primary_host"] or primary.host,
+                # the options of reconcile.replication are ReplicationSettings' fields of the same names
+                replication=ReplicationSettings(
+                    replica=True, primary_host=rep["primary_host"] or primary.host,
                     primary_port=rep["primary_port"] or primary.port,
-                    sync=rep["sync"],
-                    prefetch_tx_buffer_size=rep["prefetch_tx_buffer_size"],
-                    commit_concurrency=rep["commit_concurrency"],
-                    allow_tx_discarding=rep["allow_tx_discarding"],
-                    skip_integrity_check=rep["skip_integrity_check"],
-                    wait_for_indexing=rep["wait_for_indexing"],
-                ),
+                    primary_username=d["follower"]["username"],
+                    **{f.name: rep[f.name] for f in dataclasses.fields(ReplicationSettings)
+                       if f.name in rep and f.name not in ("primary_host", "primary_port")}),
+                sync=rep["sync"],
                 backoff_initial=float(rec["backoff"]["initial"]),
                 backoff_max=float(rec["backoff"]["max"]),
             ),
