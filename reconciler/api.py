@@ -10,10 +10,8 @@ from __future__ import annotations
 import hmac
 import json
 import logging
-import os
 import threading
 import time
-from pathlib import Path
 from typing import Any, Protocol
 
 import bottle
@@ -22,12 +20,11 @@ from jsonschema import Draft202012Validator
 from reconciler import __version__
 from reconciler.backup import targets
 from reconciler.backup.job import BackupAlreadyRunning
-from reconciler.config.validate import dotted, load_schema
 from reconciler.config.model import Config, TargetConfig
+from reconciler.config.validate import dotted, load_schema
 from reconciler.log import event
-from reconciler.paths import inside
-from reconciler.status import DatabaseStatus, ServiceStats
 from reconciler.secret import redact
+from reconciler.status import DatabaseStatus, ServiceStats
 
 
 log = logging.getLogger(__name__)
@@ -236,19 +233,13 @@ def _target_from(service: Service, body: Any, schema: Draft202012Validator):
     api = service.cfg.api
     if body["type"] not in api.inline_targets:
         raise HTTPProblem(403, f"inline {body['type']} targets are disabled (api.inline_targets)", "type")
-    if "known_hosts_file" in body:
-        raise HTTPProblem(403, "a request cannot name a local file: inline sftp targets use "
-                               "api.inline_known_hosts_file", "known_hosts_file")
-    if "host_key_fingerprint" in body and not api.inline_host_key_fingerprints:
-        raise HTTPProblem(403, "host keys cannot come from a request unless api.inline_host_key_fingerprints "
-                               "is true", "host_key_fingerprint")
-    if "endpoint_url" in body and body["endpoint_url"].rstrip("/") not in {u.rstrip("/") for u in
-                                                                          api.inline_endpoint_urls}:
-        raise HTTPProblem(403, "endpoint_url is not one of api.inline_endpoint_urls", "endpoint_url")
-    target_cfg = targets.from_request(body, known_hosts_file=api.inline_known_hosts_file)
-    if body["type"] == "file":
-        _check_file_path(service, target_cfg)
-    return target_cfg
+    policy = targets.InlinePolicy(file_target_dirs=api.file_target_dirs, endpoint_urls=api.inline_endpoint_urls,
+                                  known_hosts_file=api.inline_known_hosts_file,
+                                  host_key_fingerprints=api.inline_host_key_fingerprints)
+    try:
+        return targets.from_request(body, policy)
+    except targets.RequestRefused as exc:
+        raise HTTPProblem(exc.status, str(exc), exc.field) from None
 
 
 def _is_text(value: str) -> bool:
@@ -257,30 +248,6 @@ def _is_text(value: str) -> bool:
         return "\x00" not in value
     except UnicodeEncodeError:  # an unpaired surrogate: JSON can carry one ("\ud800")
         return False
-
-
-def _check_file_path(service: Service, target_cfg) -> None:
-    """The exact file the target writes (and its partial twin beside it),
-    links resolved, must be inside one of api.file_target_dirs."""
-    allowed = service.cfg.api.file_target_dirs
-    if not allowed:
-        raise HTTPProblem(403, "inline file targets are disabled: list the directories they may use in "
-                               "api.file_target_dirs", "path")
-    path = target_cfg.path
-    parts = path.split("/")
-    if not os.path.isabs(path) or ".." in parts or "." in parts:
-        raise HTTPProblem(400, "path must be absolute and must not contain '.' or '..'", "path")
-    if any(len(p.encode()) > 255 for p in parts):
-        raise HTTPProblem(400, "path has a part longer than 255 bytes", "path")
-    try:
-        target = targets.build(target_cfg)
-        final = Path(target.location(target.archive_name()))
-    except targets.TargetError as exc:
-        raise HTTPProblem(400, str(exc), "path") from None
-    if any(inside(final.parent, root) for root in allowed):
-        return
-    raise HTTPProblem(403, f"path is outside the directories inline file targets may use "
-                           f"({', '.join(str(d) for d in allowed)})", "path")
 
 
 class ApiServer:

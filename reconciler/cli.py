@@ -97,6 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
                               description="Give the Go replicator's flags as you ran it; its environment "
                                           "variables (MASTER_ADDRESS, MASTER_PASSWORD, ...) are read too.")
     go_flags.add_flags(p)
+    config_sub.add_parser("schema", help="print the configuration's whole JSON Schema (with every target kind), "
+                                         "for editors and CI")
 
     p = sub.add_parser("list", help="archives at a target, with size and time")
     _config_args(p)

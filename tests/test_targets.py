@@ -129,3 +129,31 @@ def test_reading_a_missing_archive_is_a_target_error(target):
     with pytest.raises(TargetError):
         stream = target.read("immudb-20000101T000000Z.tar.gz")
         stream.read(1)
+
+
+def test_every_kind_is_one_module_holding_its_whole_contract():
+    """Adding a kind is adding a module to reconciler/backup/targets/ (and
+    its factory to KINDS above): the rest of the program finds it by name."""
+    from reconciler.backup import targets
+    from reconciler.config.validate import load_schema
+    found = targets.kinds()
+    assert set(found) == set(KINDS)
+    for name, module in found.items():
+        assert module.KIND == name
+        for attribute in ("URL_SCHEME", "SCHEMA", "config_problems", "options_from_request", "target_for_url",
+                          "build"):
+            assert hasattr(module, attribute), (name, attribute)
+        assert load_schema()["$defs"][f"{name}_target"] is module.SCHEMA
+    assert load_schema("backup-request.schema.json")["oneOf"][1]["properties"]["type"]["enum"] == sorted(KINDS)
+
+
+def test_looking_kinds_up_loads_no_client_library():
+    """paramiko and boto3 load on first use: validating a configuration, or
+    a backup to a file, never pays for them."""
+    import subprocess
+    import sys
+    code = ("import sys; from reconciler.backup import targets; from reconciler.config.validate import load_schema;"
+            "targets.kinds(); load_schema();"
+            "print(sorted(m for m in ('paramiko.transport', 'boto3.session', 'botocore.client') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == "[]", done.stdout + done.stderr

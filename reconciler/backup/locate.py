@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import posixpath
-from dataclasses import replace
 from typing import BinaryIO
 from urllib.parse import urlparse
 
@@ -31,14 +30,10 @@ def open_archive(cfg: Config | None, archive: str, target_name: str | None = Non
         target = targets.build(tcfg)
         return target.read(base), target.location(base), [target]
     url = urlparse(archive)
-    if url.scheme in ("s3", "sftp"):
-        tcfg = _match(cfg, url)
-        # the matched target's credentials, the URL's folder
-        target = targets.build(replace(tcfg, path=archive if url.scheme == "s3" else url.path))
+    if url.scheme:
+        target = targets.build(targets.for_url(list(cfg.backup.targets.values()) if cfg else [], url))
         base = posixpath.basename(url.path)
         return target.read(base), archive, [target]
-    if url.scheme:
-        raise ReplicatorError(f"unsupported archive location {archive!r}: use a path, s3://... or sftp://...")
     try:
         stream = open(archive, "rb")
     except OSError as exc:
@@ -55,21 +50,3 @@ def opened_archive(cfg: Config | None, archive: str, target_name: str | None = N
     finally:
         for c in closers:
             c.close()
-
-
-def _match(cfg: Config | None, url) -> TargetConfig:
-    """The configured target whose server (bucket, or SFTP host and port) the URL names."""
-    if url.scheme == "s3":
-        candidates = [t for t in (cfg.backup.targets.values() if cfg else ())
-                      if t.kind == "s3" and urlparse(t.path).netloc == url.netloc]
-        if candidates:
-            return candidates[0]
-        # no configured target: the standard AWS credential chain
-        return TargetConfig(name="s3", kind="s3", path=url.geturl())
-    candidates = [t for t in (cfg.backup.targets.values() if cfg else ())
-                  if t.kind == "sftp" and t.options.get("host") == url.hostname
-                  and int(t.options.get("port") or 22) == (url.port or 22)]
-    if not candidates:
-        raise ReplicatorError(f"no sftp target in the configuration for {url.hostname}:{url.port or 22}; "
-                              f"name one with --target")
-    return candidates[0]

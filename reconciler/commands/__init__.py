@@ -25,7 +25,7 @@ HANDLERS = {
     "restore": ("backups", "restore"),
     "list": ("backups", "list_archives"),
     "drill": ("backups", "drill"),
-    "config": ("migrate", "run"),
+    "config": ("configuration", "run"),
 }
 
 CONFIG_REQUIRED = ("-c/--config FILE or $REPLICATOR_CONFIG is required (without a file, the Go tool's flags and "

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import copy
 import difflib
+from functools import lru_cache
 import json
 import os
+from pathlib import Path
 from typing import Any, Iterable
 
 import jsonschema
@@ -26,9 +28,24 @@ from reconciler.state import SERVER_DATABASES
 LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1", "[::1]", "0.0.0.0"})
 
 
+@lru_cache(maxsize=None)
 def load_schema(name: str = "replicator.schema.json") -> dict:
-    """A schema shipped in the package (`reconciler/schemas/`)."""
-    return schemas.load(name)
+    """A schema shipped in the package (`reconciler/schemas/`), with what the
+    target kinds hold (reconciler/backup/targets/*.py) put in: their names,
+    and, in the configuration's schema, each one's own definition."""
+    from reconciler.backup import targets
+    schema = copy.deepcopy(schemas.load(name))
+    kinds = targets.kinds()
+    if name == "replicator.schema.json":
+        target = schema["$defs"]["target"]
+        target["properties"]["type"]["enum"] = sorted(kinds)
+        target["allOf"] = [{"if": {"properties": {"type": {"const": kind}}}, "then": {"$ref": f"#/$defs/{kind}_target"}}
+                           for kind in sorted(kinds)]
+        for kind, module in kinds.items():
+            schema["$defs"][f"{kind}_target"] = module.SCHEMA
+    if name == "backup-request.schema.json":
+        schema["oneOf"][1]["properties"]["type"]["enum"] = sorted(kinds)
+    return schema
 
 
 def _with_defaults(cls):
@@ -218,25 +235,13 @@ def _backup_problems(data: dict, lines: Lines) -> list[str]:
     if backup["staging_dir"] and inside(backup["staging_dir"], data_dir):
         problems.append(f"{at(('backup', 'staging_dir'), lines)}: must be outside the replica's data_dir "
                         f"{data_dir}: immudb loads every folder there as a database")
+    from reconciler.backup import targets
     for name, target in backup["targets"].items():
         path = ("backup", "targets", name)
-        kind = target["type"]
-        if kind == "file" and inside(os.path.dirname(target["path"]) or ".", data_dir):
-            problems.append(f"{at(path + ('path',), lines)}: archives must not be written inside the replica's "
-                            f"data_dir {data_dir}")
-        if kind == "sftp":
-            problems += _secret_problems(target, path, lines, "password", required=False)
-            problems += _secret_problems(target, path, lines, "passphrase", required=False)
-            if "password" not in target and "password_file" not in target and "private_key_file" not in target:
-                problems.append(f"{at(path, lines)}: set password, password_file or private_key_file")
-        if kind == "s3":
-            problems += _secret_problems(target, path, lines, "secret_key", required=False)
-            problems += _secret_problems(target, path, lines, "access_key", required=False)
-            has_access = "access_key" in target or "access_key_file" in target
-            has_secret = "secret_key" in target or "secret_key_file" in target
-            if has_access != has_secret:
-                problems.append(f"{at(path, lines)}: give both access_key and secret_key, or neither "
-                                f"(then the standard AWS credential chain applies)")
+        for key in sorted(SECRET_KEYS):
+            problems += _secret_problems(target, path, lines, key, required=False)
+        for key, message in targets.config_problems(target, Path(data_dir)):
+            problems.append(f"{at(path + ((key,) if key else ()), lines)}: {message}")
     for i, schedule in enumerate(backup["schedules"]):
         path = ("backup", "schedules", i)
         if schedule["target"] not in backup["targets"]:

@@ -1,52 +1,66 @@
-"""Backup targets: one module per kind, one interface (base.Target)."""
+"""Backup targets: one module per kind in this package, found by name; each
+owns everything about its kind (see base.py). Adding a kind is adding a
+module here (and a line to the shared test suite's kinds)."""
 from __future__ import annotations
 
+import importlib
+import pkgutil
+from functools import lru_cache
+from pathlib import Path
+from types import ModuleType
 from typing import Any, Mapping
 
-from reconciler.backup.targets.base import ArchiveExists, ArchiveInfo, Target, TargetError, Upload
+from reconciler.backup.targets.base import (ArchiveExists, ArchiveInfo, InlinePolicy, RequestRefused, Target,
+                                            TargetError, Upload)
 from reconciler.config.model import TargetConfig
-from reconciler.secret import Secret
 
-__all__ = ["ArchiveExists", "ArchiveInfo", "Target", "TargetError", "Upload", "build", "from_request"]
+__all__ = ["ArchiveExists", "ArchiveInfo", "InlinePolicy", "RequestRefused", "Target", "TargetError", "Upload",
+           "build", "from_request", "kind", "kinds", "for_url", "config_problems"]
+
+
+@lru_cache(maxsize=None)
+def kinds() -> dict[str, ModuleType]:
+    """Every kind, by its name: the modules of this package but base."""
+    found = {}
+    for module in pkgutil.iter_modules(__path__):
+        if module.name != "base":
+            loaded = importlib.import_module(f"{__name__}.{module.name}")
+            found[loaded.KIND] = loaded
+    return found
+
+
+def kind(name: str) -> ModuleType:
+    try:
+        return kinds()[name]
+    except KeyError:
+        raise TargetError(f"unknown target type {name!r} (known: {', '.join(sorted(kinds()))})") from None
 
 
 def build(cfg: TargetConfig) -> Target:
     """The target a config entry describes."""
-    if cfg.kind == "file":
-        from reconciler.backup.targets.file import FileTarget
-        return FileTarget(cfg.name, cfg.path, **cfg.options)
-    if cfg.kind == "sftp":
-        from reconciler.backup.targets.sftp import SftpTarget
-        return SftpTarget(cfg.name, cfg.path, **cfg.options)
-    if cfg.kind == "s3":
-        from reconciler.backup.targets.s3 import S3Target
-        return S3Target(cfg.name, cfg.path, **cfg.options)
-    raise TargetError(f"target {cfg.name}: unknown type {cfg.kind!r}")
+    return kind(cfg.kind).build(cfg)
 
 
-def from_request(body: Mapping[str, Any], name: str = "inline", known_hosts_file: str | None = None) -> TargetConfig:
+def config_problems(target: Mapping[str, Any], data_dir: Path) -> list[tuple[str | None, str]]:
+    """(key or None, message) for what the kind's schema cannot check."""
+    return kind(target["type"]).config_problems(target, data_dir)
+
+
+def from_request(body: Mapping[str, Any], policy: InlinePolicy | None = None, name: str = "inline") -> TargetConfig:
     """A target from the Go tool's request fields: type, path, host, port,
-    username, password. For s3, host is the region, username the access key
-    and password the secret key. Extra keys of the config's target schema
-    (endpoint_url, known_hosts_file, host_key_fingerprint) are passed
-    through: the caller decides which a request may carry (see api.py).
-    `known_hosts_file` is the configured default for sftp. The body must
-    have been validated against schemas/backup-request.schema.json."""
-    kind = body["type"]
-    password = Secret(body["password"], origin=f"{name}.password") if body.get("password") else None
-    options: dict[str, Any] = {}
-    extra = {k: v for k, v in body.items() if k not in ("type", "path", "host", "port", "username", "password")}
-    if kind == "sftp":
-        options = {"host": body["host"], "port": int(body.get("port") or 22), "username": body["username"]}
-        if password:
-            options["password"] = password
-        if known_hosts_file:
-            options["known_hosts_file"] = known_hosts_file
-    elif kind == "s3":
-        options = {"region": body.get("host") or None}
-        if body.get("username"):
-            options["access_key"] = Secret(body["username"], origin=f"{name}.username")
-        if password:
-            options["secret_key"] = password
-    options.update(extra)
-    return TargetConfig(name=name, kind=kind, path=body["path"], options=options)
+    username, password (for s3: host is the region, username the access key,
+    password the secret key). `policy` says what the request may ask for
+    (None: a trusted caller, the command line); raises RequestRefused. The
+    body must have been validated against backup-request.schema.json."""
+    options = kind(body["type"]).options_from_request(body, policy)
+    return TargetConfig(name=name, kind=body["type"], path=body["path"], options=options)
+
+
+def for_url(configured: list[TargetConfig], url) -> TargetConfig:
+    """The configured target whose credentials serve archive location `url`
+    (urllib's parse result), with the location's folder. Raises TargetError."""
+    for module in kinds().values():
+        if module.URL_SCHEME and module.URL_SCHEME == url.scheme:
+            return module.target_for_url(url, [t for t in configured if t.kind == module.KIND])
+    schemes = sorted(f"{m.URL_SCHEME}://..." for m in kinds().values() if m.URL_SCHEME)
+    raise TargetError(f"unsupported archive location {url.geturl()!r}: use a path, {' or '.join(schemes)}")

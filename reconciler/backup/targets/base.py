@@ -1,4 +1,5 @@
-"""The one small interface every backup target implements.
+"""The one small interface every backup target implements, and what a
+target kind's module provides besides.
 
 A target is a place for archives: a directory (local or over SFTP) or an S3
 prefix. Writing is whole or absent: `open()` returns an Upload that writes
@@ -6,17 +7,55 @@ under a temporary name; `commit()` makes the archive visible under its final
 name, `abort()` leaves nothing behind. Archive names come from the target's
 path template (`immudb-{timestamp}.tar.gz`); only names that match it are
 ever listed or deleted.
+
+A kind is one module in this package (file.py, sftp.py, s3.py), found by
+its name, holding everything about that kind:
+
+    KIND: str                    the `type` in the configuration and in requests
+    URL_SCHEME: str | None       the archive locations verify/restore/drill accept (s3://, sftp://)
+    SCHEMA: dict                 JSON Schema of a configured target of this kind
+    config_problems(target: dict, data_dir: Path) -> list[(key, message)]
+                                 what its JSON Schema cannot check
+    options_from_request(body: dict, policy: InlinePolicy | None) -> dict
+                                 a target's options from the Go tool's request
+                                 fields; raises RequestRefused (policy None: trusted)
+    target_for_url(url, configured: list[TargetConfig]) -> TargetConfig
+                                 the configured target (credentials) for a location
+    build(cfg: TargetConfig) -> Target
+
+Heavy client libraries (paramiko, boto3) are imported by `lazy_import`, so
+looking a kind up (to validate a configuration, say) costs nothing.
 """
 from __future__ import annotations
 
 import calendar
+import importlib.util
 import re
+import sys
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
 from typing import BinaryIO
 
 from reconciler.errors import ReplicatorError
+
+
+def lazy_import(name: str) -> ModuleType:
+    """Module `name`, loaded when one of its attributes is first used
+    (importlib's LazyLoader); the module itself if already imported."""
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.find_spec(name)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"No module named {name!r}")
+    loader = importlib.util.LazyLoader(spec.loader)
+    spec.loader = loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    loader.exec_module(module)
+    return module
 
 TIMESTAMP_FORMAT = "%Y%m%dT%H%M%SZ"
 PARTIAL_SUFFIX = ".partial"
@@ -29,6 +68,27 @@ class TargetError(ReplicatorError):
 
 class ArchiveExists(TargetError):
     """An archive of that name exists already; it is never overwritten."""
+
+
+class RequestRefused(TargetError):
+    """An inline target that the request may not ask for: `status` is the
+    HTTP status to answer (400 malformed, 403 not allowed), `field` the
+    request field at fault."""
+
+    def __init__(self, status: int, message: str, field: str | None):
+        super().__init__(message)
+        self.status, self.field = status, field
+
+
+@dataclass(frozen=True)
+class InlinePolicy:
+    """What a request may ask of an inline target (from the `api` section).
+    A trusted caller (the command line) passes no policy."""
+
+    file_target_dirs: tuple[Path, ...] = ()
+    endpoint_urls: tuple[str, ...] = ()
+    known_hosts_file: str | None = None
+    host_key_fingerprints: bool = False
 
 
 @dataclass(frozen=True)

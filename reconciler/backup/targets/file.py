@@ -12,8 +12,65 @@ import os
 from pathlib import Path
 from typing import BinaryIO
 
-from reconciler.backup.targets.base import (PARTIAL_SUFFIX, ArchiveExists, ArchiveInfo, Target, TargetError,
-                                            Upload, sort_key)
+from reconciler.backup.targets.base import (PARTIAL_SUFFIX, ArchiveExists, ArchiveInfo, InlinePolicy,
+                                            RequestRefused, Target, TargetError, Upload, sort_key)
+from reconciler.config.model import TargetConfig
+from reconciler.paths import inside
+
+KIND = "file"
+URL_SCHEME = None  # archives here are local paths
+SCHEMA = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "type": {"const": "file"},
+        "path": {"$ref": "#/$defs/archive_path"},
+        "create_dirs": {"type": "boolean", "default": True},
+        "retention": {"$ref": "#/$defs/retention"},
+    },
+}
+
+
+def config_problems(target: dict, data_dir: Path) -> list[tuple[str | None, str]]:
+    if inside(os.path.dirname(target["path"]) or ".", data_dir):
+        return [("path", f"archives must not be written inside the replica's data_dir {data_dir}")]
+    return []
+
+
+def options_from_request(body: dict, policy: InlinePolicy | None) -> dict:
+    """No options (the directory is created if missing). With a policy, the
+    exact file written, links resolved, must be inside one of its
+    directories."""
+    if policy is not None:
+        _check_path(body["path"], policy)
+    return {}
+
+
+def _check_path(path: str, policy: InlinePolicy) -> None:
+    if not policy.file_target_dirs:
+        raise RequestRefused(403, "inline file targets are disabled: list the directories they may use in "
+                                  "api.file_target_dirs", "path")
+    parts = path.split("/")
+    if not os.path.isabs(path) or ".." in parts or "." in parts:
+        raise RequestRefused(400, "path must be absolute and must not contain '.' or '..'", "path")
+    if any(len(p.encode()) > 255 for p in parts):
+        raise RequestRefused(400, "path has a part longer than 255 bytes", "path")
+    try:
+        target = FileTarget("inline", path)
+    except TargetError as exc:
+        raise RequestRefused(400, str(exc), "path") from None
+    final = Path(target.location(target.archive_name()))
+    if not any(inside(final.parent, root) for root in policy.file_target_dirs):
+        raise RequestRefused(403, f"path is outside the directories inline file targets may use "
+                                  f"({', '.join(str(d) for d in policy.file_target_dirs)})", "path")
+
+
+def target_for_url(url, configured: list[TargetConfig]) -> TargetConfig:
+    raise TargetError("a file archive is named by its path")
+
+
+def build(cfg: TargetConfig) -> "FileTarget":
+    return FileTarget(cfg.name, cfg.path, **cfg.options)
 
 
 def _os_error(target: str, what: str, exc: OSError) -> TargetError:

@@ -9,18 +9,92 @@ earlier, interrupted run of ours left pending.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
+import re
 import time
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from pathlib import Path
 from typing import BinaryIO
+from urllib.parse import urlparse
 
-import boto3
-from botocore.config import Config as BotoConfig
-from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError
-
-from reconciler.backup.targets.base import ArchiveExists, ArchiveInfo, Target, TargetError, Upload, sort_key
+from reconciler.backup.targets.base import (ArchiveExists, ArchiveInfo, InlinePolicy, RequestRefused, Target,
+                                            TargetError, Upload, lazy_import, sort_key)
+from reconciler.config.model import TargetConfig
 from reconciler.log import event
 from reconciler.secret import Secret
+
+boto3 = lazy_import("boto3")
+boto_errors = lazy_import("botocore.exceptions")  # ClientError, BotoCoreError, EndpointConnectionError
+
+KIND = "s3"
+URL_SCHEME = "s3"
+SCHEMA = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "type": {"const": "s3"},
+        "path": {"$ref": "#/$defs/archive_path", "pattern": "^s3://[a-z0-9][a-z0-9.\\-]{1,61}[a-z0-9]/.+"},
+        "region": {"type": ["string", "null"], "default": None},
+        "endpoint_url": {"description": "For S3-compatible stores (MinIO, Ceph, SeaweedFS ...). null: AWS.",
+                         "type": ["string", "null"], "pattern": "^https?://", "default": None},
+        "access_key": {"type": "string", "minLength": 1},
+        "access_key_file": {"$ref": "#/$defs/path"},
+        "secret_key": {"$ref": "#/$defs/secret"},
+        "secret_key_file": {"$ref": "#/$defs/path"},
+        "addressing_style": {"enum": ["auto", "path", "virtual"], "default": "auto"},
+        "part_size_mib": {"type": "integer", "minimum": 5, "maximum": 5120, "default": 16,
+                          "description": "Part size; memory is about 4 parts (3 uploading, 1 filling). Raised "
+                                         "automatically so that an archive as large as the data fits in S3's "
+                                         "10,000 parts."},
+        "server_side_encryption": {"enum": [None, "AES256", "aws:kms"], "default": None},
+        "sse_kms_key_id": {"type": ["string", "null"], "default": None},
+        "storage_class": {"type": ["string", "null"], "default": None},
+        "retention": {"$ref": "#/$defs/retention"},
+        "timeout": {"type": "number", "exclusiveMinimum": 0, "default": 60},
+    },
+}
+
+
+def config_problems(target: dict, data_dir: Path) -> list[tuple[str | None, str]]:
+    has_access = "access_key" in target or "access_key_file" in target
+    has_secret = "secret_key" in target or "secret_key_file" in target
+    if has_access != has_secret:
+        return [(None, "give both access_key and secret_key, or neither (then the standard AWS credential "
+                       "chain applies)")]
+    return []
+
+
+def options_from_request(body: dict, policy: InlinePolicy | None) -> dict:
+    """The Go tool's fields: host is the region, username the access key,
+    password the secret key. An endpoint_url only where the policy lists
+    it (AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL of this process apply)."""
+    if not re.match(r"^s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]/.+", body["path"]):
+        raise RequestRefused(400, "invalid field 'path': an s3 path is s3://bucket/key", "path")
+    endpoint = body.get("endpoint_url")
+    if endpoint and policy is not None and endpoint.rstrip("/") not in {u.rstrip("/") for u in policy.endpoint_urls}:
+        raise RequestRefused(403, "endpoint_url is not one of api.inline_endpoint_urls", "endpoint_url")
+    options: dict = {"region": body.get("host") or None}
+    if body.get("username"):
+        options["access_key"] = Secret(body["username"], origin="inline.username")
+    if body.get("password"):
+        options["secret_key"] = Secret(body["password"], origin="inline.password")
+    if endpoint:
+        options["endpoint_url"] = endpoint
+    return options
+
+
+def target_for_url(url, configured: list[TargetConfig]) -> TargetConfig:
+    """The configured target for the location's bucket (its credentials),
+    else the standard AWS credential chain; the location as its path."""
+    for t in configured:
+        if urlparse(t.path).netloc == url.netloc:
+            return dataclasses.replace(t, path=url.geturl())
+    return TargetConfig(name="s3", kind="s3", path=url.geturl())
+
+
+def build(cfg: TargetConfig) -> "S3Target":
+    return S3Target(cfg.name, cfg.path, **cfg.options)
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +116,7 @@ class S3Upload(Upload):
             extra["StorageClass"] = target.storage_class
         try:
             self.upload_id = target.client.create_multipart_upload(Bucket=target.bucket, Key=key, **extra)["UploadId"]
-        except (ClientError, BotoCoreError) as exc:
+        except (boto_errors.ClientError, boto_errors.BotoCoreError) as exc:
             raise target.error(f"cannot start uploading {key}", exc) from None
         self.buffer = bytearray()
         self.part_size = target.part_size
@@ -77,7 +151,7 @@ class S3Upload(Upload):
                 self.pending.remove(future)
                 try:
                     self.parts.append(future.result())
-                except (ClientError, BotoCoreError) as exc:
+                except (boto_errors.ClientError, boto_errors.BotoCoreError) as exc:
                     raise self.target.error(f"cannot upload part of {self.key}", exc) from None
 
     def commit(self) -> str:
@@ -92,7 +166,7 @@ class S3Upload(Upload):
         except TargetError:
             self.abort()
             raise
-        except (ClientError, BotoCoreError) as exc:
+        except (boto_errors.ClientError, boto_errors.BotoCoreError) as exc:
             self.abort()
             raise self.target.error(f"cannot complete {self.key}", exc) from None
         finally:
@@ -131,20 +205,21 @@ class S3Target(Target):
             "s3", region_name=region or None, endpoint_url=endpoint_url or None,
             aws_access_key_id=access_key.reveal() if access_key else None,
             aws_secret_access_key=secret_key.reveal() if secret_key else None,
-            config=BotoConfig(s3={"addressing_style": addressing_style}, connect_timeout=10, read_timeout=timeout,
-                              retries={"max_attempts": 3, "mode": "standard"},
-                              # bounded memory is ours to keep: no extra pool threads buffering parts
-                              max_pool_connections=IN_FLIGHT + 2))
+            config=lazy_import("botocore.config").Config(
+                s3={"addressing_style": addressing_style}, connect_timeout=10, read_timeout=timeout,
+                retries={"max_attempts": 3, "mode": "standard"},
+                # bounded memory is ours to keep: no extra pool threads buffering parts
+                max_pool_connections=IN_FLIGHT + 2))
 
     def error(self, what: str, exc: BaseException) -> TargetError:
-        if isinstance(exc, ClientError):
+        if isinstance(exc, boto_errors.ClientError):
             err = exc.response.get("Error", {})
             detail = f"{err.get('Code', 'error')}: {err.get('Message', '')}".rstrip(": ")
             if err.get("Code") in ("InvalidAccessKeyId", "SignatureDoesNotMatch"):
                 detail += " (check the access key and secret key)"
             elif err.get("Code") in ("403", "AccessDenied"):  # a HEAD's answer has no body to say more
                 detail += " (access refused: check the access key and secret key, and that they may use the bucket)"
-        elif isinstance(exc, EndpointConnectionError):
+        elif isinstance(exc, boto_errors.EndpointConnectionError):
             detail = f"cannot reach {self.endpoint_url or 'S3'}"
         else:
             detail = str(exc) or type(exc).__name__
@@ -160,11 +235,11 @@ class S3Target(Target):
         try:
             self.client.head_object(Bucket=self.bucket, Key=key)
             return True
-        except ClientError as exc:
+        except boto_errors.ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
                 return False
             raise self.error(f"cannot check {key}", exc) from None
-        except BotoCoreError as exc:
+        except boto_errors.BotoCoreError as exc:
             raise self.error(f"cannot check {key}", exc) from None
 
     def _check_bucket(self) -> None:
@@ -173,11 +248,11 @@ class S3Target(Target):
         the writes: a write-only policy may not allow HeadBucket."""
         try:
             self.client.head_bucket(Bucket=self.bucket)
-        except ClientError as exc:
+        except boto_errors.ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchBucket", "NotFound"):
                 raise TargetError(f"target {self.name} (s3://{self.bucket}/{self.prefix}): bucket {self.bucket} "
                                   f"does not exist (create it first; this tool never does)") from None
-        except BotoCoreError as exc:
+        except boto_errors.BotoCoreError as exc:
             raise self.error(f"cannot reach bucket {self.bucket}", exc) from None
 
     def open(self, name: str, size_hint: int | None = None) -> Upload:
@@ -201,11 +276,11 @@ class S3Target(Target):
                 self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
                 event(log, "upload_aborted", target=self.name, key=key)
                 return True
-            except ClientError as exc:
+            except boto_errors.ClientError as exc:
                 if exc.response.get("Error", {}).get("Code") == "NoSuchUpload":
                     return True
                 last = self.error("abort", exc)
-            except BotoCoreError as exc:
+            except boto_errors.BotoCoreError as exc:
                 last = self.error("abort", exc)
             if time.monotonic() >= deadline:
                 event(log, "abort_failed", logging.ERROR, target=self.name, key=key, error=str(last),
@@ -217,7 +292,7 @@ class S3Target(Target):
     def read(self, name: str) -> BinaryIO:
         try:
             return self.client.get_object(Bucket=self.bucket, Key=self.prefix + name)["Body"]
-        except (ClientError, BotoCoreError) as exc:
+        except (boto_errors.ClientError, boto_errors.BotoCoreError) as exc:
             raise self.error(f"cannot read {self.prefix + name}", exc) from None
 
     def list(self) -> list[ArchiveInfo]:
@@ -229,14 +304,14 @@ class S3Target(Target):
                     if "/" not in name and self.owns(name):
                         found.append(ArchiveInfo(name, obj["Size"], obj["LastModified"].timestamp(),
                                                  self.location_of_key(obj["Key"])))
-        except (ClientError, BotoCoreError) as exc:
+        except (boto_errors.ClientError, boto_errors.BotoCoreError) as exc:
             raise self.error("cannot list archives", exc) from None
         return sorted(found, key=sort_key)
 
     def delete(self, name: str) -> None:
         try:
             self.client.delete_object(Bucket=self.bucket, Key=self.prefix + name)
-        except (ClientError, BotoCoreError) as exc:
+        except (boto_errors.ClientError, boto_errors.BotoCoreError) as exc:
             raise self.error(f"cannot delete {self.prefix + name}", exc) from None
 
     def pending_uploads(self) -> list[tuple[str, str]]:
@@ -253,7 +328,7 @@ class S3Target(Target):
     def cleanup_partial(self) -> list[str]:
         try:
             pending = self.pending_uploads()
-        except (ClientError, BotoCoreError):
+        except (boto_errors.ClientError, boto_errors.BotoCoreError):
             return []
         return [key for key, upload_id in pending if self.abort_upload(key, upload_id, patience=5)]
 

@@ -9,25 +9,109 @@ rename refuses to replace an existing file); abort removes the partial file.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import posixpath
 import socket
 import stat
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
-import paramiko
+if TYPE_CHECKING:
+    import paramiko as _paramiko
 
-from reconciler.backup.targets.base import (PARTIAL_SUFFIX, ArchiveExists, ArchiveInfo, Target, TargetError,
-                                            Upload, sort_key)
+from reconciler.backup.targets.base import (PARTIAL_SUFFIX, ArchiveExists, ArchiveInfo, InlinePolicy,
+                                            RequestRefused, Target, TargetError, Upload, lazy_import, sort_key)
+from reconciler.config.model import TargetConfig
 from reconciler.secret import Secret
 
+paramiko = lazy_import("paramiko")
 
-def fingerprint(key: paramiko.PKey) -> str:
+KIND = "sftp"
+URL_SCHEME = "sftp"
+SCHEMA = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["host", "username"],
+    "properties": {
+        "type": {"const": "sftp"},
+        "path": {"$ref": "#/$defs/archive_path"},
+        "host": {"type": "string", "minLength": 1},
+        "port": {"$ref": "#/$defs/port", "default": 22},
+        "username": {"type": "string", "minLength": 1},
+        "password": {"$ref": "#/$defs/secret"},
+        "password_file": {"$ref": "#/$defs/path"},
+        "private_key_file": {"$ref": "#/$defs/path"},
+        "passphrase": {"$ref": "#/$defs/secret"},
+        "passphrase_file": {"$ref": "#/$defs/path"},
+        "known_hosts_file": {"description": "known_hosts to check the server's host key against (default "
+                                            "~/.ssh/known_hosts).", "$ref": "#/$defs/path"},
+        "host_key_fingerprint": {"description": "Pinned host key, as ssh-keygen -l prints it: SHA256:base64.",
+                                 "type": "string", "pattern": "^SHA256:[A-Za-z0-9+/]{43}=?$"},
+        "host_key_policy": {"description": "strict: the key must be known; accept-new: a host not yet in "
+                                           "known_hosts_file is added on first use.",
+                            "enum": ["strict", "accept-new"], "default": "strict"},
+        "timeout": {"type": "number", "exclusiveMinimum": 0, "default": 30},
+        "create_dirs": {"type": "boolean", "default": False},
+        "retention": {"$ref": "#/$defs/retention"},
+    },
+}
+
+
+def config_problems(target: dict, data_dir: Path) -> list[tuple[str | None, str]]:
+    if not {"password", "password_file", "private_key_file"} & set(target):
+        return [(None, "set password, password_file or private_key_file")]
+    return []
+
+
+def options_from_request(body: dict, policy: InlinePolicy | None) -> dict:
+    """Host, port, username and password from the Go tool's fields. The
+    server's key is checked against `known_hosts_file` (a request may name
+    one only when trusted; else the policy's), or a pinned fingerprint the
+    policy lets a request give."""
+    if not (body.get("host") and body.get("username")):
+        raise RequestRefused(400, "an sftp target needs host and username",
+                             "host" if not body.get("host") else "username")
+    if policy is not None:
+        if "known_hosts_file" in body:
+            raise RequestRefused(403, "a request cannot name a local file: inline sftp targets use "
+                                      "api.inline_known_hosts_file", "known_hosts_file")
+        if "host_key_fingerprint" in body and not policy.host_key_fingerprints:
+            raise RequestRefused(403, "host keys cannot come from a request unless "
+                                      "api.inline_host_key_fingerprints is true", "host_key_fingerprint")
+    options = {"host": body["host"], "port": int(body.get("port") or 22), "username": body["username"]}
+    if body.get("password"):
+        options["password"] = Secret(body["password"], origin="inline.password")
+    known_hosts = body.get("known_hosts_file") or (policy.known_hosts_file if policy is not None else None)
+    if known_hosts:
+        options["known_hosts_file"] = known_hosts
+    if body.get("host_key_fingerprint"):
+        options["host_key_fingerprint"] = body["host_key_fingerprint"]
+    return options
+
+
+def target_for_url(url, configured: list[TargetConfig]) -> TargetConfig:
+    """The configured target for the location's host and port, in the
+    location's folder."""
+    for t in configured:
+        if t.options.get("host") == url.hostname and int(t.options.get("port") or 22) == (url.port or 22):
+            return dataclasses.replace(t, path=url.path)
+    raise TargetError(f"no sftp target in the configuration for {url.hostname}:{url.port or 22}; "
+                      f"name one with --target")
+
+
+def build(cfg: TargetConfig) -> "SftpTarget":
+    return SftpTarget(cfg.name, cfg.path, **cfg.options)
+
+
+def fingerprint(key) -> str:
     return "SHA256:" + base64.b64encode(hashlib.sha256(key.asbytes()).digest()).decode().rstrip("=")
 
 
-class _PinnedKey(paramiko.MissingHostKeyPolicy):
+class _PinnedKey:
+    """A host key policy (paramiko only calls missing_host_key): the key
+    must have the pinned fingerprint."""
+
     def __init__(self, expected: str):
         self.expected = expected.rstrip("=")
 
@@ -37,7 +121,7 @@ class _PinnedKey(paramiko.MissingHostKeyPolicy):
             raise paramiko.SSHException(f"host key {seen} does not match the pinned {self.expected}")
 
 
-class _AcceptNew(paramiko.MissingHostKeyPolicy):
+class _AcceptNew:
     """Trust on first use: record an unknown host's key in known_hosts."""
 
     def __init__(self, known_hosts: Path):
@@ -139,8 +223,8 @@ class SftpTarget(Target):
         self.known_hosts = Path(known_hosts_file).expanduser() if known_hosts_file else Path("~/.ssh/known_hosts").expanduser()
         self.fingerprint, self.policy = host_key_fingerprint, host_key_policy
         self.timeout, self.create_dirs = timeout, create_dirs
-        self._client: paramiko.SSHClient | None = None
-        self._sftp: paramiko.SFTPClient | None = None
+        self._client: _paramiko.SSHClient | None = None
+        self._sftp: _paramiko.SFTPClient | None = None
 
     def error(self, what: str, exc: BaseException) -> TargetError:
         detail = str(exc) or type(exc).__name__
@@ -152,7 +236,7 @@ class SftpTarget(Target):
         return f"sftp://{self.host}:{self.port}{posixpath.join(self.directory or '.', name)}"
 
     @property
-    def sftp(self) -> paramiko.SFTPClient:
+    def sftp(self) -> _paramiko.SFTPClient:
         if self._sftp is None:
             self._connect()
         return self._sftp  # type: ignore[return-value]
@@ -199,7 +283,7 @@ class SftpTarget(Target):
             raise self.error("cannot connect", exc) from None
         self._client = client
 
-    def _load_known_hosts(self, client: paramiko.SSHClient) -> None:
+    def _load_known_hosts(self, client: _paramiko.SSHClient) -> None:
         """Never quotes the file: whatever it holds stays out of messages."""
         try:
             client.load_host_keys(str(self.known_hosts))

@@ -1,4 +1,6 @@
-"""`replicator config from-go`: the YAML equivalent of a Go replicator
+"""`replicator config from-go` and `config schema`.
+
+from-go: the YAML equivalent of a Go replicator
 command line and environment, with comments. Passwords never appear: each
 becomes a `${VAR}` reference (when the Go tool read it from the
 environment) or a `password_file` to fill in (when it was a flag or the Go
@@ -120,5 +122,9 @@ def _read(path: str) -> str | None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.config_command == "schema":
+        from reconciler.config.validate import load_schema
+        print(json.dumps(load_schema(), indent=2))
+        return 0
     print(from_go(args), end="")
     return 0
