@@ -13,7 +13,7 @@ from typing import Iterable
 
 from reconciler.config.model import Config
 from reconciler.secret import Secret
-from reconciler.state import (PERMISSION_ADMIN, SERVER_DATABASES, DatabaseInfo, ReplicationSettings, StoreLimits,
+from reconciler.state import (SERVER_DATABASES, DatabaseInfo, ReplicationSettings, StoreLimits,
                               UserInfo)
 from reconciler.status import (BUSY, CONFLICT, DRIFT, IN_SYNC, MISSING, ORPHAN, UNLOADED,  # noqa: F401 (vocabulary)
                                DatabaseStatus)

@@ -363,9 +363,9 @@ class Backups:
     def _apply_retention(self, target, target_cfg: TargetConfig, just_written: str) -> list[str]:
         try:
             doomed = retention.expired(target.list(), target_cfg.retention, time.time(), just_written)
-            for archive in doomed:
-                target.delete(archive.name)
-                event(log, "archive_deleted", target=target.name, archive=archive.name, reason="retention")
+            for stored in doomed:
+                target.delete(stored.name)
+                event(log, "archive_deleted", target=target.name, archive=stored.name, reason="retention")
             return [a.name for a in doomed]
         except targets.TargetError as exc:
             # the backup itself succeeded; report and keep going
