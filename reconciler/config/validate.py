@@ -32,7 +32,7 @@ LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1", "[::1]", "0.0.0.0"})
 def load_schema(name: str = "replicator.schema.json") -> dict:
     """A schema shipped in the package (`reconciler/schemas/`), with what the
     target kinds hold (reconciler/backup/targets/*.py) put in: their names,
-    and, in the configuration's schema, each one's own definition."""
+    and each one's own definition (of a configured target, of a request)."""
     from reconciler.backup import targets
     schema = copy.deepcopy(schemas.load(name))
     kinds = targets.kinds()
@@ -44,7 +44,10 @@ def load_schema(name: str = "replicator.schema.json") -> dict:
         for kind, module in kinds.items():
             schema["$defs"][f"{kind}_target"] = module.SCHEMA
     if name == "backup-request.schema.json":
-        schema["oneOf"][1]["properties"]["type"]["enum"] = sorted(kinds)
+        inline = schema["oneOf"][1]
+        inline["properties"]["type"]["enum"] = sorted(kinds)
+        inline["allOf"] = [{"if": {"properties": {"type": {"const": kind}}}, "then": kinds[kind].REQUEST_SCHEMA}
+                           for kind in sorted(kinds) if kinds[kind].REQUEST_SCHEMA]
     return schema
 
 

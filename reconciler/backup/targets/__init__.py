@@ -51,9 +51,27 @@ def from_request(body: Mapping[str, Any], policy: InlinePolicy | None = None, na
     username, password (for s3: host is the region, username the access key,
     password the secret key). `policy` says what the request may ask for
     (None: a trusted caller, the command line); raises RequestRefused. The
-    body must have been validated against backup-request.schema.json."""
-    options = kind(body["type"]).options_from_request(body, policy)
+    body must hold what backup-request.schema.json asks of every kind; what
+    its kind asks (REQUEST_SCHEMA) is checked here."""
+    module = kind(body["type"])
+    _check_request(module, body)
+    options = module.options_from_request(body, policy)
     return TargetConfig(name=name, kind=body["type"], path=body["path"], options=options)
+
+
+def _check_request(module: ModuleType, body: Mapping[str, Any]) -> None:
+    """RequestRefused (400, naming the field) for the first thing the kind's
+    REQUEST_SCHEMA finds wrong. The API checks the same schema earlier, as
+    part of backup-request.schema.json; this is for the command line."""
+    from jsonschema import Draft202012Validator
+    for error in Draft202012Validator(module.REQUEST_SCHEMA).iter_errors(dict(body)):
+        if error.validator == "required":
+            field = error.message.split("'")[1]
+            raise RequestRefused(400, f"missing field '{field}'", field)
+        field = str(error.absolute_path[0]) if error.absolute_path else None
+        # never echoed: the password, and the username (for s3 it is the access key)
+        shown = "" if field in ("password", "username") else f": {error.message}"
+        raise RequestRefused(400, f"invalid field '{field}'{shown}", field)
 
 
 def for_url(configured: list[TargetConfig], url) -> TargetConfig:

@@ -14,6 +14,8 @@ its name, holding everything about that kind:
     KIND: str                    the `type` in the configuration and in requests
     URL_SCHEME: str | None       the archive locations verify/restore/drill accept (s3://, sftp://)
     SCHEMA: dict                 JSON Schema of a configured target of this kind
+    REQUEST_SCHEMA: dict         what an inline request of this kind must hold besides type and
+                                 path (JSON Schema, applied to the request's fields)
     config_problems(target: dict, data_dir: Path) -> list[(key, message)]
                                  what its JSON Schema cannot check
     options_from_request(body: dict, policy: InlinePolicy | None) -> dict
@@ -23,39 +25,37 @@ its name, holding everything about that kind:
                                  the configured target (credentials) for a location
     build(cfg: TargetConfig) -> Target
 
-Heavy client libraries (paramiko, boto3) are imported by `lazy_import`, so
-looking a kind up (to validate a configuration, say) costs nothing.
+Heavy client libraries (paramiko, boto3) are imported when first used
+(`lazy_import`), so looking a kind up (to validate a configuration, say)
+costs nothing.
 """
 from __future__ import annotations
 
 import calendar
-import importlib.util
+import importlib
 import re
-import sys
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import BinaryIO
 
 from reconciler.errors import ReplicatorError
 
 
-def lazy_import(name: str) -> ModuleType:
-    """Module `name`, loaded when one of its attributes is first used
-    (importlib's LazyLoader); the module itself if already imported."""
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.find_spec(name)
-    if spec is None or spec.loader is None:
-        raise ImportError(f"No module named {name!r}")
-    loader = importlib.util.LazyLoader(spec.loader)
-    spec.loader = loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    loader.exec_module(module)
-    return module
+class lazy_import:  # noqa: N801 - used as `paramiko = lazy_import("paramiko")`, like the module it stands for
+    """Stands for module `name`, imported (with importlib's own locking) when
+    one of its attributes is first used. Leaves sys.modules alone: code that
+    imports the module itself gets the real one. (importlib's LazyLoader is
+    not thread-safe before Python 3.12: a backup thread and the API could
+    both see a half-initialised module.)"""
+
+    def __init__(self, name: str):
+        self._name = name
+
+    def __getattr__(self, attribute: str):
+        return getattr(importlib.import_module(self._name), attribute)
+
 
 TIMESTAMP_FORMAT = "%Y%m%dT%H%M%SZ"
 PARTIAL_SUFFIX = ".partial"

@@ -30,6 +30,8 @@ SCHEMA = {
     },
 }
 
+REQUEST_SCHEMA: dict = {}  # a request gives what every kind needs: type and path
+
 
 def config_problems(target: dict, data_dir: Path) -> list[tuple[str | None, str]]:
     if inside(os.path.dirname(target["path"]) or ".", data_dir):

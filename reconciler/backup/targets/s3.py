@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import re
 import time
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from pathlib import Path
@@ -28,13 +27,14 @@ boto3 = lazy_import("boto3")
 boto_errors = lazy_import("botocore.exceptions")  # ClientError, BotoCoreError, EndpointConnectionError
 
 KIND = "s3"
+BUCKET_AND_KEY = "^s3://[a-z0-9][a-z0-9.\\-]{1,61}[a-z0-9]/.+"
 URL_SCHEME = "s3"
 SCHEMA = {
     "type": "object",
     "additionalProperties": False,
     "properties": {
         "type": {"const": "s3"},
-        "path": {"$ref": "#/$defs/archive_path", "pattern": "^s3://[a-z0-9][a-z0-9.\\-]{1,61}[a-z0-9]/.+"},
+        "path": {"$ref": "#/$defs/archive_path", "pattern": BUCKET_AND_KEY},
         "region": {"type": ["string", "null"], "default": None},
         "endpoint_url": {"description": "For S3-compatible stores (MinIO, Ceph, SeaweedFS ...). null: AWS.",
                          "type": ["string", "null"], "pattern": "^https?://", "default": None},
@@ -55,6 +55,9 @@ SCHEMA = {
     },
 }
 
+# what a request (POST /backup/start, `replicator backup --type s3`) must give
+REQUEST_SCHEMA = {"properties": {"path": {"pattern": BUCKET_AND_KEY}}}
+
 
 def config_problems(target: dict, data_dir: Path) -> list[tuple[str | None, str]]:
     has_access = "access_key" in target or "access_key_file" in target
@@ -69,8 +72,6 @@ def options_from_request(body: dict, policy: InlinePolicy | None) -> dict:
     """The Go tool's fields: host is the region, username the access key,
     password the secret key. An endpoint_url only where the policy lists
     it (AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL of this process apply)."""
-    if not re.match(r"^s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]/.+", body["path"]):
-        raise RequestRefused(400, "invalid field 'path': an s3 path is s3://bucket/key", "path")
     endpoint = body.get("endpoint_url")
     if endpoint and policy is not None and endpoint.rstrip("/") not in {u.rstrip("/") for u in policy.endpoint_urls}:
         raise RequestRefused(403, "endpoint_url is not one of api.inline_endpoint_urls", "endpoint_url")

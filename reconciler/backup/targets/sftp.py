@@ -57,6 +57,10 @@ SCHEMA = {
     },
 }
 
+# what a request (POST /backup/start, `replicator backup --type sftp`) must give
+REQUEST_SCHEMA = {"required": ["host", "username"],
+                  "properties": {"host": {"minLength": 1}, "username": {"minLength": 1}}}
+
 
 def config_problems(target: dict, data_dir: Path) -> list[tuple[str | None, str]]:
     if not {"password", "password_file", "private_key_file"} & set(target):
@@ -69,9 +73,6 @@ def options_from_request(body: dict, policy: InlinePolicy | None) -> dict:
     server's key is checked against `known_hosts_file` (a request may name
     one only when trusted; else the policy's), or a pinned fingerprint the
     policy lets a request give."""
-    if not (body.get("host") and body.get("username")):
-        raise RequestRefused(400, "an sftp target needs host and username",
-                             "host" if not body.get("host") else "username")
     if policy is not None:
         if "known_hosts_file" in body:
             raise RequestRefused(403, "a request cannot name a local file: inline sftp targets use "
