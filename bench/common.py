@@ -10,9 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-import yaml
-
-from tests import immudb_data
+from tests.support import configs, immudb_data
 
 ROOT = Path(__file__).resolve().parent.parent
 MB = 1_000_000
@@ -57,16 +55,11 @@ def timed(argv, shell=False) -> float:
 
 def write_config(root: Path, primary, replica, timeout: float = 30, reconcile: dict | None = None,
                  **backup) -> Path:
-    path = root / "bench.yaml"
-    path.write_text(yaml.safe_dump({
-        "primary": {"host": "127.0.0.1", "port": primary.port, "password": primary.password, "timeout": timeout},
-        "replica": {"host": "127.0.0.1", "port": replica.port, "password": replica.password, "timeout": timeout,
-                    "data_dir": str(replica.data_dir)},
-        "follower": {"password": "Bench-follower-1"},
-        "reconcile": {"databases": {"include": ["bench_*"]}, **(reconcile or {})},
-        "backup": {"databases": {"include": ["bench_*"]}, **backup},
-    }))
-    return path
+    """bench.yaml in `root`: the databases bench_* of these servers (the
+    tests' configuration builder), `reconcile` and `backup` keys added."""
+    return configs.write_config(root, primary, replica, "bench_", "follower", name="bench.yaml",
+                                password="Bench-follower-1", timeout=timeout, reconcile=reconcile or {},
+                                backup=backup)
 
 
 def run_backup_subprocess(config: Path, target: str) -> dict:

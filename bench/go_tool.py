@@ -143,7 +143,7 @@ def compare_backup(root: Path, primary, replica, names: list[str], binary: str, 
     ours at several compression settings. Wall time, CPU seconds, archive
     size, longest unload window."""
     from bench.common import MB, run_backup_subprocess, tree_bytes, write_config
-    from tests.conftest import admin_for
+    from tests.support.servers import admin_for
     log = root / "go.log"
     go = GoReplicator(binary, primary, replica, "Bench-follower-1", log=log).start()
     try:
@@ -208,9 +208,9 @@ def compare_bring_up(root: Path, binary: str, results: dict, count: int = 20) ->
     import sys
 
     from bench.common import write_config
-    from tests import immudb_data
-    from tests.conftest import admin_for
-    from tests.servers import ImmudbServer
+    from tests.support import immudb_data
+    from tests.support.servers import admin_for
+    from tests.support.servers import ImmudbServer
     rows = {}
     for who in ("go", "ours"):
         p = ImmudbServer(f"p-{who}", root / f"bring-{who}-p").start()
@@ -253,8 +253,8 @@ def compare_faults(root: Path, binary: str, results: dict) -> None:
 
     from bench.common import write_config
     from reconciler.secret import Secret
-    from tests.conftest import admin_for
-    from tests.servers import ImmudbServer
+    from tests.support.servers import admin_for
+    from tests.support.servers import ImmudbServer
     p = ImmudbServer("p-faults", root / "faults-p").start()
     r = ImmudbServer("r-faults", root / "faults-r").start()
     found: dict[str, dict] = {}

@@ -40,9 +40,8 @@ warnings.filterwarnings("ignore", category=DeprecationWarning)
 
 
 from bench.common import MB, fill, run_backup_subprocess, timed, tree_bytes, write_config  # noqa: E402
-from tests import immudb_data  # noqa: E402
-from tests.conftest import admin_for  # noqa: E402
-from tests.servers import ImmudbServer, S3Server, free_port  # noqa: E402
+from tests.support import immudb_data  # noqa: E402
+from tests.support.servers import ImmudbServer, S3Server, admin_for, free_port  # noqa: E402
 
 
 def bench_backup(root: Path, primary, replica, names: list[str], results: dict) -> None:

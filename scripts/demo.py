@@ -14,9 +14,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 
-from tests import immudb_data  # noqa: E402
-from tests.conftest import admin_for  # noqa: E402
-from tests.servers import ImmudbServer  # noqa: E402
+from tests.support import immudb_data  # noqa: E402
+from tests.support.servers import ImmudbServer, admin_for  # noqa: E402
 
 FOLLOWER_PASSWORD = "Demo-follower-pw-1"
 

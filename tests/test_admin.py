@@ -6,8 +6,8 @@ import pytest
 from reconciler.admin import AlreadyExists, AuthenticationFailed, ImmudbAdmin, Unreachable
 from reconciler.secret import Secret
 from reconciler.state import PERMISSION_ADMIN, ReplicationSettings
-from tests import immudb_data
-from tests.conftest import unique_name
+from tests.support import immudb_data
+from tests.support.configs import unique_name
 
 
 def replication_settings(primary_server, database: str, user: str, password: str) -> ReplicationSettings:
@@ -80,7 +80,7 @@ def test_wrong_password_is_a_permanent_error_without_the_password(primary_server
 
 
 def test_unreachable_server_is_a_temporary_error():
-    from tests.servers import free_port
+    from tests.support.servers import free_port
     admin = ImmudbAdmin("primary", "127.0.0.1", free_port(), "immudb", Secret("immudb"), timeout=2)
     with pytest.raises(Unreachable) as caught:
         admin.list_databases()

@@ -16,10 +16,9 @@ import pytest
 import yaml
 
 from reconciler.backup.archive import verify
-from tests.conftest import unique_name
-from tests.daemon import TOKEN, Daemon
-from tests.test_backup import replicated  # noqa: F401 (fixture)
-from tests.waiting import wait_for
+from tests.support.configs import unique_name
+from tests.support.daemon import TOKEN, Daemon
+from tests.support.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.faults

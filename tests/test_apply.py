@@ -8,7 +8,7 @@ from __future__ import annotations
 from reconciler.admin import ImmudbError, Unreachable
 from reconciler.reconcile import DEFERRED, DONE, FAILED, SKIPPED, Reconciler
 from reconciler.state import UserInfo
-from tests.test_plan import make_config, primary_db
+from tests.support.plans import make_config, primary_db
 
 
 class FakeAdmin:

@@ -60,3 +60,23 @@ def test_only_the_admin_module_imports_grpc_and_only_targets_import_paramiko_or_
             assert relative == "admin.py", relative
         if "import paramiko" in text or "import boto3" in text:
             assert relative.startswith("backup/targets/"), relative
+
+
+def test_tests_benchmarks_and_scripts_share_only_tests_support():
+    """What tests, bench/ and scripts/ share lives in tests/support/: no one
+    imports a test module or the conftest."""
+    root = PACKAGE.parent
+    offenders = []
+    for path in [*root.glob("tests/**/*.py"), *root.glob("bench/*.py"), *root.glob("scripts/*.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                names = [node.module or ""] + [f"{node.module}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                continue
+            for name in names:
+                last = name.split(".")[-1]
+                if name.startswith("tests.") and (last.startswith("test_") or last == "conftest"):
+                    offenders.append(f"{path.relative_to(root)} imports {name}")
+    assert not offenders, offenders

@@ -16,15 +16,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from reconciler import config
-from reconciler.backup import archive, targets
+from reconciler.backup import archive
 from reconciler.backup.job import Backups
 from reconciler.backup.restore import restore
 from reconciler.state import is_database_name
-from tests import immudb_data
-from tests.conftest import admin_for, unique_name
-from tests.servers import ImmudbServer
-from tests.test_backup import (assert_all_loaded, big_replica, load, replicated,  # noqa: F401 (fixture)
-                               target_dict, write_config)
+from tests.support import immudb_data
+from tests.support.checks import assert_all_loaded
+from tests.support.configs import unique_name, write_config
+from tests.support.targets import target_dict
+from tests.support.servers import ImmudbServer
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.faults
@@ -62,7 +62,8 @@ def tmpfs():
 
 @pytest.mark.parametrize("size", ["small", "large"])
 def test_sftp_full_remote_disk_fails_the_backup_and_keeps_the_previous_archive(
-        size, tmp_path, request, primary_server, replica_server, primary, replica, replicated, sftp_server, tmpfs):
+        size, tmp_path, request, primary_server, replica_server, replica, replicated, sftp_server, tmpfs,
+        big_replica):
     """paramiko reads the answers to pipelined writes only once more than
     100 are unanswered, and close() drops the last ones' errors: a disk that
     fills up within the last 100 writes went unnoticed. `small`: the whole
@@ -73,7 +74,7 @@ def test_sftp_full_remote_disk_fails_the_backup_and_keeps_the_previous_archive(
     target = target_dict("sftp", tmp_path, request)
     backup = {"compression": "gzip"}
     if size == "large":
-        names = names + [big_replica(tmp_path, primary_server, replica_server, primary, prefix, 20)]
+        names = names + [big_replica(prefix, 20)]
         backup = {"compression": "none"}
         probe = write_config(tmp_path, primary_server, replica_server, prefix, **backup, targets={
             "probe": {"type": "file", "path": str(tmp_path / "probe" / "p-{timestamp}.tar")}})
@@ -252,7 +253,7 @@ def test_staged_copies_are_private_whatever_the_umask(tmp_path, primary_server, 
     from reconciler.backup.progress import Progress
     prefix, _, _ = replicated
     staging = tmp_path / "staging"
-    cfg = load(write_config(tmp_path, primary_server, replica_server, prefix, staging_dir=str(staging),
+    cfg = config.load(env={}, path=write_config(tmp_path, primary_server, replica_server, prefix, staging_dir=str(staging),
                             targets={"t": {"type": "file", "path": str(tmp_path / "s-{timestamp}.tar.gz")}}))
     modes = set()
 
@@ -300,7 +301,7 @@ def test_an_archive_that_does_not_read_back_whole_is_not_a_success(verify_after_
     out.mkdir()
     previous = out / "l-20200101T000000Z.tar"
     previous.write_bytes(b"the last good archive")
-    cfg = load(write_config(tmp_path, primary_server, replica_server, prefix, compression="none",
+    cfg = config.load(env={}, path=write_config(tmp_path, primary_server, replica_server, prefix, compression="none",
                             verify_after_upload=verify_after_upload,
                             targets={"t": {"type": "file", "path": str(out / "l-{timestamp}.tar"),
                                            "retention": {"keep_last": 1}}}))
@@ -321,7 +322,7 @@ def test_verify_after_upload_reads_back_from_every_kind(tmp_path, request, prima
                                                         replicated, sftp_server, s3_server):
     prefix, _, _ = replicated
     for kind in ("file", "sftp", "s3"):
-        cfg = load(write_config(tmp_path, primary_server, replica_server, prefix,
+        cfg = config.load(env={}, path=write_config(tmp_path, primary_server, replica_server, prefix,
                                 targets={"t": target_dict(kind, tmp_path, request)}))
         result = Backups(cfg).run(cfg.backup.targets["t"])
         assert result.ok, (kind, result.error)
@@ -348,7 +349,7 @@ def test_an_unexpected_error_in_the_background_backup_is_recorded_as_a_failure(t
                                                                               replica_server, replica, replicated):
     from reconciler.backup.targets.file import FileTarget
     prefix, names, _ = replicated
-    cfg = load(write_config(tmp_path, primary_server, replica_server, prefix, compression="none",
+    cfg = config.load(env={}, path=write_config(tmp_path, primary_server, replica_server, prefix, compression="none",
                             targets={"t": {"type": "file", "path": str(tmp_path / "x" / "x-{timestamp}.tar")}}))
     real_open = FileTarget.open
     monkeypatch.setattr(FileTarget, "open", lambda self, *a, **k: _Exploding(real_open(self, *a, **k)))
@@ -390,7 +391,7 @@ def test_an_archive_damaged_on_its_way_is_read_back_found_damaged_and_deleted(tm
 
     monkeypatch.setattr(archive, "open_compressor", lambda kind, level, raw, threads=None: real(kind, level, Damaged(raw)))
     out = tmp_path / "damaged"
-    cfg = load(write_config(tmp_path, primary_server, replica_server, prefix,
+    cfg = config.load(env={}, path=write_config(tmp_path, primary_server, replica_server, prefix,
                             targets={"t": {"type": "file", "path": str(out / "d-{timestamp}.tar.gz")}}))
     result = Backups(cfg).run(cfg.backup.targets["t"])
     assert not result.ok and "does not read back whole" in result.error and "it was deleted" in result.error

@@ -13,8 +13,7 @@ import yaml
 
 from reconciler.backup import archive
 from reconciler.backup.restore import restore
-from tests.conftest import unique_name
-from tests.test_backup import replicated, write_config  # noqa: F401 (fixture)
+from tests.support.configs import unique_name, write_config
 
 ROOT = Path(__file__).resolve().parent.parent
 

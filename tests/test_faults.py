@@ -15,12 +15,13 @@ import pytest
 
 from reconciler import config
 from reconciler.reconcile import Reconciler
-from tests import immudb_data
-from tests.conftest import admin_for, unique_name
-from tests.daemon import Daemon
-from tests.servers import ImmudbServer
-from tests.test_backup import assert_all_loaded, replicated, target_dict  # noqa: F401 (fixture)
-from tests.waiting import patient, wait_for
+from tests.support import immudb_data
+from tests.support.checks import assert_all_loaded, is_unloaded
+from tests.support.configs import unique_name, write_config
+from tests.support.daemon import Daemon
+from tests.support.servers import LISTS_WHILE_UNLOADED, ImmudbServer, admin_for
+from tests.support.targets import target_dict
+from tests.support.waiting import patient, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -45,16 +46,8 @@ def pair(tmp_path, immudb_build):
 
 
 def reconciler(tmp_path: Path, p, r, prefix: str, timeout: float = 5, **reconcile) -> Reconciler:
-    import yaml
-    path = tmp_path / f"{unique_name('cfg')}.yaml"
-    path.write_text(yaml.safe_dump({
-        "primary": {"host": "127.0.0.1", "port": p.port, "password": p.password, "timeout": timeout},
-        "replica": {"host": "127.0.0.1", "port": r.port, "password": r.password, "timeout": timeout,
-                    "data_dir": str(r.data_dir)},
-        "follower": {"password": "Follower-pw-1"},
-        "reconcile": {"databases": {"include": [f"{prefix}*"]}, "backoff": {"initial": 0.1, "max": 1},
-                      "max_new_replicas": 0, **reconcile},
-    }))
+    path = write_config(tmp_path, p, r, prefix, "follower", name=f"{unique_name('cfg')}.yaml", timeout=timeout,
+                        max_new_replicas=0, **reconcile)
     return Reconciler.from_config(config.load(path, env={}))
 
 
@@ -250,7 +243,7 @@ def test_replicator_sigkilled_mid_backup_is_cleaned_up_at_restart(tmp_path, requ
     assert follows(p, r, name)
     with admin_for(r, "watch") as replica:
         def unloaded():
-            return not {x.name: x for x in replica.list_databases()}[name].loaded
+            return is_unloaded(replica, name)
         assert d.request("POST", "/backup/start", {"target": "local"})[0] == 202
         wait_for(unloaded, 60, "the backup to unload the database", interval=0.01)
         d.proc.send_signal(signal.SIGSTOP)  # caught while it streams the unloaded database
@@ -345,6 +338,8 @@ def test_hundred_concurrent_backup_requests_and_status_under_load(tmp_path, prim
 
 
 @pytest.mark.timeout(patient(1500))
+@pytest.mark.skipif(not LISTS_WHILE_UNLOADED, reason="immudb before 1.11.1 cannot list while a backup holds a "
+                    "database unloaded: passes are skipped then (tests/test_backup.py checks that), never busy")
 def test_passes_every_second_during_a_backup_of_200_databases(tmp_path, pair, sftp_server):
     """200 replica databases backed up one after the other (each unloaded in
     turn) while a pass runs every second. Midway, the SFTP target freezes, so
@@ -430,7 +425,6 @@ def _misconfigured(kind: str, case: str, tmp_path, request) -> dict:
 ])
 def test_target_that_cannot_take_the_archive_fails_clearly(kind, case, says, tmp_path, request, primary_server,
                                                            replica_server, replica, replicated):
-    from tests.test_backup import write_config
     prefix, names, _ = replicated
     target = _misconfigured(kind, case, tmp_path, request)
     path = write_config(tmp_path, primary_server, replica_server, prefix, targets={"broken": target})
@@ -455,7 +449,7 @@ def test_slow_clients_do_not_stop_the_api(tmp_path, primary_server, replica_serv
     than its Content-Length) and then wait: the API still answers everyone
     else at once; the stalled requests never reach a handler."""
     import socket
-    from tests.daemon import TOKEN
+    from tests.support.daemon import TOKEN
     d = Daemon(tmp_path, primary_server, replica_server, unique_name("sl") + "_").start()
     stalled = []
     try:

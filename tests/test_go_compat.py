@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.daemon import TOKEN, Daemon
-from tests.test_backup import replicated  # noqa: F401 (fixture)
+from tests.support.daemon import TOKEN, Daemon
 
 HERE = Path(__file__).resolve().parent
 

@@ -10,7 +10,7 @@ import paramiko
 import pytest
 from botocore.exceptions import ClientError
 
-from tests.waiting import patient
+from tests.support.waiting import patient
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -93,8 +93,8 @@ def test_s3_wrong_credentials_are_refused(s3_server):
 
 
 def test_immuclient_reads_what_immudb_py_wrote(primary_server, primary, replica_server):
-    from tests import immudb_data
-    from tests.conftest import unique_name
+    from tests.support import immudb_data
+    from tests.support.configs import unique_name
     db = unique_name()
     primary.create_database(db)
     immudb_data.write(primary_server, db, 3, prefix="ic")
@@ -110,7 +110,7 @@ def test_servers_started_by_a_process_die_with_it(tmp_path, immudb_build):
     import sys
     import time
     script = (f"import sys, time; sys.path.insert(0, {str(ROOT)!r});"
-              f"from tests.servers import ImmudbServer;"
+              f"from tests.support.servers import ImmudbServer;"
               f"s = ImmudbServer('orphan', __import__('pathlib').Path({str(tmp_path)!r}) / 's').start();"
               f"print(s.process.pid, flush=True); time.sleep(60)")
     parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
@@ -124,7 +124,7 @@ def test_servers_started_by_a_process_die_with_it(tmp_path, immudb_build):
 
 
 def _alive(pid: int) -> bool:
-    from tests.servers import _pid_alive
+    from tests.support.servers import _pid_alive
     return _pid_alive(pid)
 
 
@@ -133,13 +133,13 @@ def test_servers_up_and_down_by_hand(tmp_path, immudb_build):
     import subprocess
     import sys
     env = dict(__import__("os").environ, TMPDIR=str(tmp_path))
-    up = subprocess.run([sys.executable, "-m", "tests.servers", "up", "--immudb-only"], cwd=ROOT, env=env,
+    up = subprocess.run([sys.executable, "-m", "tests.support.servers", "up", "--immudb-only"], cwd=ROOT, env=env,
                         capture_output=True, text=True, timeout=120)
     assert up.returncode == 0, up.stderr
     info = json.loads(up.stdout)
     pids = [info["primary"]["pid"], info["replica"]["pid"]]
     assert all(_alive(p) for p in pids)
-    down = subprocess.run([sys.executable, "-m", "tests.servers", "down"], cwd=ROOT, env=env,
+    down = subprocess.run([sys.executable, "-m", "tests.support.servers", "down"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=60)
     assert down.returncode == 0, down.stderr
     assert not any(_alive(p) for p in pids)
@@ -147,7 +147,7 @@ def test_servers_up_and_down_by_hand(tmp_path, immudb_build):
 
 
 def test_immudb_build_failure_says_why(tmp_path, monkeypatch, immudb_build):
-    from tests.servers import ServerError, build_immudb
+    from tests.support.servers import ServerError, build_immudb
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     with pytest.raises(ServerError) as caught:
         build_immudb("0.0.0-no-such-version")

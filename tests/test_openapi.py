@@ -14,7 +14,7 @@ import yaml
 from hypothesis import HealthCheck, settings
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
-from tests.daemon import TOKEN, Daemon
+from tests.support.daemon import TOKEN, Daemon
 
 ROOT = Path(__file__).resolve().parent.parent
 schema = schemathesis.openapi.from_path(ROOT / "schemas" / "openapi.yaml")

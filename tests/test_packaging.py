@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests import immudb_data
-from tests.conftest import unique_name
+from tests.support import immudb_data
+from tests.support.configs import unique_name
 
 # building and installing needs the package index, not the test servers; the main-job test
 # also uses the servers (and is marked `servers` by its fixtures)

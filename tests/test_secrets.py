@@ -21,11 +21,10 @@ import pytest
 import yaml
 
 from reconciler.backup.archive import open_decompressor
-from tests.conftest import unique_name
-from tests.daemon import Daemon
-from tests.servers import S3_ACCESS_KEY, S3_SECRET_KEY, SFTP_PASSWORD, ImmudbServer
-from tests.test_backup import replicated  # noqa: F401 (fixture: three caught-up replica databases)
-from tests.waiting import patient
+from tests.support.configs import unique_name, write_data
+from tests.support.daemon import Daemon
+from tests.support.servers import S3_ACCESS_KEY, S3_SECRET_KEY, SFTP_PASSWORD, ImmudbServer
+from tests.support.waiting import patient
 
 pytestmark = [pytest.mark.faults, pytest.mark.servers]
 
@@ -158,12 +157,6 @@ def configured(tmp_path, primary_server, replica_server, sftp_server, s3_server,
             "tmp_path": tmp_path}
 
 
-def write_config(tmp_path: Path, data: dict, name: str = "replicator.yaml") -> Path:
-    path = tmp_path / name
-    path.write_text(yaml.safe_dump(data))
-    return path
-
-
 def _env(tmp_path: Path, debug: bool) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("MASTER_", "REPLICA_", "FOLLOWER_", "REPLICATOR_", "AWS_")) and k != "DATADIR"}
@@ -199,7 +192,7 @@ def _archive_bytes(stream) -> bytes:
 
 def test_every_command_prints_no_secret(configured, s3_server, sftp_server):
     tmp, data, transcript = configured["tmp_path"], configured["data"], Transcript()
-    config = str(write_config(tmp, data))
+    config = str(write_data(tmp / "replicator.yaml", data))
     cli(transcript, tmp, "validate", "-c", config)
     cli(transcript, tmp, "plan", "-c", config, expect=2)  # the follower's password changes
     cli(transcript, tmp, "reconcile", "--once", "-c", config)
@@ -236,7 +229,7 @@ def test_every_command_prints_no_secret(configured, s3_server, sftp_server):
     # a rotation: the plan says the password changes, never what it was or becomes
     rotated = json.loads(json.dumps(data))
     rotated["follower"]["password"] = FOLLOWER_ROTATED
-    rotated_config = str(write_config(tmp, rotated, "rotated.yaml"))
+    rotated_config = str(write_data(tmp / "rotated.yaml", rotated))
     plan = cli(transcript, tmp, "plan", "-c", rotated_config, expect=2)
     assert "password" in plan.stdout
     cli(transcript, tmp, "reconcile", "--once", "-c", rotated_config)
@@ -252,10 +245,10 @@ def test_every_command_prints_no_secret(configured, s3_server, sftp_server):
 @pytest.mark.parametrize("debug", [False, True], ids=["plain", "REPLICATOR_DEBUG"])
 def test_refused_credentials_fail_without_echoing_them(configured, s3_server, sftp_server, debug):
     tmp, data, transcript = configured["tmp_path"], configured["data"], Transcript()
-    config = str(write_config(tmp, data))
+    config = str(write_data(tmp / "replicator.yaml", data))
     wrong = json.loads(json.dumps(data))
     wrong["primary"]["password"] = WRONG_PRIMARY
-    wrong_config = str(write_config(tmp, wrong, "wrong-primary.yaml"))
+    wrong_config = str(write_data(tmp / "wrong-primary.yaml", wrong))
     for command in (["plan"], ["reconcile", "--once"], ["status"], ["status", "--json"]):
         done = cli(transcript, tmp, *command, "-c", wrong_config, debug=debug, expect=1)
         assert "refused" in done.stderr, done.stderr
@@ -276,7 +269,7 @@ def test_refused_credentials_fail_without_echoing_them(configured, s3_server, sf
     # remote archives read with the wrong credentials (the bucket/host matches the bad target first)
     only_bad = json.loads(json.dumps(data))
     only_bad["backup"]["targets"] = {k: v for k, v in data["backup"]["targets"].items() if k.endswith("_bad")}
-    bad_config = str(write_config(tmp, only_bad, "only-bad.yaml"))
+    bad_config = str(write_data(tmp / "only-bad.yaml", only_bad))
     cli(transcript, tmp, "verify", "-c", bad_config, f"s3://{configured['bucket']}/sx/c-20260101T000000Z.tar.gz",
         debug=debug, expect=1)
     cli(transcript, tmp, "verify", "-c", bad_config,

@@ -2,21 +2,20 @@
 servers, driven over HTTP and with signals."""
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import time
-from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from reconciler import config
 from reconciler.backup.archive import verify
-from tests import immudb_data
-from tests.conftest import unique_name
-from tests.daemon import TOKEN, Daemon
-from tests.test_backup import assert_all_loaded, replicated, target_dict  # noqa: F401 (fixture)
-from tests.waiting import patient, wait_for
+from tests.support import immudb_data
+from tests.support.checks import assert_all_loaded
+from tests.support.configs import unique_name, write_config
+from tests.support.daemon import TOKEN, Daemon
+from tests.support.waiting import patient, wait_for
 
 
 @pytest.fixture
@@ -297,11 +296,11 @@ def test_scheduled_backup_fires(tmp_path, daemon_factory, replicated):
 
 def test_scheduled_backup_finding_another_running_is_skipped_and_recorded(tmp_path, primary_server, replica_server,
                                                                          replicated):
-    from tests.test_backup import load, write_config
     from reconciler.daemon import Service
     prefix, _, _ = replicated
-    cfg = load(write_config(tmp_path, primary_server, replica_server, prefix,
-                            targets={"local": {"type": "file", "path": str(tmp_path / "s-{timestamp}.tar.gz")}}))
+    cfg = config.load(write_config(tmp_path, primary_server, replica_server, prefix,
+                                   targets={"local": {"type": "file", "path": str(tmp_path / "s-{timestamp}.tar.gz")}}),
+                      env={})
     service = Service(cfg)
     try:
         with service.backups._lock:  # another backup holds it

@@ -7,49 +7,17 @@ import os
 import pytest
 
 from reconciler.backup.targets import ArchiveExists, TargetError, build
-from reconciler.config.model import TargetConfig
-from reconciler.secret import Secret
-from tests.conftest import unique_name
+from tests.support.targets import KINDS, target_config
 
 MiB = 1024 * 1024
 
 
-def file_target(tmp_path, **_):
-    return TargetConfig("local", "file", str(tmp_path / "archives" / "immudb-{timestamp}.tar.gz"),
-                        {"create_dirs": True})
-
-
-def sftp_target(tmp_path, sftp_server, **_):
-    folder = f"{sftp_server.upload_dir}/{unique_name('t')}"
-    return TargetConfig("remote", "sftp", folder + "/immudb-{timestamp}.tar.gz", {
-        "host": "127.0.0.1", "port": sftp_server.port, "username": sftp_server.username,
-        "password": Secret(sftp_server.password), "known_hosts_file": str(sftp_server.known_hosts),
-        "create_dirs": True})
-
-
-def s3_target(tmp_path, s3_server, **_):
-    bucket = unique_name("b").replace("_", "-")
-    s3_server.client().create_bucket(Bucket=bucket)
-    return TargetConfig("cloud", "s3", f"s3://{bucket}/backups/immudb-{{timestamp}}.tar.gz", {
-        "endpoint_url": s3_server.endpoint_url, "region": "us-east-1",
-        "access_key": Secret(s3_server.access_key), "secret_key": Secret(s3_server.secret_key),
-        "addressing_style": "path", "part_size_mib": 5})
-
-
-KINDS = {"file": file_target, "sftp": sftp_target, "s3": s3_target}
-
-
 # sftp and s3 ask for their server at run time (request.getfixturevalue), which the
 # automatic `servers` marker (conftest.py) cannot see: they carry it themselves
-@pytest.fixture(params=["file", pytest.param("sftp", marks=pytest.mark.servers),
-                        pytest.param("s3", marks=pytest.mark.servers)])
+@pytest.fixture(params=[pytest.param(kind, marks=pytest.mark.servers) if server else kind
+                        for kind, (server, _) in KINDS.items()])
 def target(request, tmp_path):
-    servers = {}
-    if request.param == "sftp":
-        servers["sftp_server"] = request.getfixturevalue("sftp_server")
-    if request.param == "s3":
-        servers["s3_server"] = request.getfixturevalue("s3_server")
-    t = build(KINDS[request.param](tmp_path, **servers))
+    t = build(target_config(request.param, tmp_path, request))
     yield t
     t.close()
 
@@ -140,11 +108,32 @@ def test_every_kind_is_one_module_holding_its_whole_contract():
     assert set(found) == set(KINDS)
     for name, module in found.items():
         assert module.KIND == name
-        for attribute in ("URL_SCHEME", "SCHEMA", "config_problems", "options_from_request", "target_for_url",
-                          "build"):
+        for attribute in ("URL_SCHEME", "SCHEMA", "REQUEST_SCHEMA", "config_problems", "options_from_request",
+                          "target_for_url", "build"):
             assert hasattr(module, attribute), (name, attribute)
         assert load_schema()["$defs"][f"{name}_target"] is module.SCHEMA
     assert load_schema("backup-request.schema.json")["oneOf"][1]["properties"]["type"]["enum"] == sorted(KINDS)
+
+
+@pytest.mark.parametrize("body, field, message", [
+    ({"type": "sftp", "path": "/x"}, "host", "missing field 'host'"),
+    ({"type": "sftp", "path": "/x", "host": "h"}, "username", "missing field 'username'"),
+    ({"type": "sftp", "path": "/x", "host": "h", "username": ""}, "username", "invalid field 'username'"),
+    ({"type": "s3", "path": "/x"}, "path", "invalid field 'path'"),
+])
+def test_an_inline_target_missing_what_its_kind_needs_is_refused_naming_the_field(body, field, message):
+    """The same answer for the command line (`backup --type`) as the API
+    gives from backup-request.schema.json, which holds each kind's
+    REQUEST_SCHEMA."""
+    from jsonschema import Draft202012Validator
+
+    from reconciler.backup import targets
+    from reconciler.config.validate import load_schema
+    with pytest.raises(targets.RequestRefused) as refused:
+        targets.from_request(body)
+    assert (refused.value.status, refused.value.field) == (400, field)
+    assert str(refused.value).startswith(message) and "''" not in str(refused.value)  # never the username
+    assert list(Draft202012Validator(load_schema("backup-request.schema.json")).iter_errors(body))
 
 
 def test_looking_kinds_up_loads_no_client_library():

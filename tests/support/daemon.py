@@ -12,12 +12,11 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-import yaml
+from tests.support.configs import config_data, write_data
+from tests.support.servers import free_port
+from tests.support.waiting import patient, wait_for
 
-from tests.servers import free_port
-from tests.waiting import patient, wait_for
-
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # the repository
 TOKEN = "Api-token-for-tests-123"
 
 
@@ -27,29 +26,21 @@ class Daemon:
         self.tmp_path = tmp_path
         self.port = free_port()
         self.config_path = tmp_path / "replicator.yaml"
-        self.data = {
-            "primary": {"host": "127.0.0.1", "port": primary_server.port, "password": primary_server.password,
-                        "timeout": 30},
-            "replica": {"host": "127.0.0.1", "port": replica_server.port, "password": replica_server.password,
-                        "timeout": 30, "data_dir": str(replica_server.data_dir)},
-            "follower": {"username": "fol_" + prefix.strip("_"), "password": "Follower-pw-1"},
-            "reconcile": {"interval": 3600, "databases": {"include": [f"{prefix}*"]}},
-            "backup": {"databases": {"include": [f"{prefix}*"]}, "targets": {}},
-            "api": {"listen": f"127.0.0.1:{self.port}", "token": TOKEN,
-                    "file_target_dirs": [str(tmp_path / "out")]},
-            "daemon": {"config_check_interval": 0.5, "shutdown_grace": 30},
-        }
-        for key, value in sections.items():
-            self.data[key] = {**self.data.get(key, {}), **value}
+        defaults = {"reconcile": {"interval": 3600},
+                    "api": {"listen": f"127.0.0.1:{self.port}", "token": TOKEN,
+                            "file_target_dirs": [str(tmp_path / "out")]},
+                    "daemon": {"config_check_interval": 0.5, "shutdown_grace": 30}}
+        for key, value in sections.items():  # a section given is added to its defaults
+            defaults[key] = {**defaults[key], **value} if key in defaults else value
+        sections = defaults
+        self.data = config_data(primary_server, replica_server, prefix, **sections)
         self.write_config()
         self.env = dict(os.environ, HOME=str(tmp_path), **(extra_env or {}))
         self.log_path = tmp_path / "daemon.log"
         self.proc: subprocess.Popen | None = None
 
     def write_config(self) -> None:
-        tmp = self.config_path.with_suffix(".tmp")
-        tmp.write_text(yaml.safe_dump(self.data))
-        tmp.rename(self.config_path)
+        write_data(self.config_path, self.data)
 
     @property
     def url(self) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 import warnings
 
-from tests.waiting import patient
+from tests.support.waiting import patient
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)

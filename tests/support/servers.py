@@ -3,9 +3,9 @@
 Every server listens on 127.0.0.1 on a free port, keeps its state in a fresh
 temporary directory and is stopped (and its directory removed) by `stop()`.
 Processes started from a test session get PR_SET_PDEATHSIG, so a crashed
-pytest leaves none behind; `python -m tests.servers up` starts servers that
+pytest leaves none behind; `python -m tests.support.servers up` starts servers that
 outlive the command (their details go to a state file) and
-`python -m tests.servers down` stops them.
+`python -m tests.support.servers down` stops them.
 
 immudb is built from the Go module proxy at IMMUDB_VERSION and cached outside
 the checkout (`$XDG_CACHE_HOME/immudb-replicator/immudb-<version>/`), because
@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 IMMUDB_VERSION = os.environ.get("IMMUDB_VERSION", "1.11.1")
+# before 1.11.1, DatabaseListV2 fails ("already closed") while any database is unloaded
+LISTS_WHILE_UNLOADED = tuple(int(p) for p in IMMUDB_VERSION.split(".")[:3]) >= (1, 11, 1)
 IMMUDB_MODULE = "github.com/codenotary/immudb"
 SFTP_USER = "replsftp"
 IMMUCLIENT_USER = "replimmuc"
@@ -298,6 +300,15 @@ class ImmudbServer:
         return int(fields["tx"]), fields["value"]
 
 
+def admin_for(server: ImmudbServer, name: str, timeout: float = 60):
+    """An admin client for checks and set-up; its timeout is as generous as any
+    the code under test uses (right after bulk creation a server may take many
+    seconds to answer a login)."""
+    from reconciler.admin import ImmudbAdmin
+    from reconciler.secret import Secret
+    return ImmudbAdmin(name, "127.0.0.1", server.port, server.username, Secret(server.password), timeout=timeout)
+
+
 # --------------------------------------------------------------------------
 # OpenSSH sftp
 
@@ -434,7 +445,6 @@ class S3Server:
 
     def _wait_ready(self, timeout: float = 60) -> None:
         """The S3 port opens before the filer behind it can store objects."""
-        import boto3
         from botocore.config import Config as BotoConfig
         client = self.client(BotoConfig(retries={"max_attempts": 1}, connect_timeout=2, read_timeout=5))
         deadline = time.monotonic() + timeout
@@ -471,11 +481,11 @@ class S3Server:
 
 
 # --------------------------------------------------------------------------
-# python -m tests.servers up|down|build
+# python -m tests.support.servers up|down|build
 
 def _up(args) -> int:
     if STATE_FILE.exists():
-        print(f"servers already up ({STATE_FILE}); run `python -m tests.servers down` first", file=sys.stderr)
+        print(f"servers already up ({STATE_FILE}); run `python -m tests.support.servers down` first", file=sys.stderr)
         return 1
     root = Path(tempfile.mkdtemp(prefix="immudb-replicator-servers-"))
     started = []
@@ -527,7 +537,7 @@ def _build(_args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.servers", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m tests.support.servers", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
     up = sub.add_parser("up", help="start primary and replica immudb, sshd and S3; print their addresses")
     up.add_argument("--immudb-only", action="store_true", help="only the two immudb servers")
