@@ -21,7 +21,7 @@ from reconciler import __version__
 from reconciler.backup import targets
 from reconciler.backup.job import BackupAlreadyRunning
 from reconciler.config.model import Config, TargetConfig
-from reconciler.config.validate import dotted, load_schema
+from reconciler.config.validate import load_schema
 from reconciler.log import event
 from reconciler.secret import redact
 from reconciler.status import DatabaseStatus, ServiceStats
@@ -214,17 +214,8 @@ def _target_from(service: Service, body: Any, schema: Draft202012Validator):
     branch = schema.schema["oneOf"][0 if "target" in body else 1]
     errors = sorted(Draft202012Validator(branch).iter_errors(body), key=lambda e: list(e.absolute_path))
     if errors:
-        e = errors[0]
-        field = dotted(e.absolute_path) if e.absolute_path else None
-        if e.validator == "required":
-            field = e.message.split("'")[1]
-            raise HTTPProblem(400, f"missing field '{field}'", field)
-        if e.validator == "additionalProperties":
-            extra = sorted(set(body) - set(e.schema.get("properties", {})))
-            raise HTTPProblem(400, f"unknown field '{extra[0]}'", extra[0])
-        # never echoed: the password, and the username (for s3 it is the access key)
-        shown = "" if field in ("password", "username") else f": {e.message}"
-        raise HTTPProblem(400, f"invalid field '{field}'{shown}", field)
+        refused = targets.refusal(errors[0])
+        raise HTTPProblem(refused.status, str(refused), refused.field)
     if "target" in body:
         name = body["target"]
         if name not in service.cfg.backup.targets:

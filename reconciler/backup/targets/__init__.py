@@ -15,7 +15,7 @@ from reconciler.backup.targets.base import (ArchiveExists, ArchiveInfo, InlinePo
 from reconciler.config.model import TargetConfig
 
 __all__ = ["ArchiveExists", "ArchiveInfo", "InlinePolicy", "RequestRefused", "Target", "TargetError", "Upload",
-           "build", "from_request", "kind", "kinds", "for_url", "config_problems"]
+           "build", "from_request", "kind", "kinds", "for_url", "config_problems", "refusal"]
 
 
 @lru_cache(maxsize=None)
@@ -60,18 +60,27 @@ def from_request(body: Mapping[str, Any], policy: InlinePolicy | None = None, na
 
 
 def _check_request(module: ModuleType, body: Mapping[str, Any]) -> None:
-    """RequestRefused (400, naming the field) for the first thing the kind's
-    REQUEST_SCHEMA finds wrong. The API checks the same schema earlier, as
-    part of backup-request.schema.json; this is for the command line."""
+    """RequestRefused for the first thing the kind's REQUEST_SCHEMA finds
+    wrong. The API checks the same schema earlier, as part of
+    backup-request.schema.json; this is for the command line."""
     from jsonschema import Draft202012Validator
     for error in Draft202012Validator(module.REQUEST_SCHEMA).iter_errors(dict(body)):
-        if error.validator == "required":
-            field = error.message.split("'")[1]
-            raise RequestRefused(400, f"missing field '{field}'", field)
-        field = str(error.absolute_path[0]) if error.absolute_path else None
-        # never echoed: the password, and the username (for s3 it is the access key)
-        shown = "" if field in ("password", "username") else f": {error.message}"
-        raise RequestRefused(400, f"invalid field '{field}'{shown}", field)
+        raise refusal(error)
+
+
+def refusal(error) -> RequestRefused:
+    """A request's schema error (jsonschema's ValidationError) as a 400 that
+    names the field, never echoing a password or a username (for s3 it is
+    the access key)."""
+    field = str(error.absolute_path[0]) if error.absolute_path else None
+    if error.validator == "required":
+        field = error.message.split("'")[1]
+        return RequestRefused(400, f"missing field '{field}'", field)
+    if error.validator == "additionalProperties":
+        extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
+        return RequestRefused(400, f"unknown field '{extra[0]}'", extra[0])
+    shown = "" if field in ("password", "username") else f": {error.message}"
+    return RequestRefused(400, f"invalid field '{field}'{shown}", field)
 
 
 def for_url(configured: list[TargetConfig], url) -> TargetConfig:
