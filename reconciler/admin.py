@@ -22,14 +22,17 @@ and is retried.
 """
 from __future__ import annotations
 
+import collections
 import importlib.util
 import logging
+import queue
+import struct
 import sys
 import threading
 import types
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Iterator
 
 
 def _namespace_google() -> None:
@@ -407,6 +410,76 @@ class ImmudbAdmin:
                               temporary=False) from None
 
     # ------------------------------------------------------------------
+    # transactions (the journal)
+
+    def follow(self, name: str, first_tx: int, window: int = 32, wait: float = 30.0) -> "TxFeed":
+        """Transactions of database `name` from `first_tx` on, as immudb
+        exports them, waiting up to `wait` s for new ones (see TxFeed)."""
+        return TxFeed(self, name, first_tx, window, wait)
+
+    def create_restore_database(self, name: str) -> None:
+        """A database that takes replayed transactions: a replica with no
+        primary to follow (immudb runs no replicator for it), as `immuadmin
+        hot-restore` makes one. `promote()` makes it an ordinary database."""
+        settings = pb.DatabaseNullableSettings(replicationSettings=pb.ReplicationNullableSettings(
+            replica=pb.NullableBool(value=True), primaryDatabase=pb.NullableString(value="replicator-restore")))
+        self._call(f"create database {name} for replay", "CreateDatabaseV2",
+                   pb.CreateDatabaseRequest(name=name, settings=settings, ifNotExists=False))
+
+    def make_restore_target(self, name: str) -> None:
+        """Let existing database `name` take replayed transactions (replica,
+        no primary)."""
+        settings = pb.DatabaseNullableSettings(replicationSettings=pb.ReplicationNullableSettings(
+            replica=pb.NullableBool(value=True), primaryDatabase=pb.NullableString(value="replicator-restore"),
+            primaryHost=pb.NullableString(value=""), primaryPort=pb.NullableUint32(value=0)))
+        self._call(f"prepare {name} for replay", "UpdateDatabaseV2",
+                   pb.UpdateDatabaseRequest(database=name, settings=settings))
+
+    def replicate(self, name: str, transactions: Iterable[tuple[int, bytes]], in_flight: int = 32,
+                  done: Callable[[int, int], None] | None = None) -> int:
+        """Replay exported transactions into database `name` (a replica with
+        no primary), in order, with immudb's ReplicateTx. Up to `in_flight`
+        calls are outstanding: immudb applies each after its predecessor and
+        syncs them together. `done(tx_id, size)` is called as each is
+        applied. The number replayed; raises ImmudbError naming the
+        transaction immudb refused."""
+        token = self._database_token(name)
+        call = self._channel.stream_unary(
+            f"/{_SERVICE.full_name}/replicateTx", request_serializer=pb.Chunk.SerializeToString,
+            response_deserializer=pb.TxHeader.FromString)
+        metadata = (("authorization", "Bearer " + token), ("skip-integrity-check", "false"),
+                    ("wait-for-indexing", "false"))
+        pending: collections.deque = collections.deque()
+        count = 0
+
+        def settle() -> None:
+            tx_id, size, future = pending.popleft()
+            try:
+                future.result()
+            except grpc.RpcError as exc:
+                for _, _, other in pending:
+                    other.cancel()
+                pending.clear()
+                raise self._error(f"replay transaction {tx_id} into {name}", exc) from None
+            if done is not None:
+                done(tx_id, size)
+
+        try:
+            for tx_id, data in transactions:
+                self.calls += 1
+                pending.append((tx_id, len(data), call.future(_chunks(data), timeout=max(self.timeout, 60.0),
+                                                              metadata=metadata)))
+                count += 1
+                if len(pending) >= in_flight:
+                    settle()
+            while pending:
+                settle()
+        finally:
+            for _, _, future in pending:
+                future.cancel()
+        return count
+
+    # ------------------------------------------------------------------
     # users
 
     def list_users(self) -> list[UserInfo]:
@@ -488,3 +561,108 @@ def _database_info(d: Any) -> DatabaseInfo:
             file_size=s.fileSize.value, write_tx_header_version=s.writeTxHeaderVersion.value,
             embedded_values=s.embeddedValues.value if s.HasField("embeddedValues") else None),
     )
+
+
+# ----------------------------------------------------------------------
+# streamed transactions
+
+_CHUNK = 64 * 1024  # immudb's own stream chunk size
+
+
+def _chunks(data: bytes) -> Iterator[Any]:
+    """One message of immudb's stream protocol (pkg/stream): its length as a
+    u64, then its bytes, in chunks."""
+    framed = struct.pack(">Q", len(data)) + data
+    for i in range(0, len(framed), _CHUNK):
+        yield pb.Chunk(content=framed[i:i + _CHUNK])
+
+
+@dataclass(frozen=True)
+class ExportedBytes:
+    tx_id: int
+    data: bytes
+    committed: int      # the database's last committed transaction when it was sent
+
+
+class TxFeed:
+    """Transactions of one database from `first_tx` on, as immudb's exportTx
+    exports them, `window` calls ahead of what has arrived.
+
+    immudb answers a call for a transaction it has not committed with "no
+    new transactions" at once, unless the call allows precommitted ones:
+    then the server waits until the transaction is durably written (no
+    polling). So every call allows them, and each ExportedBytes says how
+    far the database had committed (`committed`): the caller ships only
+    committed transactions (see Journal). After `wait` seconds with nothing
+    new the iteration simply ends and the caller follows again. `cancel()`
+    from any thread ends the iteration. Raises ImmudbError when a call
+    fails."""
+
+    def __init__(self, admin: ImmudbAdmin, name: str, first_tx: int, window: int, wait: float = 30.0):
+        self.admin, self.name, self.wait = admin, name, wait
+        self._next = first_tx
+        self._cancelled = False
+        self._token = admin._database_token(name)
+        self._method = admin._channel.unary_stream(
+            f"/{_SERVICE.full_name}/exportTx", request_serializer=pb.ExportTxRequest.SerializeToString,
+            response_deserializer=pb.Chunk.FromString)
+        self._calls: collections.deque = collections.deque()
+        for _ in range(window):
+            self._ask()
+
+    def _ask(self) -> None:
+        if self._cancelled:
+            return
+        self.admin.calls += 1
+        call = self._method(pb.ExportTxRequest(tx=self._next, allowPreCommitted=True), timeout=self.wait,
+                            metadata=(("authorization", "Bearer " + self._token),))
+        self._calls.append((self._next, call))
+        self._next += 1
+
+    def cancel(self) -> None:
+        self._cancelled = True
+        for _, call in list(self._calls):
+            call.cancel()
+
+    def __iter__(self) -> Iterator[ExportedBytes]:
+        try:
+            while self._calls and not self._cancelled:
+                tx_id, call = self._calls[0]
+                try:
+                    data, committed = self._message(call)
+                except grpc.RpcError as exc:
+                    if self._cancelled:
+                        return
+                    if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                        return  # nothing committed for `wait` seconds: the caller follows again
+                    raise self.admin._error(f"export transaction {tx_id} from {self.name}", exc) from None
+                if not data:
+                    return  # the server's own wait ended first: nothing new
+                self._calls.popleft()
+                self._ask()
+                yield ExportedBytes(tx_id, data, committed)
+        finally:
+            self.cancel()
+
+    def _message(self, call) -> tuple[bytes, int]:
+        buffer, size, committed = bytearray(), None, 0
+        for chunk in call:
+            if size is None:
+                if len(chunk.content) < 8:
+                    break
+                size = struct.unpack_from(">Q", chunk.content)[0]
+                buffer += chunk.content[8:]
+                raw = chunk.metadata.get("committed-txid-bin")
+                committed = struct.unpack(">Q", raw)[0] if raw and len(raw) == 8 else 0
+            else:
+                buffer += chunk.content
+        if size is None or len(buffer) != size:
+            raise ImmudbError(f"{self.admin.name} ({self.admin.address})", f"export from {self.name}",
+                              "the server's message is incomplete", temporary=True)
+        return bytes(buffer), committed
+
+    def __enter__(self) -> "TxFeed":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.cancel()

@@ -172,6 +172,28 @@ class BackupConfig:
     schedules: tuple[Schedule, ...]
     verify_after_upload: bool = True
     drill: DrillConfig = DrillConfig()
+    continuous: "ContinuousConfig | None" = None   # None: off
+
+
+@dataclass(frozen=True)
+class ContinuousConfig:
+    """backup.continuous: the journal (reconciler/journal)."""
+
+    target: str
+    databases: Selection = Selection()
+    segment_max_seconds: float = 5.0
+    segment_max_bytes: int = 16 * 1024 * 1024
+    spool_dir: Path | None = None
+    spool_max_bytes: int = 1024 * 1024 * 1024
+    export_window: int = 32
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ContinuousConfig | None":
+        if not d.get("target"):
+            return None
+        return cls(d["target"], Selection.from_dict(d["databases"]), float(d["segment_max_seconds"]),
+                   int(d["segment_max_bytes"]), Path(d["spool_dir"]) if d["spool_dir"] else None,
+                   int(d["spool_max_bytes"]), int(d["export_window"]))
 
 
 @dataclass(frozen=True)
@@ -276,6 +298,7 @@ class Config:
                 drill=DrillConfig(backup["drill"]["immudb_binary"],
                                   Path(backup["drill"]["scratch_dir"]) if backup["drill"]["scratch_dir"] else None,
                                   backup["drill"]["sample_keys"], float(backup["drill"]["start_timeout"])),
+                continuous=ContinuousConfig.from_dict(backup["continuous"]),
             ),
             api=ApiConfig(
                 enabled=d["api"]["enabled"],

@@ -254,6 +254,14 @@ def _backup_problems(data: dict, lines: Lines) -> list[str]:
         problem = cron_problem(schedule["cron"], schedule["timezone"])
         if problem:
             problems.append(f"{at(path + ('cron',), lines)}: {problem}")
+    continuous = backup["continuous"]
+    path = ("backup", "continuous")
+    if continuous["target"] is not None and continuous["target"] not in backup["targets"]:
+        known = ", ".join(sorted(backup["targets"])) or "none defined"
+        problems.append(f"{at(path + ('target',), lines)}: unknown target '{continuous['target']}' (targets: {known})")
+    if continuous["spool_dir"] and inside(continuous["spool_dir"], data_dir):
+        problems.append(f"{at(path + ('spool_dir',), lines)}: must be outside the replica's data_dir {data_dir}: "
+                        f"immudb loads every folder there as a database")
     return problems
 
 

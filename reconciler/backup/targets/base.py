@@ -182,10 +182,13 @@ class Target(ABC):
         return f"{type(self).__name__}({self.name})"
 
 
+# what each placeholder of a path template stands for; {segment} is the journal's (journal/format.py)
+_PLACEHOLDERS = {"{timestamp}": r"\d{8}T\d{6}Z", "{date}": r"\d{8}", "{segment}": r"\d{20}-\d{20}-[0-9a-f]{8}-[0-9a-f]{8}"}
+
+
 def template_pattern(template: str) -> re.Pattern:
-    parts = re.split(r"(\{timestamp\}|\{date\})", template)
-    regex = "".join(r"\d{8}T\d{6}Z" if p == "{timestamp}" else r"\d{8}" if p == "{date}" else re.escape(p)
-                    for p in parts)
+    parts = re.split(r"(\{timestamp\}|\{date\}|\{segment\})", template)
+    regex = "".join(_PLACEHOLDERS[p] if p in _PLACEHOLDERS else re.escape(p) for p in parts)
     return re.compile(regex)
 
 

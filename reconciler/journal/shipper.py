@@ -1,0 +1,418 @@
+"""The journal of one replica database: its transactions exported as they
+commit, framed into segments, spooled, uploaded.
+
+Three threads per database:
+
+    feed      admin.follow(): exportTx calls, a window ahead; immudb answers
+              each as its transaction commits           -> queue
+    builder   closes a segment after segment_max_seconds or segment_max_bytes,
+              only of committed transactions, chained to the one before -> spool
+    uploader  the spool's oldest segment to the target, then deletes it
+
+Where it starts: the newest segment (on the target or in the spool) whose
+last transaction the replica holds with the same Alh; a hole before it (the
+target lost segments) is filled again from the replica; no segment at all:
+transaction 1 (the journal is then a base by itself). So after a crash, a
+restart or a target outage shipping resumes with no gap and no duplicate: a
+segment whose upload committed before a crash has the same name when
+written again, and is not written twice.
+
+When the spool is full the builder stops taking transactions (state
+`spool_full`): the replica keeps them, nothing is lost, shipping resumes
+when the target takes segments again.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from reconciler.admin import ImmudbAdmin, ImmudbError
+from reconciler.backup.targets import TargetError
+from reconciler.config.model import ContinuousConfig
+from reconciler.errors import ReplicatorError
+from reconciler.journal.format import (GENESIS_ALH, ExportedTx, JournalError, SegmentName, encode_segment, parse_name,
+                                       parse_tx)
+from reconciler.journal.store import JournalStore, chain_to, newest
+from reconciler.log import event
+from reconciler.secret import redact
+
+log = logging.getLogger(__name__)
+
+FEED_WAIT = 30.0          # an idle feed is opened again this often (seconds)
+COMMIT_POLL = 0.2         # how often to ask whether held (precommitted) transactions have committed
+RETRY_MAX = 30.0
+
+
+@dataclass
+class JournalStatus:
+    """What /status, /metrics and `replicator list` show for one database."""
+
+    database: str
+    target: str
+    state: str = "starting"     # starting | shipping | spool_full | target_down | error | stopped
+    shipped_tx: int = 0         # the last transaction on the target
+    exported_tx: int = 0        # the last transaction taken from the replica (spooled or shipped)
+    replica_tx: int = 0         # the replica's last committed transaction, as last seen
+    lag_seconds: float = 0.0
+    last_upload_at: float | None = None
+    shipped_bytes: int = 0      # compressed bytes uploaded since start
+    shipped_transactions: int = 0
+    shipped_segments: int = 0
+    spool_bytes: int = 0
+    gaps_filled: int = 0
+    diverged: int = 0
+    error: str | None = None
+    since: float = field(default_factory=time.time)
+
+    @property
+    def lag_transactions(self) -> int:
+        return max(0, self.replica_tx - self.shipped_tx)
+
+    def as_dict(self) -> dict:
+        d = {k: v for k, v in self.__dict__.items()}
+        d["lag_transactions"] = self.lag_transactions
+        d["lag_seconds"] = round(self.lag_seconds, 3)
+        return d
+
+
+class SpoolFull(ReplicatorError):
+    pass
+
+
+class Spool:
+    """Closed segments waiting for the target: files in a 0700 folder,
+    written whole (temporary name, fsync, rename) and removed once
+    uploaded. Bounded by `max_bytes`."""
+
+    def __init__(self, directory: Path, max_bytes: int):
+        self.directory, self.max_bytes = directory, max_bytes
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if directory.stat().st_uid != os.getuid():
+            raise ReplicatorError(f"spool {directory} belongs to another user")
+        os.chmod(directory, 0o700)
+        for stale in directory.glob(".*.partial"):
+            stale.unlink(missing_ok=True)
+        self._changed = threading.Condition()
+
+    def names(self) -> list[SegmentName]:
+        found = (parse_name(p.name) for p in self.directory.iterdir())
+        return sorted((s for s in found if s is not None), key=lambda s: s.first_tx)
+
+    @property
+    def bytes(self) -> int:
+        total = 0
+        for s in self.names():
+            try:
+                total += (self.directory / s.name).stat().st_size
+            except FileNotFoundError:
+                pass
+        return total
+
+    def put(self, name: str, blob: bytes) -> None:
+        if self.bytes + len(blob) > self.max_bytes:
+            raise SpoolFull(f"spool {self.directory} holds {self.bytes} bytes (limit {self.max_bytes})")
+        partial = self.directory / f".{name}.partial"
+        with os.fdopen(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:
+            f.write(blob)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(partial, self.directory / name)
+        dir_fd = os.open(self.directory, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+        with self._changed:
+            self._changed.notify_all()
+
+    def read(self, name: str) -> bytes:
+        return (self.directory / name).read_bytes()
+
+    def remove(self, name: str) -> None:
+        (self.directory / name).unlink(missing_ok=True)
+        with self._changed:
+            self._changed.notify_all()
+
+    def wait(self, timeout: float) -> None:
+        with self._changed:
+            self._changed.wait(timeout)
+
+
+class Journal:
+    """The journal of one database (see the module's docstring)."""
+
+    def __init__(self, database: str, replica: ImmudbAdmin, store_factory: Callable[[], JournalStore],
+                 settings: ContinuousConfig, spool_root: Path, target_name: str):
+        self.database, self.replica, self.settings = database, replica, settings
+        self._store_factory = store_factory
+        self.spool = Spool(spool_root / database, settings.spool_max_bytes)
+        self.status = JournalStatus(database, target_name)
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._feed = None
+        self._threads: list[threading.Thread] = []
+        self._arrivals: dict[int, float] = {}   # first tx of each segment not yet shipped -> when it arrived
+        self._open_since: float | None = None
+        self._behind_since: float | None = None
+
+    # -- life
+    def start(self) -> None:
+        for name, run in (("builder", self._build_loop), ("uploader", self._upload_loop)):
+            thread = threading.Thread(target=run, name=f"journal-{name}-{self.database}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        feed = self._feed
+        if feed is not None:
+            feed.cancel()
+        with self.spool._changed:
+            self.spool._changed.notify_all()
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        self._set(state="stopped")
+
+    def snapshot(self) -> dict:
+        with self._lock:
+            self._update_lag()
+            return self.status.as_dict()
+
+    def _set(self, **changes) -> None:
+        with self._lock:
+            for key, value in changes.items():
+                setattr(self.status, key, value)
+
+    def _update_lag(self) -> None:
+        s, now = self.status, time.time()
+        oldest = [t for t in (self._open_since, self._behind_since, *self._arrivals.values()) if t is not None]
+        s.lag_seconds = max(0.0, now - min(oldest)) if oldest else 0.0
+
+    def _fail(self, state: str, exc: Exception, what: str) -> None:
+        message = redact(str(exc))
+        with self._lock:
+            changed = self.status.error != message or self.status.state != state
+            self.status.state, self.status.error = state, message
+        if changed:
+            event(log, "journal_error", logging.WARNING, database=self.database, target=self.status.target,
+                  state=state, during=what, error=message)
+
+    # -- where to start
+    def _resume_point(self, store: JournalStore) -> tuple[int, bytes, list[tuple[int, int, bytes]]]:
+        """(next transaction to export, Alh before it, ranges to fill first
+        as (first, last, Alh before first))."""
+        uploaded = store.segments()
+        spooled = self.spool.names()
+        every = uploaded + spooled
+        tip = newest(every)
+        if tip is None:
+            return 1, GENESIS_ALH, []
+        replica_tx = self.replica.state(self.database).tx_id
+        tip_alh = self._alh_of(tip.last_tx) if replica_tx >= tip.last_tx else None
+        if tip_alh is None or tip_alh.hex()[:8] != tip.last:
+            with self._lock:
+                self.status.diverged += 1
+            event(log, "journal_diverged", logging.WARNING, database=self.database, target=self.status.target,
+                  segment=tip.name, replica_tx=replica_tx,
+                  detail="the replica does not hold the journal's last transaction with the same hash; "
+                         "a new journal starts at transaction 1")
+            for s in spooled:  # of the other history, never uploaded: not worth keeping
+                self.spool.remove(s.name)
+            return 1, GENESIS_ALH, []
+        chain = chain_to(every, tip)
+        fills = []
+        if chain.hole is not None:
+            first, last = chain.hole
+            prev = GENESIS_ALH
+            if chain.before_hole is not None and first > 1:
+                prev = self._alh_of(first - 1)
+                if prev.hex()[:8] != chain.before_hole.last:
+                    first, prev = 1, GENESIS_ALH
+            if first <= last:
+                fills.append((first, last, prev))
+                with self._lock:
+                    self.status.gaps_filled += 1
+                event(log, "journal_gap", logging.WARNING, database=self.database, target=self.status.target,
+                      first_tx=first, last_tx=last, detail="segments missing on the target: exported again "
+                                                            "from the replica")
+        shipped = max((s.last_tx for s in uploaded if s in chain.segments), default=0)
+        with self._lock:
+            self.status.shipped_tx = max(self.status.shipped_tx, shipped)
+        return tip.last_tx + 1, tip_alh, fills
+
+    def _alh_of(self, tx_id: int) -> bytes:
+        """The Alh of transaction `tx_id` of the replica's database."""
+        with self.replica.follow(self.database, tx_id, window=1, wait=10.0) as feed:
+            for exported in feed:
+                return parse_tx(exported.data).header.alh
+        raise JournalError(f"{self.database}: the replica did not export transaction {tx_id}")
+
+    # -- the builder
+    def _build_loop(self) -> None:
+        delay = 1.0
+        while not self._stop.is_set():
+            try:
+                with self._store_factory() as store:
+                    next_tx, prev_alh, fills = self._resume_point(store)
+                for first, last, before in fills:
+                    self._ship(first, before, last)
+                self._set(state="shipping", error=None, exported_tx=next_tx - 1)
+                while not self._stop.is_set():
+                    next_tx, prev_alh = self._ship(next_tx, prev_alh, None)
+                delay = 1.0
+            except SpoolFull as exc:
+                self._fail("spool_full", exc, "spooling")
+                while not self._stop.is_set() and self.spool.bytes > self.settings.spool_max_bytes // 2:
+                    self.spool.wait(1.0)
+            except (ImmudbError, TargetError, JournalError, OSError) as exc:
+                self._fail("error", exc, "exporting")
+                self._stop.wait(delay)
+                delay = min(RETRY_MAX, delay * 2)
+            except Exception as exc:  # a bug: say so, keep the daemon up, try again later
+                log.exception("journal of %s", self.database)
+                self._fail("error", exc, "exporting")
+                self._stop.wait(RETRY_MAX)
+
+    def _ship(self, next_tx: int, prev_alh: bytes, last: int | None) -> tuple[int, bytes]:
+        """Export from `next_tx` into segments until `last` (None: until the
+        feed has been idle FEED_WAIT seconds). Returns where it got to."""
+        arrived: queue.SimpleQueue = queue.SimpleQueue()
+        feed = self.replica.follow(self.database, next_tx, window=self.settings.export_window, wait=FEED_WAIT)
+        self._feed = feed
+        done = object()
+
+        def pump() -> None:
+            try:
+                for exported in feed:
+                    arrived.put(exported)
+                    if last is not None and exported.tx_id >= last:
+                        break
+                arrived.put(done)
+            except BaseException as exc:  # handed to the builder
+                arrived.put(exc)
+
+        pumper = threading.Thread(target=pump, name=f"journal-feed-{self.database}", daemon=True)
+        pumper.start()
+        pending: list[ExportedTx] = []
+        held: list[tuple[ExportedTx, int]] = []
+        size, committed = 0, 0
+        try:
+            while True:
+                timeout = COMMIT_POLL if held else FEED_WAIT
+                if pending:
+                    timeout = min(timeout, max(0.0, self._open_since + self.settings.segment_max_seconds
+                                               - time.time()))
+                try:
+                    item = arrived.get(timeout=timeout)
+                except queue.Empty:
+                    item = None
+                if item is done or self._stop.is_set():
+                    break
+                if isinstance(item, BaseException):
+                    raise item
+                if item is not None:
+                    tx = parse_tx(item.data)
+                    if tx.id != item.tx_id:
+                        raise JournalError(f"{self.database}: asked for transaction {item.tx_id}, got {tx.id}")
+                    if tx.truncated:
+                        raise JournalError(f"{self.database}: transaction {tx.id} has been truncated on the replica "
+                                           f"(its values are gone): the journal cannot hold it; take a snapshot "
+                                           f"backup as a base")
+                    committed = max(committed, item.committed)
+                    held.append((tx, len(item.data)))
+                    self._note_replica(committed, tx.id)
+                if held and held[-1][0].id > committed:
+                    committed = max(committed, self.replica.state(self.database).tx_id)
+                    self._note_replica(committed, held[0][0].id - 1)
+                while held and held[0][0].id <= committed:
+                    tx, n = held.pop(0)
+                    if not pending:
+                        self._open_since = time.time()
+                    pending.append(tx)
+                    size += n
+                if pending and (size >= self.settings.segment_max_bytes or last is not None and pending[-1].id >= last
+                                or time.time() - self._open_since >= self.settings.segment_max_seconds):
+                    prev_alh = self._close(pending, prev_alh)
+                    next_tx = pending[-1].id + 1
+                    pending, size = [], 0
+                    if last is not None and next_tx > last:
+                        break
+            if pending:
+                prev_alh = self._close(pending, prev_alh)
+                next_tx = pending[-1].id + 1
+        finally:
+            feed.cancel()
+            self._feed = None
+            self._open_since = None
+        return next_tx, prev_alh
+
+    def _note_replica(self, committed: int, exported: int) -> None:
+        with self._lock:
+            self.status.replica_tx = max(self.status.replica_tx, committed)
+            if committed > exported:
+                self._behind_since = self._behind_since or time.time()
+            else:
+                self._behind_since = None
+
+    def _close(self, txs: list[ExportedTx], prev_alh: bytes) -> bytes:
+        info, blob = encode_segment(self.database, txs, prev_alh)
+        self.spool.put(info.name, blob)
+        with self._lock:
+            self._arrivals[info.first_tx] = self._open_since or time.time()
+            self._open_since = None
+            self.status.exported_tx = info.last_tx
+            self.status.spool_bytes = self.spool.bytes
+        return info.last_alh
+
+    # -- the uploader
+    def _upload_loop(self) -> None:
+        delay = 1.0
+        store = None
+        while not self._stop.is_set():
+            waiting = self.spool.names()
+            if not waiting:
+                self.spool.wait(1.0)
+                continue
+            segment = waiting[0]
+            try:
+                if store is None:
+                    store = self._store_factory()
+                blob = self.spool.read(segment.name)
+                store.put(segment.name, blob)
+                self.spool.remove(segment.name)
+                now = time.time()
+                with self._lock:
+                    s = self.status
+                    s.shipped_tx = max(s.shipped_tx, segment.last_tx)
+                    s.shipped_bytes += len(blob)
+                    s.shipped_transactions += segment.last_tx - segment.first_tx + 1
+                    s.shipped_segments += 1
+                    s.last_upload_at = now
+                    s.spool_bytes = self.spool.bytes
+                    self._arrivals.pop(segment.first_tx, None)
+                    if s.state in ("target_down", "spool_full") or (s.state == "error" and s.error
+                                                                     and "target" in s.error):
+                        s.state, s.error = "shipping", None
+                delay = 1.0
+            except FileNotFoundError:
+                continue  # removed meanwhile (another history)
+            except (TargetError, OSError) as exc:
+                self._fail("target_down", exc, "uploading")
+                if store is not None:
+                    store.close()
+                    store = None
+                self._stop.wait(delay)
+                delay = min(RETRY_MAX, delay * 2)
+            except Exception as exc:
+                log.exception("journal upload of %s", self.database)
+                self._fail("target_down", exc, "uploading")
+                self._stop.wait(RETRY_MAX)
+        if store is not None:
+            store.close()

@@ -1,0 +1,128 @@
+"""Where a database's journal lives: segments on a backup target, under
+`journal/<database>/` beside the target's archives, written through the
+target interface (whole or absent), and how they chain (pure)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from reconciler.backup import targets
+from reconciler.config.model import TargetConfig
+from reconciler.journal.format import SUFFIX, SegmentInfo, SegmentName, parse_name, read_header
+
+SEGMENT_TEMPLATE = "{segment}" + SUFFIX
+
+
+def journal_target(cfg: TargetConfig, database: str) -> TargetConfig:
+    """The target `cfg`, its path pointing at database's journal folder."""
+    directory = cfg.path.rpartition("/")[0]
+    path = f"{directory}/journal/{database}/{SEGMENT_TEMPLATE}" if directory else \
+        f"journal/{database}/{SEGMENT_TEMPLATE}"
+    return TargetConfig(name=cfg.name, kind=cfg.kind, path=path, options=cfg.options)
+
+
+class JournalStore:
+    """One database's segments on one target. Not thread-safe: one user at a
+    time (the journal's uploader, or a restore)."""
+
+    def __init__(self, cfg: TargetConfig, database: str):
+        self.database = database
+        self.cfg = journal_target(cfg, database)
+        self.target = targets.build(self.cfg)
+
+    @property
+    def name(self) -> str:
+        return self.target.name
+
+    def location(self, name: str) -> str:
+        return self.target.location(name)
+
+    def segments(self) -> list[SegmentName]:
+        """Every segment on the target, by first transaction."""
+        found = (parse_name(info.name) for info in self.target.list())
+        return sorted((s for s in found if s is not None), key=lambda s: (s.first_tx, s.last_tx, s.name))
+
+    def put(self, name: str, blob: bytes) -> bool:
+        """Upload one segment, atomically. False when it was there already
+        (an upload that committed before a crash): a segment's name holds
+        its range and hashes, so the same name is the same segment."""
+        try:
+            upload = self.target.open(name, size_hint=len(blob))
+        except targets.ArchiveExists:
+            return False
+        try:
+            upload.write(blob)
+            upload.commit()
+        except BaseException:
+            upload.abort()
+            raise
+        return True
+
+    def open(self, name: str) -> BinaryIO:
+        return self.target.read(name)
+
+    def header(self, name: str) -> SegmentInfo:
+        with self.open(name) as stream:
+            return read_header(stream)
+
+    def delete(self, name: str) -> None:
+        self.target.delete(name)
+
+    def cleanup_partial(self) -> list[str]:
+        return self.target.cleanup_partial()
+
+    def close(self) -> None:
+        self.target.close()
+
+    def __enter__(self) -> "JournalStore":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+@dataclass(frozen=True)
+class Chain:
+    """Segments that follow each other without a hole, oldest first, and
+    what lies before the first of them."""
+
+    segments: tuple[SegmentName, ...]
+    hole: tuple[int, int] | None       # transactions missing before the chain (first, last), if any
+    before_hole: SegmentName | None    # the segment that ends just before the hole, if any
+
+    @property
+    def first_tx(self) -> int:
+        return self.segments[0].first_tx if self.segments else 0
+
+    @property
+    def last_tx(self) -> int:
+        return self.segments[-1].last_tx if self.segments else 0
+
+
+def chain_to(segments: list[SegmentName], tip: SegmentName) -> Chain:
+    """The chain that ends at `tip`: each segment's predecessor ends at the
+    transaction before its first and with the Alh its name says came before.
+    Where no predecessor is found the chain starts; the hole is what is
+    missing between it and the newest older segment (which may start
+    another history)."""
+    by_end: dict[tuple[int, str], SegmentName] = {}
+    for s in segments:
+        by_end.setdefault((s.last_tx, s.last), s)
+    chain = [tip]
+    while chain[0].first_tx > 1:
+        before = by_end.get((chain[0].first_tx - 1, chain[0].prev))
+        if before is None:
+            break
+        chain.insert(0, before)
+    first = chain[0].first_tx
+    if first == 1:
+        return Chain(tuple(chain), None, None)
+    older = [s for s in segments if s.last_tx < first]
+    before_hole = max(older, key=lambda s: (s.last_tx, s.name)) if older else None
+    start = before_hole.last_tx + 1 if before_hole else 1
+    return Chain(tuple(chain), (start, first - 1), before_hole)
+
+
+def newest(segments: list[SegmentName]) -> SegmentName | None:
+    """The segment that ends last (the journal's tip)."""
+    return max(segments, key=lambda s: (s.last_tx, s.name)) if segments else None
