@@ -69,12 +69,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-c", "--config", metavar="FILE", default=os.environ.get("REPLICATOR_CONFIG") or None,
                    help="configuration, for the credentials of remote archives")
 
-    p = sub.add_parser("restore", help="extract an archive into an immudb data directory, checking every file")
-    p.add_argument("archive", help="a local path, s3://bucket/key or sftp://host/path, or a name with --target")
-    p.add_argument("--data-dir", required=True, metavar="DIR", help="where to restore (must be empty unless --force)")
-    p.add_argument("--database", action="append", metavar="NAME", help="restore only this database (repeatable)")
+    p = sub.add_parser("restore", help="extract an archive into an immudb data directory, checking every file; or "
+                                       "replay a database's journal to a transaction or a time (--to-tx, --to-time)",
+                       description="With an archive: extract it into --data-dir. With --to-tx/--to-time (or "
+                                   "--to-end): replay the journal of --database at --target, checked transaction "
+                                   "by transaction, into a new database (--as) of a running immudb (--server), or "
+                                   "of a throwaway immudb opened on --data-dir.")
+    p.add_argument("archive", nargs="?", help="a local path, s3://bucket/key or sftp://host/path, or a name with "
+                                              "--target (not with --to-tx/--to-time)")
+    p.add_argument("--data-dir", metavar="DIR", help="where to restore (an archive: must be empty unless --force; "
+                                                     "a journal: opened by a throwaway immudb)")
+    p.add_argument("--database", action="append", metavar="NAME", help="restore only this database (repeatable); "
+                                                                       "with --to-tx/--to-time: the journal's database")
     p.add_argument("--force", action="store_true", help="restore into a non-empty directory, replacing those databases")
-    p.add_argument("--target", metavar="NAME", help="the archive is at this configured target")
+    p.add_argument("--target", metavar="NAME", help="the archive (or the journal) is at this configured target")
+    point = p.add_mutually_exclusive_group()
+    point.add_argument("--to-tx", type=int, metavar="N", help="replay the journal up to transaction N")
+    point.add_argument("--to-time", metavar="TIME", help="replay the journal up to the last transaction at or "
+                                                         "before TIME (ISO 8601 with a zone, e.g. 2026-11-27T14:05:00Z)")
+    point.add_argument("--to-end", action="store_true", help="replay the whole journal")
+    p.add_argument("--as", dest="restore_as", metavar="NAME", help="the restored database's name (default: "
+                                                                   "<database>_restored)")
+    p.add_argument("--server", choices=("replica", "primary"), default=None,
+                   help="replay into this configured server (default: the replica, unless --data-dir)")
+    p.add_argument("--immudb-binary", metavar="PATH", help="with --data-dir: the immudb server to open it with "
+                                                           "(default: backup.drill.immudb_binary, else immudb on PATH)")
     p.add_argument("-c", "--config", metavar="FILE", default=os.environ.get("REPLICATOR_CONFIG") or None,
                    help="configuration, for the credentials of remote archives")
 
@@ -100,9 +119,11 @@ def build_parser() -> argparse.ArgumentParser:
     config_sub.add_parser("schema", help="print the configuration's whole JSON Schema (with every target kind), "
                                          "for editors and CI")
 
-    p = sub.add_parser("list", help="archives at a target, with size and time")
+    p = sub.add_parser("list", help="archives at a target, with size and time; or its journal (--journal)")
     _config_args(p)
     p.add_argument("--target", metavar="NAME", required=True)
+    p.add_argument("--journal", action="store_true", help="the continuous backup at the target: per database, "
+                                                          "transactions held, segments, newest transaction's time, gaps")
     return parser
 
 

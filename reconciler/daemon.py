@@ -32,6 +32,7 @@ from reconciler.admin import ImmudbError
 from reconciler.backup.job import BackupAlreadyRunning, BackupResult, Backups
 from reconciler.config.model import Config, TargetConfig
 from reconciler.errors import ConfigError
+from reconciler.journal.manager import Journals
 from reconciler.log import event
 from reconciler.notify import Notifier
 from reconciler.reconcile import Reconciler
@@ -50,6 +51,7 @@ class Service:
         self.last_reload_error: str | None = None
         self.reconciler = Reconciler.from_config(cfg)
         self.backups = Backups(cfg, holder=self.reconciler)
+        self.journals = Journals(cfg)
         self.notifier = notifier or Notifier()
         self.scheduler = BackgroundScheduler(timezone=timezone.utc, job_defaults={
             "coalesce": True, "max_instances": 1,
@@ -88,12 +90,21 @@ class Service:
             return
         with self._state_lock:
             self.stats.record_pass(result.ok, result.started, result.finished)
+        self._sync_journals()
         if result.plan and result.plan.waiting:
             # replica databases wait to be created in batches: the next batch soon, not after `interval`
             self.scheduler.add_job(self._reconcile_job, "date", id="reconcile-batch", name="reconcile (next batch)",
                                    replace_existing=True, misfire_grace_time=None,
                                    run_date=datetime.now(timezone.utc) + timedelta(
                                        seconds=self.reconciler.next_pass_in(result)))
+
+    def _sync_journals(self, cfg: Config | None = None) -> None:
+        """Journals for the replica databases backup.continuous selects (new
+        replicas appear with passes)."""
+        try:
+            self.journals.sync(cfg)
+        except Exception as exc:  # noqa: BLE001 - never keeps the daemon from reconciling
+            event(log, "journal_sync_failed", logging.ERROR, error=f"{type(exc).__name__}: {exc}")
 
     def _scheduled_backup(self, target_name: str) -> None:
         target_cfg = self.cfg.backup.targets.get(target_name)
@@ -208,6 +219,7 @@ class Service:
         if new.api.listen != old.api.listen:
             event(log, "config_needs_restart", logging.WARNING, key="api.listen", note="takes effect on restart")
         self._schedule()
+        self._sync_journals(new)
         event(log, "config_reloaded", reason=reason, digest=new.digest[:12])
         return True
 
@@ -250,7 +262,12 @@ class Service:
             "databases": [s.as_dict() for s in self.databases()],
             "backup_running": self.backups.running,
             "drills": {target: r.as_dict() for target, r in sorted(self.drills.items())},
+            "journal": self.journal_statuses(),
         }
+
+    def journal_statuses(self) -> list[dict]:
+        """Continuous backup, per database (empty when it is off)."""
+        return self.journals.statuses()
 
     def backup_history(self) -> list[dict]:
         """Recent backups, newest first."""
@@ -312,6 +329,7 @@ class Service:
                         if "already loaded" not in exc.detail:
                             event(log, "load_failed", logging.ERROR, database=name, error=str(exc),
                                   note="the next reconcile pass loads it")
+        self.journals.stop()
         self.reconciler.close(wait=min(5.0, self.cfg.daemon.shutdown_grace))
         event(log, "stopped")
 

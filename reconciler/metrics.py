@@ -21,6 +21,8 @@ class Source(Protocol):
 
     def databases(self) -> list[DatabaseStatus]: ...
 
+    def journal_statuses(self) -> list[dict]: ...
+
 
 class _Collector:
     def __init__(self, source: Source):
@@ -80,10 +82,45 @@ class _Collector:
             if t.drill_failures:
                 families["drill_failures"].add_metric([target], t.drill_failures)
         yield from families.values()
+        yield from _journal_families(self.source.journal_statuses())
         reloads = CounterMetricFamily("replicator_config_reloads", "Configuration reloads.", labels=["result"])
         reloads.add_metric(["ok"], stats.reloads_ok)
         reloads.add_metric(["error"], stats.reloads_failed)
         yield reloads
+
+
+# the journal's metrics: (name, help, kind, the status field)
+_JOURNAL = (
+    ("replicator_journal_lag_seconds", "Age of the oldest committed replica transaction not yet on the journal's "
+                                       "target (0 when all are).", GaugeMetricFamily, "lag_seconds"),
+    ("replicator_journal_lag_transactions", "Committed replica transactions not yet on the journal's target.",
+     GaugeMetricFamily, "lag_transactions"),
+    ("replicator_journal_shipped_tx", "The last transaction on the journal's target.", GaugeMetricFamily,
+     "shipped_tx"),
+    ("replicator_journal_shipped_bytes", "Compressed segment bytes uploaded.", CounterMetricFamily, "shipped_bytes"),
+    ("replicator_journal_shipped_transactions", "Transactions uploaded.", CounterMetricFamily,
+     "shipped_transactions"),
+    ("replicator_journal_spool_bytes", "Closed segments waiting for the target.", GaugeMetricFamily, "spool_bytes"),
+    ("replicator_journal_last_upload_timestamp_seconds", "When the last segment was uploaded.", GaugeMetricFamily,
+     "last_upload_at"),
+    ("replicator_journal_gaps_filled", "Holes in the target's journal exported again from the replica.",
+     CounterMetricFamily, "gaps_filled"),
+)
+JOURNAL_STATES = ("starting", "shipping", "spool_full", "target_down", "error", "stopped")
+
+
+def _journal_families(journals: list[dict]):
+    families = [(kind(name, doc, labels=["database"]), key) for name, doc, kind, key in _JOURNAL]
+    state = GaugeMetricFamily("replicator_journal_state", "1 for the state each database's journal is in.",
+                              labels=["database", "state"])
+    for j in journals:
+        for family, key in families:
+            if j.get(key) is not None:
+                family.add_metric([j["database"]], j[key])
+        for s in JOURNAL_STATES:
+            state.add_metric([j["database"], s], 1 if j["state"] == s else 0)
+    yield from (family for family, _ in families)
+    yield state
 
 
 def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:

@@ -65,10 +65,7 @@ def drill(stream: BinaryIO, location: str, cfg: DrillConfig,
     The verdict is in the result; raises DrillError when the drill itself
     cannot run."""
     result = DrillResult(location, time.time())
-    binary = cfg.immudb_binary or shutil.which("immudb")
-    if not binary or not os.access(binary, os.X_OK):
-        raise DrillError(f"no immudb server to open the archive with ({binary or 'immudb not on PATH'}): set "
-                         f"backup.drill.immudb_binary")
+    binary = immudb_binary(cfg)
     if cfg.scratch_dir is not None:
         cfg.scratch_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix="replicator-drill-", dir=cfg.scratch_dir))  # mode 0700
@@ -81,7 +78,7 @@ def drill(stream: BinaryIO, location: str, cfg: DrillConfig,
             return result
         manifest = restored.manifest
         result.backup_id = manifest.get("backup_id")
-        with _throwaway_immudb(binary, scratch, cfg.start_timeout) as admin:
+        with throwaway_immudb(binary, scratch, cfg.start_timeout) as admin:
             say(f"immudb {admin.version() or '?'} opened it on {admin.address}")
             opened = {d.name for d in admin.list_databases()}
             for entry in manifest.get("databases", []):
@@ -152,15 +149,28 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def immudb_binary(cfg: DrillConfig) -> str:
+    """The immudb server to open restored data with. Raises DrillError."""
+    binary = cfg.immudb_binary or shutil.which("immudb")
+    if not binary or not os.access(binary, os.X_OK):
+        raise DrillError(f"no immudb server to open the restored data with ({binary or 'immudb not on PATH'}): "
+                         f"set backup.drill.immudb_binary or give --immudb-binary")
+    return binary
+
+
 @contextlib.contextmanager
-def _throwaway_immudb(binary: str, scratch: Path, timeout: float):
-    """immudb on the restored data, on loopback; an admin client for it."""
+def throwaway_immudb(binary: str, scratch: Path, timeout: float, data_dir: Path | None = None):
+    """immudb on the restored data (`data_dir`, default scratch/data), on
+    loopback; an admin client for it. `scratch` holds its log and HOME. A
+    data dir that immudb creates gets the random admin password given here;
+    one it already holds keeps its own systemdb, whose admin password we do
+    not know: only fresh or restored-by-us data dirs (without systemdb) work."""
     from reconciler.admin import ImmudbAdmin, ImmudbError
     from reconciler.secret import Secret
     password = secrets.token_urlsafe(24)
     port = _free_port()
     output = scratch / "immudb.out"
-    argv = [binary, "--dir", str(scratch / "data"), "--address", "127.0.0.1", "--port", str(port),
+    argv = [binary, "--dir", str(data_dir or scratch / "data"), "--address", "127.0.0.1", "--port", str(port),
             "--pgsql-server=false", "--web-server=false", "--metrics-server=false", "--pidfile", "",
             "--logfile", ""]
     if shutil.which("setpriv"):

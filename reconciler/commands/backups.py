@@ -76,6 +76,14 @@ def verify(args: argparse.Namespace) -> int:
 
 def restore(args: argparse.Namespace) -> int:
     from pathlib import Path
+    if args.to_tx is not None or args.to_time is not None or args.to_end:
+        from reconciler.commands.journal import restore_to_point
+        return restore_to_point(args)
+    if not args.archive or not args.data_dir:
+        raise ReplicatorError("restore needs an archive and --data-dir (or --to-tx/--to-time to replay a journal)")
+    for flag, value in (("--as", args.restore_as), ("--server", args.server), ("--immudb-binary", args.immudb_binary)):
+        if value:
+            raise ReplicatorError(f"{flag} is for replaying a journal (--to-tx, --to-time, --to-end)")
     from reconciler.backup.locate import opened_archive
     from reconciler.backup.restore import restore as restore_archive
     with opened_archive(_optional_config(args), args.archive, args.target) as (stream, location):
@@ -97,6 +105,9 @@ def list_archives(args: argparse.Namespace) -> int:
     import datetime
     from reconciler.backup import targets
     from reconciler.backup.locate import target_named
+    if args.journal:
+        from reconciler.commands.journal import list_journal
+        return list_journal(args)
     cfg = load_config(args)
     with targets.build(target_named(cfg, args.target)) as target:
         archives = target.list()

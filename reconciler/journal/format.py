@@ -299,12 +299,13 @@ def read_header(stream: io.RawIOBase | io.BufferedIOBase) -> SegmentInfo:
     return SegmentInfo.from_dict(header)
 
 
-def decode_segment(stream, expected: SegmentName | None = None,
+def decode_segment(stream, expected: SegmentName | None = None, until: int | None = None,
                    max_payload: int = 1 << 31) -> tuple[SegmentInfo, Iterator[ExportedTx]]:
-    """A segment's header, and its transactions, every one checked (Eh, the
-    hash chain from the header's prev_alh, ids, the payload's checksum, the
-    header against its name). The checksum is checked before any
-    transaction is given out."""
+    """A segment's header, and its transactions (up to `until`), every one
+    checked (Eh, the hash chain from the header's prev_alh, ids, the
+    payload's checksum, the header against its name). The checksum is
+    checked before any transaction is given out; a transaction after
+    `until` is not even read."""
     import zstandard
     info = read_header(stream)
     where = f"segment {info.name}"
@@ -330,13 +331,16 @@ def decode_segment(stream, expected: SegmentName | None = None,
             if len(raw) - i < _RECORD.size:
                 raise JournalError(f"{where}: truncated record after transaction {expected_id - 1}")
             tx_id, length = _RECORD.unpack_from(raw, i)
+            if until is not None and tx_id > until:
+                return
             i += _RECORD.size
             if tx_id != expected_id or len(raw) - i < length:
                 raise JournalError(f"{where}: transaction {tx_id} where {expected_id} was expected")
             try:
                 tx = parse_tx(raw[i:i + length])
             except JournalError as exc:
-                raise JournalError(f"{where}: transaction {tx_id}: {exc}") from None
+                detail = str(exc) if str(exc).startswith("transaction") else f"transaction {tx_id}: {exc}"
+                raise JournalError(f"{where}: {detail}") from None
             i += length
             if tx.id != tx_id:
                 raise JournalError(f"{where}: record {tx_id} holds transaction {tx.id}")

@@ -115,7 +115,11 @@ class Spool:
         return total
 
     def put(self, name: str, blob: bytes) -> None:
-        if self.bytes + len(blob) > self.max_bytes:
+        """Raises SpoolFull when segments wait already and this one would
+        pass the limit (an empty spool takes any one segment: a limit below
+        one segment's size must not stop the journal for good)."""
+        waiting = self.bytes
+        if waiting and waiting + len(blob) > self.max_bytes:
             raise SpoolFull(f"spool {self.directory} holds {self.bytes} bytes (limit {self.max_bytes})")
         partial = self.directory / f".{name}.partial"
         with os.fdopen(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:
@@ -159,7 +163,7 @@ class Journal:
         self._threads: list[threading.Thread] = []
         self._arrivals: dict[int, float] = {}   # first tx of each segment not yet shipped -> when it arrived
         self._open_since: float | None = None
-        self._behind_since: float | None = None
+        self._unshipped_since: float | None = None  # when the oldest committed tx not on the target was seen
 
     # -- life
     def start(self) -> None:
@@ -168,13 +172,17 @@ class Journal:
             thread.start()
             self._threads.append(thread)
 
-    def stop(self, timeout: float = 10.0) -> None:
+    def request_stop(self) -> None:
+        """Ask the threads to stop (at once: a feed waiting on immudb is cancelled)."""
         self._stop.set()
         feed = self._feed
         if feed is not None:
             feed.cancel()
         with self.spool._changed:
             self.spool._changed.notify_all()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self.request_stop()
         deadline = time.monotonic() + timeout
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
@@ -191,13 +199,16 @@ class Journal:
                 setattr(self.status, key, value)
 
     def _update_lag(self) -> None:
-        s, now = self.status, time.time()
-        oldest = [t for t in (self._open_since, self._behind_since, *self._arrivals.values()) if t is not None]
-        s.lag_seconds = max(0.0, now - min(oldest)) if oldest else 0.0
+        s = self.status
+        if s.shipped_tx >= s.replica_tx:
+            self._unshipped_since = None
+        s.lag_seconds = max(0.0, time.time() - self._unshipped_since) if self._unshipped_since else 0.0
 
     def _fail(self, state: str, exc: Exception, what: str) -> None:
         message = redact(str(exc))
         with self._lock:
+            if state == "target_down" and self.status.state == "spool_full":
+                state = "spool_full"  # the journal has stopped: that says more than why
             changed = self.status.error != message or self.status.state != state
             self.status.state, self.status.error = state, message
         if changed:
@@ -327,10 +338,10 @@ class Journal:
                                            f"backup as a base")
                     committed = max(committed, item.committed)
                     held.append((tx, len(item.data)))
-                    self._note_replica(committed, tx.id)
+                    self._note_replica(committed)
                 if held and held[-1][0].id > committed:
                     committed = max(committed, self.replica.state(self.database).tx_id)
-                    self._note_replica(committed, held[0][0].id - 1)
+                    self._note_replica(committed)
                 while held and held[0][0].id <= committed:
                     tx, n = held.pop(0)
                     if not pending:
@@ -353,13 +364,11 @@ class Journal:
             self._open_since = None
         return next_tx, prev_alh
 
-    def _note_replica(self, committed: int, exported: int) -> None:
+    def _note_replica(self, committed: int) -> None:
         with self._lock:
             self.status.replica_tx = max(self.status.replica_tx, committed)
-            if committed > exported:
-                self._behind_since = self._behind_since or time.time()
-            else:
-                self._behind_since = None
+            if committed > self.status.shipped_tx and self._unshipped_since is None:
+                self._unshipped_since = time.time()
 
     def _close(self, txs: list[ExportedTx], prev_alh: bytes) -> bytes:
         info, blob = encode_segment(self.database, txs, prev_alh)
@@ -397,6 +406,11 @@ class Journal:
                     s.last_upload_at = now
                     s.spool_bytes = self.spool.bytes
                     self._arrivals.pop(segment.first_tx, None)
+                    if s.shipped_tx >= s.replica_tx:
+                        self._unshipped_since = None
+                    else:  # the oldest still waiting arrived then (or is still on the replica: now)
+                        waiting_since = [t for t in (self._open_since, *self._arrivals.values()) if t]
+                        self._unshipped_since = min(waiting_since, default=now)
                     if s.state in ("target_down", "spool_full") or (s.state == "error" and s.error
                                                                      and "target" in s.error):
                         s.state, s.error = "shipping", None

@@ -15,10 +15,19 @@ SEGMENT_TEMPLATE = "{segment}" + SUFFIX
 
 def journal_target(cfg: TargetConfig, database: str) -> TargetConfig:
     """The target `cfg`, its path pointing at database's journal folder."""
+    return _under(cfg, f"journal/{database}/{SEGMENT_TEMPLATE}")
+
+
+def journal_root(cfg: TargetConfig) -> TargetConfig:
+    """The target `cfg`, its path pointing at the journal's folder (whose
+    folders are the databases)."""
+    return _under(cfg, f"journal/{SEGMENT_TEMPLATE}")
+
+
+def _under(cfg: TargetConfig, path: str) -> TargetConfig:
     directory = cfg.path.rpartition("/")[0]
-    path = f"{directory}/journal/{database}/{SEGMENT_TEMPLATE}" if directory else \
-        f"journal/{database}/{SEGMENT_TEMPLATE}"
-    return TargetConfig(name=cfg.name, kind=cfg.kind, path=path, options=cfg.options)
+    return TargetConfig(name=cfg.name, kind=cfg.kind, path=f"{directory}/{path}" if directory else path,
+                        options=cfg.options)
 
 
 class JournalStore:

@@ -164,6 +164,11 @@ class Target(ABC):
     @abstractmethod
     def delete(self, name: str) -> None: ...
 
+    @abstractmethod
+    def folders(self) -> list[str]:
+        """The names of the folders (S3: common prefixes) in the target's
+        directory: the journal's databases under `journal/`."""
+
     def cleanup_partial(self) -> list[str]:
         """Remove what an interrupted earlier run of ours left (temporary
         files, pending multipart uploads); the names removed."""

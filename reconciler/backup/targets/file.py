@@ -188,6 +188,14 @@ class FileTarget(Target):
                 found.append(ArchiveInfo(entry.name, st.st_size, st.st_mtime, str(self.dir / entry.name)))
         return sorted(found, key=sort_key)
 
+    def folders(self) -> list[str]:
+        try:
+            return sorted(e.name for e in os.scandir(self.dir) if e.is_dir(follow_symlinks=False))
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise _os_error(self.name, f"cannot list {self.dir}", exc) from None
+
     def delete(self, name: str) -> None:
         try:
             (self.dir / name).unlink()

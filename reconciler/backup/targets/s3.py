@@ -309,6 +309,16 @@ class S3Target(Target):
             raise self.error("cannot list archives", exc) from None
         return sorted(found, key=sort_key)
 
+    def folders(self) -> list[str]:
+        found = []
+        try:
+            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self.prefix,
+                                                                              Delimiter="/"):
+                found += [p["Prefix"][len(self.prefix):].rstrip("/") for p in page.get("CommonPrefixes", [])]
+        except (boto_errors.ClientError, boto_errors.BotoCoreError) as exc:
+            raise self.error("cannot list folders", exc) from None
+        return sorted(found)
+
     def delete(self, name: str) -> None:
         try:
             self.client.delete_object(Bucket=self.bucket, Key=self.prefix + name)

@@ -356,6 +356,15 @@ class SftpTarget(Target):
                  for e in entries if stat.S_ISREG(e.st_mode or 0) and self.owns(e.filename)]
         return sorted(found, key=sort_key)
 
+    def folders(self) -> list[str]:
+        try:
+            entries = self.sftp.listdir_attr(self.directory or ".")
+        except FileNotFoundError:
+            return []
+        except (OSError, paramiko.SSHException) as exc:
+            raise self.error(f"cannot list {self.directory}", exc) from None
+        return sorted(e.filename for e in entries if stat.S_ISDIR(e.st_mode or 0))
+
     def delete(self, name: str) -> None:
         path = posixpath.join(self.directory or ".", name)
         try:

@@ -1,0 +1,97 @@
+"""The daemon's journals: one per replica database that backup.continuous
+selects, started when the database appears, stopped when it goes or the
+configuration no longer asks for it (reloads included)."""
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import threading
+from pathlib import Path
+
+from reconciler.admin import ImmudbAdmin, ImmudbError
+from reconciler.config.model import Config, ContinuousConfig
+from reconciler.journal.shipper import Journal
+from reconciler.journal.store import JournalStore
+from reconciler.log import event
+
+log = logging.getLogger(__name__)
+
+
+def spool_root(settings: ContinuousConfig) -> Path:
+    if settings.spool_dir is not None:
+        return settings.spool_dir
+    return Path(tempfile.gettempdir()) / f"immudb-replicator-journal-{os.getuid()}"
+
+
+class Journals:
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self._journals: dict[str, Journal] = {}
+        self._lock = threading.Lock()
+        self._replica: ImmudbAdmin | None = None
+        self._key = None  # what the running journals were started with
+
+    @property
+    def settings(self) -> ContinuousConfig | None:
+        return self.cfg.backup.continuous
+
+    def _settings_key(self, cfg: Config):
+        c = cfg.backup.continuous
+        if c is None:
+            return None
+        return (c, cfg.backup.targets.get(c.target), cfg.replica)
+
+    def sync(self, cfg: Config | None = None) -> None:
+        """Start and stop journals to match the configuration and the
+        replica's databases (one RPC). Called after each reconcile pass and
+        on reloads; a replica that does not answer changes nothing."""
+        with self._lock:
+            if cfg is not None:
+                self.cfg = cfg
+            key = self._settings_key(self.cfg)
+            if key != self._key:
+                self._stop_all()
+                self._key = key
+            settings = self.settings
+            if settings is None:
+                return
+            if self._replica is None:
+                self._replica = ImmudbAdmin.from_config("replica", self.cfg.replica)
+            try:
+                wanted = {d.name for d in self._replica.list_databases()
+                          if d.replication.replica and d.name in settings.databases}
+            except ImmudbError as exc:
+                event(log, "journal_sync_skipped", logging.DEBUG, error=str(exc))
+                return
+            for name in sorted(set(self._journals) - wanted):
+                self._journals.pop(name).stop()
+                event(log, "journal_stopped", database=name, reason="no longer a selected replica database")
+            target_cfg = self.cfg.backup.targets[settings.target]
+            for name in sorted(wanted - set(self._journals)):
+                journal = Journal(name, self._replica, lambda n=name: JournalStore(target_cfg, n), settings,
+                                  spool_root(settings), settings.target)
+                self._journals[name] = journal
+                journal.start()
+                event(log, "journal_started", database=name, target=settings.target,
+                      segment_max_seconds=settings.segment_max_seconds)
+
+    def _stop_all(self) -> None:
+        journals, self._journals = list(self._journals.values()), {}
+        for journal in journals:
+            journal.request_stop()
+        for journal in journals:
+            journal.stop()
+        if self._replica is not None:
+            self._replica.close()
+            self._replica = None
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stop_all()
+            self._key = None
+
+    def statuses(self) -> list[dict]:
+        with self._lock:
+            journals = list(self._journals.values())
+        return [j.snapshot() for j in sorted(journals, key=lambda j: j.database)]

@@ -1,0 +1,351 @@
+"""Continuous backup on the real servers and targets: every write on the
+primary reaches the target within the RPO through the replica's journal; a
+replicator killed mid-segment and a target stopped mid-upload both resume
+with no gap and no duplicate; segments lost on the target are exported
+again; restore to a transaction in the middle of a segment, or to a time,
+gives exactly that state; a tampered segment is refused naming the
+transaction."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from reconciler import config
+from reconciler.config.model import ContinuousConfig
+from reconciler.journal import format as jf
+from reconciler.journal.shipper import Journal
+from reconciler.journal.store import JournalStore, chain_to, newest
+from reconciler.reconcile import Reconciler
+from tests.support import immudb_data
+from tests.support.configs import unique_name, write_config
+from tests.support.daemon import Daemon
+from tests.support.targets import KINDS, sftp_target, target_config
+from tests.support.waiting import wait_for
+
+ROOT = Path(__file__).resolve().parent.parent
+RPO = 1.0  # segment_max_seconds in these tests
+
+
+def run(*argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "reconciler", *argv], capture_output=True, text=True, cwd=ROOT,
+                          timeout=600)
+
+
+@pytest.fixture
+def followed(tmp_path, primary_server, replica_server, primary):
+    """make(count): a primary database with `count` transactions and its
+    replica, caught up; (prefix, name)."""
+    def make(count: int = 10) -> tuple[str, str]:
+        prefix = unique_name("jr") + "_"
+        name = f"{prefix}db"
+        primary.create_database(name)
+        if count:
+            immudb_data.write(primary_server, name, count, prefix="early")
+        rec = Reconciler.from_config(config.load(write_config(tmp_path, primary_server, replica_server, prefix,
+                                                              name=f"{prefix}.yaml"), env={}))
+        assert rec.run_pass().ok
+        rec.close()
+        want, got = immudb_data.wait_caught_up(primary_server, replica_server, name, name)
+        assert got == want
+        return prefix, name
+    return make
+
+
+def journal(replica, name: str, target_cfg, tmp_path: Path, **settings) -> Journal:
+    settings = ContinuousConfig(target_cfg.name, **{"segment_max_seconds": RPO, **settings})
+    return Journal(name, replica, lambda: JournalStore(target_cfg, name), settings, tmp_path / "spool",
+                   target_cfg.name)
+
+
+def segments_on(target_cfg, name: str) -> list[jf.SegmentName]:
+    with JournalStore(target_cfg, name) as store:
+        return store.segments()
+
+
+def assert_whole(target_cfg, name: str, last_tx: int) -> None:
+    """The target holds transactions 1..last_tx of `name`, each exactly
+    once, in segments that chain, every one readable and checked."""
+    with JournalStore(target_cfg, name) as store:
+        segs = store.segments()
+        ranges = [(s.first_tx, s.last_tx) for s in segs]
+        expected = 1
+        for first, last in ranges:
+            assert first == expected, f"gap or duplicate at {first} (expected {expected}): {ranges}"
+            expected = last + 1
+        assert expected - 1 == last_tx, ranges
+        prev = jf.GENESIS_ALH
+        for s in segs:
+            with store.open(s.name) as stream:
+                info, txs = jf.decode_segment(stream, s)
+                assert info.prev_alh == prev
+                prev = jf.check_chain(list(txs), prev)
+
+
+def process_tree(pid: int) -> list[int]:
+    """`pid` and its descendants (sshd forks a process per session)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    tree, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        tree.append(current)
+        todo += children.get(current, [])
+    return tree
+
+
+def primary_alh(primary, name: str, tx_id: int) -> bytes:
+    with primary.follow(name, tx_id, window=1, wait=10) as feed:
+        for exported in feed:
+            return jf.parse_tx(exported.data).header.alh
+    raise AssertionError(f"no transaction {tx_id} on the primary")
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_a_write_on_the_primary_is_on_the_target_within_the_rpo(tmp_path, request, kind, followed, primary_server,
+                                                               replica_server, replica, primary):
+    prefix, name = followed(10)
+    target_cfg = target_config(kind, tmp_path, request)
+    j = journal(replica, name, target_cfg, tmp_path)
+    j.start()
+    try:
+        wait_for(lambda: j.snapshot()["shipped_tx"] >= 10, 30, "the first 10 transactions on the target")
+        for i in range(3):
+            immudb_data.write(primary_server, name, 1, prefix=f"late{i}_")
+            tx_id = immudb_data.state(primary_server, name)[0]
+            # replication (well under a second here) + the RPO + the upload
+            wait_for(lambda: j.snapshot()["shipped_tx"] >= tx_id, RPO + 5, f"transaction {tx_id} shipped")
+        status = j.snapshot()
+        assert status["state"] == "shipping" and status["error"] is None
+        assert status["lag_transactions"] == 0 and status["replica_tx"] == tx_id
+        assert status["shipped_transactions"] == tx_id and status["spool_bytes"] == 0
+    finally:
+        j.stop()
+    assert_whole(target_cfg, name, tx_id)
+    with JournalStore(target_cfg, name) as store:
+        tip = newest(store.segments())
+        with store.open(tip.name) as stream:
+            info, txs = jf.decode_segment(stream, tip)
+            last = list(txs)[-1]
+    assert b"late2_0" in last.data and info.last_alh == primary_alh(primary, name, tx_id)
+    assert info.database == name
+
+
+def test_restore_to_a_transaction_in_the_middle_of_a_segment_and_to_a_time(tmp_path, followed, primary_server,
+                                                                        replica_server, replica, primary):
+    prefix, name = followed(0)
+    written = immudb_data.write(primary_server, name, 40, prefix="k")  # transactions 1..40, key k<i> in tx i+1
+    target = {"type": "file", "path": str(tmp_path / "t" / "immudb-{timestamp}.tar.gz")}
+    cfg_path = write_config(tmp_path, primary_server, replica_server, prefix, name="restore.yaml",
+                            targets={"local": target})
+    from reconciler.config.model import TargetConfig
+    target_cfg = TargetConfig("local", "file", target["path"])
+    j = journal(replica, name, target_cfg, tmp_path, segment_max_seconds=30)  # one segment of 1..40
+    j.start()
+    try:
+        wait_for(lambda: j.snapshot()["exported_tx"] >= 40 or j.snapshot()["shipped_tx"] >= 40, 60,
+                 "40 transactions exported")
+    finally:
+        j.stop()  # closes the open segment
+    segs = segments_on(target_cfg, name)
+    assert [(s.first_tx, s.last_tx) for s in segs] == [(1, 40)]
+
+    done = run("restore", "-c", str(cfg_path), "--target", "local", "--database", name, "--to-tx", "17",
+               "--as", f"{prefix}r17")
+    assert done.returncode == 0, done.stderr
+    assert f"transaction 17 of" in done.stdout and primary_alh(primary, name, 17).hex() in done.stdout
+    restored = f"{prefix}r17"
+    assert immudb_data.state(replica_server, restored) == (17, primary_alh(primary, name, 17))
+    got = immudb_data.read(replica_server, restored, [b"k16", b"k17"])
+    assert got == {b"k16": written[b"k16"], b"k17": None}  # key k<i> is in transaction i + 1
+    # an ordinary database again: it takes writes
+    immudb_data.write(replica_server, restored, 1, prefix="after")
+
+    # to a time: the last transaction at or before it
+    with JournalStore(target_cfg, name) as store:
+        with store.open(segs[0].name) as stream:
+            _, txs = jf.decode_segment(stream, segs[0])
+            stamps = {tx.id: tx.header.ts for tx in txs}
+    when = stamps[20]
+    last_at = max(t for t, ts in stamps.items() if ts <= when)
+    iso = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(when))
+    done = run("restore", "-c", str(cfg_path), "--target", "local", "--database", name, "--to-time", iso,
+               "--as", f"{prefix}rt")
+    assert done.returncode == 0, done.stderr
+    assert immudb_data.state(replica_server, f"{prefix}rt")[0] == last_at
+
+    # beyond the journal: refused, nothing created
+    done = run("restore", "-c", str(cfg_path), "--target", "local", "--database", name, "--to-tx", "41",
+               "--as", f"{prefix}r41")
+    assert done.returncode == 1 and "not in the journal" in done.stderr and "1-40" in done.stderr
+    assert f"{prefix}r41" not in {d.name for d in replica.list_databases()}
+
+
+def test_a_tampered_segment_is_refused_naming_the_transaction(tmp_path, followed, primary_server, replica_server,
+                                                              replica):
+    import zstandard
+    prefix, name = followed(12)
+    target = {"type": "file", "path": str(tmp_path / "t" / "immudb-{timestamp}.tar.gz")}
+    cfg_path = write_config(tmp_path, primary_server, replica_server, prefix, name="tamper.yaml",
+                            targets={"local": target})
+    from reconciler.config.model import TargetConfig
+    target_cfg = TargetConfig("local", "file", target["path"])
+    j = journal(replica, name, target_cfg, tmp_path, segment_max_seconds=30)
+    j.start()
+    try:
+        wait_for(lambda: j.snapshot()["exported_tx"] >= 12, 60, "12 transactions exported")
+    finally:
+        j.stop()
+    [seg] = segments_on(target_cfg, name)
+    path = Path(target["path"]).parent / "journal" / name / seg.name
+    blob = path.read_bytes()
+    head_len = len(jf.MAGIC) + 5 + struct.unpack(">I", blob[len(jf.MAGIC) + 1:len(jf.MAGIC) + 5])[0]
+    info = json.loads(blob[len(jf.MAGIC) + 5:head_len])
+    raw = zstandard.ZstdDecompressor().decompress(blob[head_len:], max_output_size=info["payload_bytes"])
+    with open(path, "rb") as stream:
+        [forged_tx] = [tx.id for tx in jf.decode_segment(stream, seg)[1] if b"value-early-7value" in tx.data]
+    value = b"value-early-7" * 3
+    assert raw.count(value) == 1
+    raw = raw.replace(value, b"VALUE" + value[5:])  # the same length: only the hashes can tell
+    payload = zstandard.ZstdCompressor().compress(raw)
+    info["sha256"] = hashlib.sha256(payload).hexdigest()  # a consistent forgery: the checksum matches
+    header = json.dumps(info).encode()
+    path.write_bytes(jf.MAGIC + struct.pack(">BI", 1, len(header)) + header + payload)
+
+    done = run("restore", "-c", str(cfg_path), "--target", "local", "--database", name, "--to-end",
+               "--as", f"{prefix}forged")
+    assert done.returncode == 1
+    assert f"transaction {forged_tx}: its entries do not match" in done.stderr, done.stderr
+    assert f"{prefix}forged" not in {d.name for d in replica.list_databases()}  # the half-restored one is gone
+    # up to the transaction before the forgery, the journal still restores
+    done = run("restore", "-c", str(cfg_path), "--target", "local", "--database", name, "--to-tx", str(forged_tx - 1),
+               "--as", f"{prefix}before")
+    assert done.returncode == 0, done.stderr
+
+
+def test_segments_lost_on_the_target_are_exported_again(tmp_path, followed, primary_server, replica, request):
+    prefix, name = followed(0)
+    target_cfg = target_config("file", tmp_path, request)
+    j = journal(replica, name, target_cfg, tmp_path)
+    j.start()
+    try:
+        for i in range(3):  # three segments at least: one write per RPO
+            immudb_data.write(primary_server, name, 2, prefix=f"s{i}_")
+            tx_id = immudb_data.state(primary_server, name)[0]
+            wait_for(lambda: j.snapshot()["shipped_tx"] >= tx_id, 30, f"transaction {tx_id} shipped")
+    finally:
+        j.stop()
+    segs = segments_on(target_cfg, name)
+    assert len(segs) >= 3
+    folder = Path(target_cfg.path).parent / "journal" / name
+    (folder / segs[1].name).unlink()
+    immudb_data.write(primary_server, name, 1, prefix="after")
+    tx_id = immudb_data.state(primary_server, name)[0]
+    j = journal(replica, name, target_cfg, tmp_path)
+    j.start()
+    try:
+        wait_for(lambda: j.snapshot()["shipped_tx"] >= tx_id, 30, "the journal to catch up")
+        assert j.snapshot()["gaps_filled"] == 1
+    finally:
+        j.stop()
+    assert_whole(target_cfg, name, tx_id)
+
+
+def test_the_replicator_killed_mid_segment_resumes_with_no_gap_or_duplicate(tmp_path, followed, primary_server,
+                                                                            replica_server, replica):
+    prefix, name = followed(5)
+    target = {"type": "file", "path": str(tmp_path / "t" / "immudb-{timestamp}.tar.gz")}
+    continuous = {"target": "local", "segment_max_seconds": 60, "spool_dir": str(tmp_path / "spool")}
+    d = Daemon(tmp_path, primary_server, replica_server, prefix,
+               backup={"targets": {"local": target}, "continuous": continuous}).start()
+    try:
+        wait_for(lambda: d.request("GET", "/status")[1]["journal"], 60, "the journal to start")
+        immudb_data.write(primary_server, name, 10, prefix="open")  # a segment open for 60 s
+        tx_id = immudb_data.state(primary_server, name)[0]
+        wait_for(lambda: d.request("GET", "/status")[1]["journal"][0]["replica_tx"] >= tx_id, 30,
+                 "the journal to see the writes")
+        metrics = d.request("GET", "/metrics", token=None)[1]
+        assert f'replicator_journal_lag_seconds{{database="{name}"}}' in metrics
+        assert f'replicator_journal_state{{database="{name}",state="shipping"}} 1.0' in metrics
+    finally:
+        d.proc.send_signal(signal.SIGKILL)
+        d.proc.wait()
+    immudb_data.write(primary_server, name, 5, prefix="meanwhile")
+    tx_id = immudb_data.state(primary_server, name)[0]
+    d.data["backup"]["continuous"]["segment_max_seconds"] = RPO
+    d.write_config()
+    d.start()
+    try:
+        wait_for(lambda: (d.request("GET", "/status")[1]["journal"] or [{}])[0].get("shipped_tx", 0) >= tx_id,
+                 60, "the journal to ship everything after the restart")
+    finally:
+        assert d.stop() == 0
+    from reconciler.config.model import TargetConfig
+    assert_whole(TargetConfig("local", "file", target["path"]), name, tx_id)
+    assert not list((tmp_path / "spool" / name).iterdir())  # nothing left waiting
+
+
+def test_a_target_stopped_mid_upload_resumes_with_no_gap_or_duplicate(tmp_path, followed, primary_server, replica,
+                                                                      sftp_server):
+    prefix, name = followed(3)
+    target_cfg = sftp_target(tmp_path, sftp_server)
+    j = journal(replica, name, target_cfg, tmp_path, spool_max_bytes=4096)
+    j.start()
+    try:
+        wait_for(lambda: j.snapshot()["shipped_tx"] >= 3, 30, "the first transactions shipped")
+        frozen = process_tree(sftp_server.process.pid)  # the listener and the session already open
+        for pid in frozen:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            # incompressible values larger than the spool: the first segment waits in it, the second finds it full
+            immudb_data.write_blobs(primary_server, name, 1, size=8 * 1024)
+            first = immudb_data.state(primary_server, name)[0]
+            wait_for(lambda: j.snapshot()["exported_tx"] >= first, 60, "the first segment spooled")
+            immudb_data.write_blobs(primary_server, name, 1, size=8 * 1024)
+            wait_for(lambda: j.snapshot()["state"] == "spool_full", 60, "the spool to fill")
+            status = j.snapshot()
+            assert status["lag_transactions"] > 0 and status["lag_seconds"] > 0
+            assert status["spool_bytes"] <= 4096 + 9 * 1024  # one segment over at most: it stops, it does not grow
+        finally:
+            for pid in frozen:
+                os.kill(pid, signal.SIGCONT)
+        tx_id = immudb_data.state(primary_server, name)[0]
+        wait_for(lambda: j.snapshot()["shipped_tx"] >= tx_id, 120, "the journal to catch up")
+        assert j.snapshot()["state"] == "shipping"
+    finally:
+        j.stop()
+    assert_whole(target_cfg, name, tx_id)
+
+
+def test_list_journal_shows_each_database(tmp_path, followed, primary_server, replica_server, replica):
+    prefix, name = followed(4)
+    target = {"type": "file", "path": str(tmp_path / "t" / "immudb-{timestamp}.tar.gz")}
+    cfg_path = write_config(tmp_path, primary_server, replica_server, prefix, name="list.yaml",
+                            targets={"local": target})
+    done = run("list", "-c", str(cfg_path), "--target", "local", "--journal")
+    assert done.returncode == 0 and "no journal" in done.stdout
+    from reconciler.config.model import TargetConfig
+    target_cfg = TargetConfig("local", "file", target["path"])
+    j = journal(replica, name, target_cfg, tmp_path)
+    j.start()
+    try:
+        wait_for(lambda: j.snapshot()["shipped_tx"] >= 4, 30, "4 transactions shipped")
+    finally:
+        j.stop()
+    done = run("list", "-c", str(cfg_path), "--target", "local", "--journal")
+    assert done.returncode == 0, done.stderr
+    [line] = [line for line in done.stdout.splitlines() if line.startswith(name)]
+    assert "1-4" in line and "complete from transaction 1" in line
