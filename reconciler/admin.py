@@ -412,10 +412,10 @@ class ImmudbAdmin:
     # ------------------------------------------------------------------
     # transactions (the journal)
 
-    def follow(self, name: str, first_tx: int, window: int = 32, wait: float = 30.0) -> "TxFeed":
+    def follow(self, name: str, first_tx: int, wait: float = 30.0) -> "TxFeed":
         """Transactions of database `name` from `first_tx` on, as immudb
         exports them, waiting up to `wait` s for new ones (see TxFeed)."""
-        return TxFeed(self, name, first_tx, window, wait)
+        return TxFeed(self, name, first_tx, wait)
 
     def create_restore_database(self, name: str) -> None:
         """A database that takes replayed transactions: a replica with no
@@ -585,81 +585,113 @@ class ExportedBytes:
 
 
 class TxFeed:
-    """Transactions of one database from `first_tx` on, as immudb's exportTx
-    exports them, `window` calls ahead of what has arrived.
+    """Transactions of one database from `first_tx` on, as immudb exports
+    them, each as ExportedBytes (its id, its bytes, and how far the database
+    had committed when it was sent).
 
-    immudb answers a call for a transaction it has not committed with "no
-    new transactions" at once, unless the call allows precommitted ones:
-    then the server waits until the transaction is durably written (no
-    polling). So every call allows them, and each ExportedBytes says how
-    far the database had committed (`committed`): the caller ships only
-    committed transactions (see Journal). After `wait` seconds with nothing
-    new the iteration simply ends and the caller follows again. `cancel()`
-    from any thread ends the iteration. Raises ImmudbError when a call
-    fails."""
+    Two ways, by where the feed is:
+    - behind (transactions up to the last committed one wait): one
+      streamExportTx stream asks for up to BULK of them at once; immudb
+      answers them back to back (one call per transaction would cost a
+      round trip each);
+    - caught up: one exportTx call for the next transaction. immudb answers
+      a call for a transaction it has not committed with "no new
+      transactions" at once, unless the call allows precommitted ones: then
+      it waits until the transaction is durably written (no polling). So the
+      call allows them, and the caller ships a transaction only once
+      `committed` covers it (see Journal). After `wait` seconds with nothing
+      new the iteration simply ends and the caller follows again.
 
-    def __init__(self, admin: ImmudbAdmin, name: str, first_tx: int, window: int, wait: float = 30.0):
+    `cancel()` from any thread ends the iteration. Raises ImmudbError when a
+    call fails."""
+
+    BULK = 10_000
+
+    def __init__(self, admin: ImmudbAdmin, name: str, first_tx: int, wait: float = 30.0):
         self.admin, self.name, self.wait = admin, name, wait
         self._next = first_tx
         self._cancelled = False
+        self._call = None
         self._token = admin._database_token(name)
-        self._method = admin._channel.unary_stream(
+        self._committed = admin._call(f"current state of {name}", "CurrentState", empty_pb2.Empty(),
+                                      token=self._token).txId
+        self._metadata = (("authorization", "Bearer " + self._token),)
+        self._one = admin._channel.unary_stream(
             f"/{_SERVICE.full_name}/exportTx", request_serializer=pb.ExportTxRequest.SerializeToString,
             response_deserializer=pb.Chunk.FromString)
-        self._calls: collections.deque = collections.deque()
-        for _ in range(window):
-            self._ask()
-
-    def _ask(self) -> None:
-        if self._cancelled:
-            return
-        self.admin.calls += 1
-        call = self._method(pb.ExportTxRequest(tx=self._next, allowPreCommitted=True), timeout=self.wait,
-                            metadata=(("authorization", "Bearer " + self._token),))
-        self._calls.append((self._next, call))
-        self._next += 1
+        self._many = admin._channel.stream_stream(
+            f"/{_SERVICE.full_name}/streamExportTx", request_serializer=pb.ExportTxRequest.SerializeToString,
+            response_deserializer=pb.Chunk.FromString)
 
     def cancel(self) -> None:
         self._cancelled = True
-        for _, call in list(self._calls):
+        call = self._call
+        if call is not None:
             call.cancel()
 
     def __iter__(self) -> Iterator[ExportedBytes]:
         try:
-            while self._calls and not self._cancelled:
-                tx_id, call = self._calls[0]
-                try:
-                    data, committed = self._message(call)
-                except grpc.RpcError as exc:
-                    if self._cancelled:
-                        return
-                    if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+            while not self._cancelled:
+                if self._next <= self._committed:
+                    last = min(self._committed, self._next + self.BULK - 1)
+                    first = self._next
+                    requests = (pb.ExportTxRequest(tx=t, allowPreCommitted=True) for t in range(first, last + 1))
+                    self.admin.calls += 1
+                    self._call = self._many(requests, metadata=self._metadata,
+                                            timeout=self.wait + (last - first + 1) / 100)
+                    for data, committed in self._messages(self._call, last - first + 1):
+                        yield self._exported(data, committed)
+                    self._call.cancel()  # every answer is in: end the stream
+                else:
+                    self.admin.calls += 1
+                    self._call = self._one(pb.ExportTxRequest(tx=self._next, allowPreCommitted=True),
+                                           timeout=self.wait, metadata=self._metadata)
+                    got = list(self._messages(self._call, 1))
+                    if not got or not got[0][0]:
                         return  # nothing committed for `wait` seconds: the caller follows again
-                    raise self.admin._error(f"export transaction {tx_id} from {self.name}", exc) from None
-                if not data:
-                    return  # the server's own wait ended first: nothing new
-                self._calls.popleft()
-                self._ask()
-                yield ExportedBytes(tx_id, data, committed)
+                    yield self._exported(*got[0])
+        except grpc.RpcError as exc:
+            if self._cancelled:
+                return
+            if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED and self._next > self._committed:
+                return  # nothing new for `wait` seconds
+            raise self.admin._error(f"export transaction {self._next} from {self.name}", exc) from None
         finally:
             self.cancel()
 
-    def _message(self, call) -> tuple[bytes, int]:
+    def _exported(self, data: bytes, committed: int) -> ExportedBytes:
+        exported = ExportedBytes(self._next, data, committed)
+        self._committed = max(self._committed, committed)
+        self._next += 1
+        return exported
+
+    def _messages(self, call, count: int) -> Iterator[tuple[bytes, int]]:
+        """`count` messages of immudb's stream protocol (a u64 length, then
+        the bytes, over one or more chunks): (bytes, committed)."""
         buffer, size, committed = bytearray(), None, 0
         for chunk in call:
             if size is None:
                 if len(chunk.content) < 8:
-                    break
+                    raise ImmudbError(f"{self.admin.name} ({self.admin.address})", f"export from {self.name}",
+                                      "the server's message is too short", temporary=True)
                 size = struct.unpack_from(">Q", chunk.content)[0]
                 buffer += chunk.content[8:]
                 raw = chunk.metadata.get("committed-txid-bin")
                 committed = struct.unpack(">Q", raw)[0] if raw and len(raw) == 8 else 0
             else:
                 buffer += chunk.content
-        if size is None or len(buffer) != size:
+            if len(buffer) > size:
+                raise ImmudbError(f"{self.admin.name} ({self.admin.address})", f"export from {self.name}",
+                                  "the server's message is longer than announced", temporary=True)
+            if len(buffer) == size:
+                yield bytes(buffer), committed
+                buffer, size = bytearray(), None
+                count -= 1
+                if count == 0:
+                    return
+        if size is not None:
             raise ImmudbError(f"{self.admin.name} ({self.admin.address})", f"export from {self.name}",
                               "the server's message is incomplete", temporary=True)
-        return bytes(buffer), committed
 
     def __enter__(self) -> "TxFeed":
         return self

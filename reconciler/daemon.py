@@ -50,8 +50,8 @@ class Service:
         self.config_loaded_at = time.time()
         self.last_reload_error: str | None = None
         self.reconciler = Reconciler.from_config(cfg)
-        self.backups = Backups(cfg, holder=self.reconciler)
         self.journals = Journals(cfg)
+        self.backups = Backups(cfg, holder=_BackupHolds(self.reconciler, self.journals))
         self.notifier = notifier or Notifier()
         self.scheduler = BackgroundScheduler(timezone=timezone.utc, job_defaults={
             "coalesce": True, "max_instances": 1,
@@ -357,6 +357,22 @@ class Service:
         finally:
             self.stop()
         return 0
+
+
+class _BackupHolds:
+    """What a backup holds: passes leave the database alone (the
+    reconciler's holds); when released (loaded again) its journal follows
+    again at once."""
+
+    def __init__(self, reconciler: Reconciler, journals: Journals):
+        self.reconciler, self.journals = reconciler, journals
+
+    def hold(self, database: str) -> None:
+        self.reconciler.hold(database)
+
+    def release(self, database: str) -> None:
+        self.reconciler.release(database)
+        self.journals.kick(database)
 
 
 def _file_hash(path: str | None) -> str | None:

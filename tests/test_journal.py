@@ -108,7 +108,7 @@ def process_tree(pid: int) -> list[int]:
 
 
 def primary_alh(primary, name: str, tx_id: int) -> bytes:
-    with primary.follow(name, tx_id, window=1, wait=10) as feed:
+    with primary.follow(name, tx_id, wait=10) as feed:
         for exported in feed:
             return jf.parse_tx(exported.data).header.alh
     raise AssertionError(f"no transaction {tx_id} on the primary")
@@ -349,3 +349,34 @@ def test_list_journal_shows_each_database(tmp_path, followed, primary_server, re
     assert done.returncode == 0, done.stderr
     [line] = [line for line in done.stdout.splitlines() if line.startswith(name)]
     assert "1-4" in line and "complete from transaction 1" in line
+
+
+def test_a_snapshot_backup_of_a_journaled_database_leaves_the_journal_whole(tmp_path, followed, primary_server,
+                                                                            replica_server, replica):
+    """The backup unloads the database under the journal's waiting export
+    calls and loads it again: the journal goes on, nothing missing, and the
+    archive restores as before."""
+    prefix, name = followed(5)
+    target = {"type": "file", "path": str(tmp_path / "t" / "immudb-{timestamp}.tar.gz")}
+    continuous = {"target": "local", "segment_max_seconds": RPO, "spool_dir": str(tmp_path / "spool")}
+    d = Daemon(tmp_path, primary_server, replica_server, prefix,
+               backup={"targets": {"local": target}, "continuous": continuous}).start()
+
+    def shipped() -> int:
+        return (d.request("GET", "/status")[1]["journal"] or [{}])[0].get("shipped_tx", 0)
+
+    try:
+        wait_for(lambda: shipped() >= 5, 60, "the journal to ship the first transactions")
+        assert d.request("POST", "/backup/start", {"target": "local"})[0] == 202
+        assert d.wait_backup()["last_result"]["result"] == "ok"
+        immudb_data.write(primary_server, name, 3, prefix="after_backup")
+        tx_id = immudb_data.state(primary_server, name)[0]
+        wait_for(lambda: shipped() >= tx_id, 30, "the writes after the backup shipped")
+        [status] = d.request("GET", "/status")[1]["journal"]
+        assert status["state"] == "shipping" and status["error"] is None
+    finally:
+        assert d.stop() == 0
+    from reconciler.config.model import TargetConfig
+    assert_whole(TargetConfig("local", "file", target["path"]), name, tx_id)
+    [archive] = [p for p in (tmp_path / "t").iterdir() if p.name.endswith(".tar.gz")]
+    assert run("verify", str(archive)).returncode == 0

@@ -185,7 +185,6 @@ class ContinuousConfig:
     segment_max_bytes: int = 16 * 1024 * 1024
     spool_dir: Path | None = None
     spool_max_bytes: int = 1024 * 1024 * 1024
-    export_window: int = 32
 
     @classmethod
     def from_dict(cls, d: dict) -> "ContinuousConfig | None":
@@ -193,7 +192,7 @@ class ContinuousConfig:
             return None
         return cls(d["target"], Selection.from_dict(d["databases"]), float(d["segment_max_seconds"]),
                    int(d["segment_max_bytes"]), Path(d["spool_dir"]) if d["spool_dir"] else None,
-                   int(d["spool_max_bytes"]), int(d["export_window"]))
+                   int(d["spool_max_bytes"]))
 
 
 @dataclass(frozen=True)

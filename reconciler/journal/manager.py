@@ -76,6 +76,13 @@ class Journals:
                 event(log, "journal_started", database=name, target=settings.target,
                       segment_max_seconds=settings.segment_max_seconds)
 
+    def kick(self, database: str) -> None:
+        """`database` was loaded again: its journal follows again at once."""
+        with self._lock:
+            journal = self._journals.get(database)
+        if journal is not None:
+            journal.kick()
+
     def _stop_all(self) -> None:
         journals, self._journals = list(self._journals.values()), {}
         for journal in journals:

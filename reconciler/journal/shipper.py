@@ -44,7 +44,7 @@ from reconciler.secret import redact
 
 log = logging.getLogger(__name__)
 
-FEED_WAIT = 30.0          # an idle feed is opened again this often (seconds)
+FEED_WAIT = 10.0          # an idle feed asks again this often; a database unloaded meanwhile is seen then
 COMMIT_POLL = 0.2         # how often to ask whether held (precommitted) transactions have committed
 RETRY_MAX = 30.0
 
@@ -181,6 +181,14 @@ class Journal:
         with self.spool._changed:
             self.spool._changed.notify_all()
 
+    def kick(self) -> None:
+        """Follow again now: the database was unloaded and loaded again (a
+        snapshot backup), and the calls waiting on the closed one would only
+        give up after FEED_WAIT."""
+        feed = self._feed
+        if feed is not None:
+            feed.cancel()
+
     def stop(self, timeout: float = 10.0) -> None:
         self.request_stop()
         deadline = time.monotonic() + timeout
@@ -260,7 +268,7 @@ class Journal:
 
     def _alh_of(self, tx_id: int) -> bytes:
         """The Alh of transaction `tx_id` of the replica's database."""
-        with self.replica.follow(self.database, tx_id, window=1, wait=10.0) as feed:
+        with self.replica.follow(self.database, tx_id, wait=10.0) as feed:
             for exported in feed:
                 return parse_tx(exported.data).header.alh
         raise JournalError(f"{self.database}: the replica did not export transaction {tx_id}")
@@ -295,7 +303,7 @@ class Journal:
         """Export from `next_tx` into segments until `last` (None: until the
         feed has been idle FEED_WAIT seconds). Returns where it got to."""
         arrived: queue.SimpleQueue = queue.SimpleQueue()
-        feed = self.replica.follow(self.database, next_tx, window=self.settings.export_window, wait=FEED_WAIT)
+        feed = self.replica.follow(self.database, next_tx, wait=FEED_WAIT)
         self._feed = feed
         done = object()
 
