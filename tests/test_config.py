@@ -174,6 +174,31 @@ def test_staging_dir_inside_data_dir_is_refused(tmp_path):
     assert any("outside the replica's data_dir" in p for p in problems(path))
 
 
+def test_continuous_backup_must_name_a_known_target_and_spool_outside_the_data_dir(tmp_path):
+    path = write(tmp_path, MINIMAL + """
+backup:
+  targets: {local: {type: file, path: "/srv/backups/a-{timestamp}.tar.gz"}}
+  continuous: {target: remote, spool_dir: /var/lib/immudb/spool}
+""")
+    found = problems(path)
+    assert any(p.startswith("At 'backup.continuous.target'") and "unknown target 'remote'" in p for p in found), found
+    assert any(p.startswith("At 'backup.continuous.spool_dir'") and "outside the replica's data_dir" in p
+               for p in found), found
+
+
+def test_continuous_backup_is_off_unless_a_target_is_named(tmp_path):
+    assert config.load(write(tmp_path, MINIMAL), None, {}).backup.continuous is None
+    path = write(tmp_path, MINIMAL + """
+backup:
+  targets: {local: {type: file, path: "/srv/backups/a-{timestamp}.tar.gz"}}
+  continuous: {target: local, segment_max_seconds: 2.5}
+""", name="on.yaml")
+    continuous = config.load(path, None, {}).backup.continuous
+    assert (continuous.target, continuous.segment_max_seconds, continuous.spool_max_bytes) == ("local", 2.5, 1 << 30)
+    path = write(tmp_path, MINIMAL + "backup: {continuous: {segment_max_seconds: 0}}\n", name="zero.yaml")
+    assert any("segment_max_seconds" in p for p in problems(path))
+
+
 # ---------------------------------------------------------------- environment and secrets
 
 def test_environment_references_are_resolved(tmp_path):

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from reconciler import config
-from reconciler.config.model import ContinuousConfig
+from reconciler.config.model import ContinuousConfig, TargetConfig
 from reconciler.journal import format as jf
 from reconciler.journal.shipper import Journal
 from reconciler.journal.store import JournalStore, chain_to, newest
@@ -151,7 +151,6 @@ def test_restore_to_a_transaction_in_the_middle_of_a_segment_and_to_a_time(tmp_p
     target = {"type": "file", "path": str(tmp_path / "t" / "immudb-{timestamp}.tar.gz")}
     cfg_path = write_config(tmp_path, primary_server, replica_server, prefix, name="restore.yaml",
                             targets={"local": target})
-    from reconciler.config.model import TargetConfig
     target_cfg = TargetConfig("local", "file", target["path"])
     j = journal(replica, name, target_cfg, tmp_path, segment_max_seconds=30)  # one segment of 1..40
     j.start()
@@ -201,7 +200,6 @@ def test_a_tampered_segment_is_refused_naming_the_transaction(tmp_path, followed
     target = {"type": "file", "path": str(tmp_path / "t" / "immudb-{timestamp}.tar.gz")}
     cfg_path = write_config(tmp_path, primary_server, replica_server, prefix, name="tamper.yaml",
                             targets={"local": target})
-    from reconciler.config.model import TargetConfig
     target_cfg = TargetConfig("local", "file", target["path"])
     j = journal(replica, name, target_cfg, tmp_path, segment_max_seconds=30)
     j.start()
@@ -293,7 +291,6 @@ def test_the_replicator_killed_mid_segment_resumes_with_no_gap_or_duplicate(tmp_
                  60, "the journal to ship everything after the restart")
     finally:
         assert d.stop() == 0
-    from reconciler.config.model import TargetConfig
     assert_whole(TargetConfig("local", "file", target["path"]), name, tx_id)
     assert not list((tmp_path / "spool" / name).iterdir())  # nothing left waiting
 
@@ -337,7 +334,6 @@ def test_list_journal_shows_each_database(tmp_path, followed, primary_server, re
                             targets={"local": target})
     done = run("list", "-c", str(cfg_path), "--target", "local", "--journal")
     assert done.returncode == 0 and "no journal" in done.stdout
-    from reconciler.config.model import TargetConfig
     target_cfg = TargetConfig("local", "file", target["path"])
     j = journal(replica, name, target_cfg, tmp_path)
     j.start()
@@ -376,7 +372,29 @@ def test_a_snapshot_backup_of_a_journaled_database_leaves_the_journal_whole(tmp_
         assert status["state"] == "shipping" and status["error"] is None
     finally:
         assert d.stop() == 0
-    from reconciler.config.model import TargetConfig
     assert_whole(TargetConfig("local", "file", target["path"]), name, tx_id)
     [archive] = [p for p in (tmp_path / "t").iterdir() if p.name.endswith(".tar.gz")]
     assert run("verify", str(archive)).returncode == 0
+
+
+def test_reloads_start_and_stop_the_journal(tmp_path, followed, primary_server, replica_server, replica):
+    prefix, name = followed(3)
+    target = {"type": "file", "path": str(tmp_path / "t" / "immudb-{timestamp}.tar.gz")}
+    d = Daemon(tmp_path, primary_server, replica_server, prefix, reconcile={"interval": 1},
+               backup={"targets": {"local": target}}).start()
+    try:
+        wait_for(lambda: d.request("GET", "/status")[1]["last_pass"], 60, "a pass")
+        assert d.request("GET", "/status")[1]["journal"] == []
+        d.data["backup"]["continuous"] = {"target": "local", "segment_max_seconds": RPO,
+                                          "spool_dir": str(tmp_path / "spool")}
+        d.write_config()  # picked up by the daemon's config check, as a ConfigMap update is
+        wait_for(lambda: any(j["database"] == name and j["shipped_tx"] >= 3
+                             for j in d.request("GET", "/status")[1]["journal"]), 60, "the journal after the reload")
+        del d.data["backup"]["continuous"]
+        d.write_config()
+        wait_for(lambda: d.request("GET", "/status")[1]["journal"] == [], 60, "the journal to stop")
+        immudb_data.write(primary_server, name, 2, prefix="unjournaled")
+        assert "replicator_journal_state{" not in d.request("GET", "/metrics", token=None)[1]
+    finally:
+        assert d.stop() == 0
+    assert segments_on(TargetConfig("local", "file", target["path"]), name)[-1].last_tx == 3

@@ -58,9 +58,12 @@ class Journals:
                 return
             if self._replica is None:
                 self._replica = ImmudbAdmin.from_config("replica", self.cfg.replica)
+            home = (self.cfg.reconcile.replication.primary_host, self.cfg.reconcile.replication.primary_port)
             try:
+                # replicas of our primary (not a database being restored, which is a replica of nothing)
                 wanted = {d.name for d in self._replica.list_databases()
-                          if d.replication.replica and d.name in settings.databases}
+                          if d.replication.replica and d.name in settings.databases
+                          and (d.replication.primary_host, d.replication.primary_port) == home}
             except ImmudbError as exc:
                 event(log, "journal_sync_skipped", logging.DEBUG, error=str(exc))
                 return
