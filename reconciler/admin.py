@@ -25,7 +25,6 @@ from __future__ import annotations
 import collections
 import importlib.util
 import logging
-import queue
 import struct
 import sys
 import threading
@@ -435,12 +434,13 @@ class ImmudbAdmin:
         self._call(f"prepare {name} for replay", "UpdateDatabaseV2",
                    pb.UpdateDatabaseRequest(database=name, settings=settings))
 
-    def replicate(self, name: str, transactions: Iterable[tuple[int, bytes]], in_flight: int = 32,
+    def replicate(self, name: str, transactions: Iterable[tuple[int, bytes]], in_flight: int = 24,
                   done: Callable[[int, int], None] | None = None) -> int:
         """Replay exported transactions into database `name` (a replica with
         no primary), in order, with immudb's ReplicateTx. Up to `in_flight`
         calls are outstanding: immudb applies each after its predecessor and
-        syncs them together. `done(tx_id, size)` is called as each is
+        syncs them together (a database takes 30 concurrent requests at most,
+        immudb's default maxConcurrency). `done(tx_id, size)` is called as each is
         applied. The number replayed; raises ImmudbError naming the
         transaction immudb refused."""
         token = self._database_token(name)

@@ -23,7 +23,7 @@ from reconciler import config
 from reconciler.config.model import ContinuousConfig, TargetConfig
 from reconciler.journal import format as jf
 from reconciler.journal.shipper import Journal
-from reconciler.journal.store import JournalStore, chain_to, newest
+from reconciler.journal.store import JournalStore, newest
 from reconciler.reconcile import Reconciler
 from tests.support import immudb_data
 from tests.support.configs import unique_name, write_config
@@ -165,7 +165,7 @@ def test_restore_to_a_transaction_in_the_middle_of_a_segment_and_to_a_time(tmp_p
     done = run("restore", "-c", str(cfg_path), "--target", "local", "--database", name, "--to-tx", "17",
                "--as", f"{prefix}r17")
     assert done.returncode == 0, done.stderr
-    assert f"transaction 17 of" in done.stdout and primary_alh(primary, name, 17).hex() in done.stdout
+    assert "transaction 17 of" in done.stdout and primary_alh(primary, name, 17).hex() in done.stdout
     restored = f"{prefix}r17"
     assert immudb_data.state(replica_server, restored) == (17, primary_alh(primary, name, 17))
     got = immudb_data.read(replica_server, restored, [b"k16", b"k17"])
@@ -398,3 +398,62 @@ def test_reloads_start_and_stop_the_journal(tmp_path, followed, primary_server, 
     finally:
         assert d.stop() == 0
     assert segments_on(TargetConfig("local", "file", target["path"]), name)[-1].last_tx == 3
+
+
+def test_a_snapshot_archive_is_a_base_and_retention_keeps_only_what_bases_need(tmp_path, followed, primary_server,
+                                                                                replica_server, replica, immudb_build):
+    prefix, name = followed(6)
+    target = {"type": "file", "path": str(tmp_path / "t" / "immudb-{timestamp}.tar.gz"), "retention": {"keep_last": 1}}
+    continuous = {"target": "local", "segment_max_seconds": RPO, "spool_dir": str(tmp_path / "spool")}
+    d = Daemon(tmp_path, primary_server, replica_server, prefix,
+               backup={"targets": {"local": target}, "continuous": continuous}).start()
+    target_cfg = TargetConfig("local", "file", target["path"])
+
+    def shipped() -> int:
+        return (d.request("GET", "/status")[1]["journal"] or [{}])[0].get("shipped_tx", 0)
+
+    try:
+        wait_for(lambda: shipped() >= 6, 60, "the first transactions shipped")
+        assert segments_on(target_cfg, name)[0].first_tx == 1
+        assert d.request("POST", "/backup/start", {"target": "local"})[0] == 202
+        assert d.wait_backup()["last_result"]["result"] == "ok"
+        # the archive holds the database at transaction 6: the segments up to it are not needed any more
+        wait_for(lambda: segments_on(target_cfg, name) == [] or segments_on(target_cfg, name)[0].first_tx > 6, 30,
+                 "retention of the segments before the base")
+        immudb_data.write(primary_server, name, 4, prefix="after_base")
+        tx_id = immudb_data.state(primary_server, name)[0]
+        wait_for(lambda: shipped() >= tx_id, 30, "the writes after the base shipped")
+    finally:
+        assert d.stop() == 0
+    d.start()  # after a restart the journal does not export again what the base holds
+    try:
+        wait_for(lambda: (d.request("GET", "/status")[1]["journal"] or [{}])[0].get("state") == "shipping", 60,
+                 "the journal after the restart")
+        [status] = d.request("GET", "/status")[1]["journal"]
+        assert status["gaps_filled"] == 0 and status["shipped_tx"] == tx_id
+    finally:
+        assert d.stop() == 0
+    assert min(s.first_tx for s in segments_on(target_cfg, name)) == 7
+
+    # a running server cannot take the archive's files: the error says what to do
+    done = run("restore", "-c", str(d.config_path), "--target", "local", "--database", name, "--to-tx", str(tx_id - 1),
+               "--as", f"{prefix}srv")
+    assert done.returncode == 1 and "--data-dir" in done.stderr, done.stderr
+    # into a new folder: the archive's database at 6, then the journal to tx_id - 1
+    restored = tmp_path / "restored"
+    done = run("restore", "-c", str(d.config_path), "--target", "local", "--database", name, "--to-tx", str(tx_id - 1),
+               "--as", "pitr", "--data-dir", str(restored), "--immudb-binary", str(immudb_build / "immudb"))
+    assert done.returncode == 0, done.stderr
+    assert "snapshot immudb-" in done.stdout and "(transaction 6)" in done.stdout
+    assert sorted(p.name for p in restored.iterdir()) == ["pitr"]  # the throwaway server's own folders are gone
+    from tests.support.servers import ImmudbServer
+    check = ImmudbServer("check", tmp_path / "check")
+    check.root.mkdir()
+    restored.rename(check.data_dir)
+    check.start()
+    try:
+        assert immudb_data.state(check, "pitr")[0] == tx_id - 1
+        got = immudb_data.read(check, "pitr", [b"after_base2", b"after_base3"])
+        assert got[b"after_base2"] is not None and got[b"after_base3"] is None
+    finally:
+        check.stop()

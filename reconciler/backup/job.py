@@ -225,10 +225,28 @@ class Backups:
                   seconds=round(time.time() - result.started_at, 1))
             progress.update(phase="retention")
             result.deleted = self._apply_retention(target, target_cfg, name)
+            continuous = self.cfg.backup.continuous
+            if continuous is not None and continuous.target == target_cfg.name:
+                self._journal_bases(target_cfg, name, {"backup_id": result.backup_id, "databases": states})
         finally:
             target.close()
             if staging_root is not None:
                 shutil.rmtree(staging_root, ignore_errors=True)
+
+    def _journal_bases(self, target_cfg: TargetConfig, name: str, manifest: dict) -> None:
+        """The archive is a base of the journal at the same target: record
+        it, then let the journal's retention drop what no base needs. A
+        failure here leaves the archive as good as it is: logged, not fatal."""
+        from reconciler.journal import bases
+        try:
+            recorded = bases.record(target_cfg, name, manifest)
+            if target_cfg.retention is not None:  # archives are deleted: segments only their bases needed may go
+                bases.prune(target_cfg)
+        except (targets.TargetError, OSError) as exc:
+            event(log, "journal_bases_failed", logging.WARNING, target=target_cfg.name, archive=name,
+                  error=str(exc))
+            return
+        event(log, "journal_bases_recorded", target=target_cfg.name, archive=name, databases=len(recorded))
 
     def _verify_uploaded(self, target, name: str, result: BackupResult) -> None:
         """Read the committed archive back from the target with the reader

@@ -26,35 +26,42 @@ def _journal_target(cfg, name: str | None):
 
 
 @contextlib.contextmanager
-def _destination(cfg, args: argparse.Namespace):
-    """The admin client of the immudb to replay into."""
+def _server(cfg, args: argparse.Namespace):
+    """The admin client of the running server to replay into."""
     from reconciler.admin import ImmudbAdmin
-    if args.data_dir:
-        if args.server:
-            raise ReplicatorError("give --server or --data-dir, not both")
-        from dataclasses import replace
-
-        from reconciler.backup.drill import immudb_binary, throwaway_immudb
-        data_dir = Path(args.data_dir)
-        if (data_dir / "systemdb").exists():
-            raise ReplicatorError(f"{data_dir} holds an immudb server's own data (systemdb): replay into a running "
-                                  f"server with --server, or into a new folder")
-        drill_cfg = cfg.backup.drill
-        if args.immudb_binary:
-            drill_cfg = replace(drill_cfg, immudb_binary=args.immudb_binary)
-        binary = immudb_binary(drill_cfg)
-        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(prefix="replicator-restore-", dir=drill_cfg.scratch_dir) as scratch:
-            with throwaway_immudb(binary, Path(scratch), drill_cfg.start_timeout, data_dir) as admin:
-                yield admin
-        return
     server = cfg.primary if args.server == "primary" else cfg.replica
     with ImmudbAdmin.from_config(args.server or "replica", server) as admin:
         yield admin
 
 
+@contextlib.contextmanager
+def _throwaway(cfg, args: argparse.Namespace, data_dir: Path):
+    """A throwaway immudb on `data_dir`; what it created for itself
+    (systemdb with its random admin password, defaultdb, its identifier and
+    log folder) is removed when it stops, so that the operator's immudb
+    makes its own and serves the restored database."""
+    import shutil
+    from dataclasses import replace
+
+    from reconciler.backup.drill import immudb_binary, throwaway_immudb
+    drill_cfg = cfg.backup.drill
+    if args.immudb_binary:
+        drill_cfg = replace(drill_cfg, immudb_binary=args.immudb_binary)
+    binary = immudb_binary(drill_cfg)
+    before = {p.name for p in data_dir.iterdir()}
+    try:
+        with tempfile.TemporaryDirectory(prefix="replicator-restore-", dir=drill_cfg.scratch_dir) as scratch:
+            with throwaway_immudb(binary, Path(scratch), drill_cfg.start_timeout, data_dir) as admin:
+                yield admin
+    finally:
+        for entry in data_dir.iterdir():
+            if entry.name not in before and entry.name in ("systemdb", "defaultdb", "immudb.identifier", "immulog"):
+                shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+
+
 def restore_to_point(args: argparse.Namespace) -> int:
-    from reconciler.journal.replay import Point, parse_time, replay
+    from reconciler.journal.bases import bases
+    from reconciler.journal.replay import Point, parse_time, plan, replay
     from reconciler.journal.store import JournalStore
     from reconciler.state import is_database_name
     if args.archive:
@@ -64,6 +71,8 @@ def restore_to_point(args: argparse.Namespace) -> int:
         raise ReplicatorError("name the journal's database with one --database")
     if args.force:
         raise ReplicatorError("--force is for archives: a journal is replayed into a new or empty database")
+    if args.data_dir and args.server:
+        raise ReplicatorError("give --server or --data-dir, not both")
     database = args.database[0]
     restore_as = args.restore_as or f"{database}_restored"
     if not is_database_name(restore_as):
@@ -73,17 +82,46 @@ def restore_to_point(args: argparse.Namespace) -> int:
     point = Point(tx=args.to_tx, time=parse_time(args.to_time) if args.to_time else None)
     cfg = load_config(args, setup_logging=False)
     target_cfg = _journal_target(cfg, args.target)
+    data_dir = Path(args.data_dir) if args.data_dir else None
+    if data_dir is not None and data_dir.exists() and any(data_dir.iterdir()):
+        raise ReplicatorError(f"{data_dir} is not empty: a journal is restored into a new folder")
     bar = _Bar()
-    with JournalStore(target_cfg, database) as store, _destination(cfg, args) as admin:
+    with JournalStore(target_cfg, database) as store:
+        planned = plan(store, point, bases(target_cfg, database, store.archives()), snapshots=data_dir is not None)
+        bar.start(planned.last - planned.first + 1, len(planned.segments))
         try:
-            result = replay(store, point, admin, restore_as, progress=bar.update, planned=bar.start)
+            if data_dir is None:
+                with _server(cfg, args) as admin:
+                    result = replay(store, planned, admin, restore_as, progress=bar.update)
+                where = f"on {admin.name}"
+            else:
+                data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+                if planned.base is not None:
+                    _restore_base(cfg, target_cfg, planned.base, data_dir, restore_as)
+                with _throwaway(cfg, args, data_dir) as admin:
+                    result = replay(store, planned, admin, restore_as, progress=bar.update)
+                where = f"in {data_dir} (start immudb with --dir {data_dir})"
         finally:
             bar.close()
-    print(f"restored {database} to {point.describe()} as {result.restored_as} on {admin.name}: "
-          f"transaction {result.tx_id} of {_when(result.tx_time)}, Alh {result.alh.hex()}")
-    print(f"  {result.transactions} transactions from {result.segments} segments, {size(result.bytes)} replayed in "
-          f"{result.seconds:.2f}s; its state matches the journal's record of transaction {result.tx_id}.")
+    base = f"snapshot {planned.base.archive} (transaction {planned.base.tx_id}) + " if planned.base else ""
+    when = f" of {_when(result.tx_time)}" if result.tx_time else ""
+    print(f"restored {database} to {point.describe()} as {result.restored_as} {where}: transaction "
+          f"{result.tx_id}{when}, Alh {result.alh.hex()}")
+    print(f"  {base}{result.transactions} transactions from {result.segments} segments, {size(result.bytes)} "
+          f"replayed in {result.seconds:.2f}s; its state matches the journal's record of transaction {result.tx_id}.")
     return 0
+
+
+def _restore_base(cfg, target_cfg, base, data_dir: Path, restore_as: str) -> None:
+    """The snapshot base's database, extracted (checked) into `data_dir`
+    under the restored name."""
+    from reconciler.backup import targets
+    from reconciler.backup.restore import restore as restore_archive
+    with targets.build(target_cfg) as target:
+        with target.read(base.archive) as stream:
+            restore_archive(stream, data_dir, [base.database])
+    if restore_as != base.database:
+        (data_dir / base.database).rename(data_dir / restore_as)
 
 
 class _Bar:
@@ -93,7 +131,7 @@ class _Bar:
         self.bar = None
 
     def start(self, transactions: int, segments: int) -> None:
-        if sys.stderr.isatty():
+        if sys.stderr.isatty() and transactions > 0:
             from tqdm import tqdm
             self.bar = tqdm(total=transactions, unit="tx", file=sys.stderr, dynamic_ncols=True, mininterval=0.5,
                             desc=f"replaying ({segments} segments)")

@@ -247,7 +247,9 @@ class Journal:
             return 1, GENESIS_ALH, []
         chain = chain_to(every, tip)
         fills = []
-        if chain.hole is not None:
+        if chain.hole is not None and self._based(store, chain.first_tx - 1):
+            pass  # retention dropped what a snapshot archive (a base) holds: nothing to fill
+        elif chain.hole is not None:
             first, last = chain.hole
             prev = GENESIS_ALH
             if chain.before_hole is not None and first > 1:
@@ -265,6 +267,12 @@ class Journal:
         with self._lock:
             self.status.shipped_tx = max(self.status.shipped_tx, shipped)
         return tip.last_tx + 1, tip_alh, fills
+
+    def _based(self, store: JournalStore, tx_id: int) -> bool:
+        """True when a snapshot archive at the target holds the database at
+        transaction `tx_id` or later (a base for what follows)."""
+        from reconciler.journal.bases import bases
+        return any(b.tx_id >= tx_id for b in bases(store.origin, self.database, store.archives()))
 
     def _alh_of(self, tx_id: int) -> bytes:
         """The Alh of transaction `tx_id` of the replica's database."""

@@ -15,16 +15,16 @@ SEGMENT_TEMPLATE = "{segment}" + SUFFIX
 
 def journal_target(cfg: TargetConfig, database: str) -> TargetConfig:
     """The target `cfg`, its path pointing at database's journal folder."""
-    return _under(cfg, f"journal/{database}/{SEGMENT_TEMPLATE}")
+    return under(cfg, f"journal/{database}/{SEGMENT_TEMPLATE}")
 
 
 def journal_root(cfg: TargetConfig) -> TargetConfig:
     """The target `cfg`, its path pointing at the journal's folder (whose
     folders are the databases)."""
-    return _under(cfg, f"journal/{SEGMENT_TEMPLATE}")
+    return under(cfg, f"journal/{SEGMENT_TEMPLATE}")
 
 
-def _under(cfg: TargetConfig, path: str) -> TargetConfig:
+def under(cfg: TargetConfig, path: str) -> TargetConfig:
     directory = cfg.path.rpartition("/")[0]
     return TargetConfig(name=cfg.name, kind=cfg.kind, path=f"{directory}/{path}" if directory else path,
                         options=cfg.options)
@@ -36,6 +36,7 @@ class JournalStore:
 
     def __init__(self, cfg: TargetConfig, database: str):
         self.database = database
+        self.origin = cfg  # the target as configured (its archives are the journal's snapshot bases)
         self.cfg = journal_target(cfg, database)
         self.target = targets.build(self.cfg)
 
@@ -76,6 +77,12 @@ class JournalStore:
 
     def delete(self, name: str) -> None:
         self.target.delete(name)
+
+    def archives(self) -> set[str]:
+        """The names of the archives at the target (snapshot bases count
+        only while their archive is there)."""
+        with targets.build(self.origin) as target:
+            return {a.name for a in target.list()}
 
     def cleanup_partial(self) -> list[str]:
         return self.target.cleanup_partial()

@@ -188,11 +188,12 @@ class Target(ABC):
 
 
 # what each placeholder of a path template stands for; {segment} is the journal's (journal/format.py)
-_PLACEHOLDERS = {"{timestamp}": r"\d{8}T\d{6}Z", "{date}": r"\d{8}", "{segment}": r"\d{20}-\d{20}-[0-9a-f]{8}-[0-9a-f]{8}"}
+_PLACEHOLDERS = {"{timestamp}": r"\d{8}T\d{6}Z", "{date}": r"\d{8}", "{segment}": r"\d{20}-\d{20}-[0-9a-f]{8}-[0-9a-f]{8}",
+                 "{base}": r"\d{20}-[0-9a-f]{8}"}
 
 
 def template_pattern(template: str) -> re.Pattern:
-    parts = re.split(r"(\{timestamp\}|\{date\}|\{segment\})", template)
+    parts = re.split(r"(\{timestamp\}|\{date\}|\{segment\}|\{base\})", template)
     regex = "".join(_PLACEHOLDERS[p] if p in _PLACEHOLDERS else re.escape(p) for p in parts)
     return re.compile(regex)
 
