@@ -89,7 +89,7 @@ class Service:
                 self.stats.record_pass(ok=False)
             return
         with self._state_lock:
-            self.stats.record_pass(result.ok, result.started, result.finished)
+            self.stats.record_pass(result.ok, result.started, result.finished, [o.result for o in result.outcomes])
         self._sync_journals()
         if result.plan and result.plan.waiting:
             # replica databases wait to be created in batches: the next batch soon, not after `interval`

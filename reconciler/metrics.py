@@ -37,17 +37,27 @@ class _Collector:
                      stats.last_pass_seconds)
         yield _gauge("replicator_reconcile_last_pass_timestamp_seconds", "When the last pass ended.",
                      stats.last_pass_at)
+        actions = CounterMetricFamily("replicator_reconcile_actions", "Actions reconcile passes took, by result "
+                                      "(done, failed, skipped, deferred).", labels=["result"])
+        for result in ("done", "failed", "skipped", "deferred"):
+            actions.add_metric([result], stats.actions.get(result, 0))
+        yield actions
         states = GaugeMetricFamily("replicator_databases", "Replica databases by reconcile state.", labels=["state"])
+        per_database = GaugeMetricFamily("replicator_database_state", "1 for the reconcile state each replica "
+                                         "database is in, 0 for the others.", labels=["database", "state"])
         counts = {state: 0 for state in STATES}
         lag = GaugeMetricFamily("replicator_database_lag_transactions",
                                 "Primary transactions not yet on the replica.", labels=["database"])
         for db in self.source.databases():
             counts[db.state] = counts.get(db.state, 0) + 1
+            for state in STATES:
+                per_database.add_metric([db.name, state], 1 if db.state == state else 0)
             if db.lag is not None:
                 lag.add_metric([db.name], db.lag)
         for state, count in counts.items():
             states.add_metric([state], count)
         yield states
+        yield per_database
         yield lag
         running = GaugeMetricFamily("replicator_backup_running", "1 while a backup runs.")
         running.add_metric([], 1 if self.source.backup_running else 0)
@@ -62,6 +72,8 @@ class _Collector:
             "read": CounterMetricFamily("replicator_backup_read_bytes", "Database bytes archived.", labels=["target"]),
             "written": CounterMetricFamily("replicator_backup_written_bytes", "Archive bytes written.",
                                            labels=["target"]),
+            "size": GaugeMetricFamily("replicator_backup_last_size_bytes", "Size of the last successful archive.",
+                                      labels=["target"]),
             "drilled": GaugeMetricFamily("replicator_drill_last_success_timestamp_seconds",
                                          "When the last successful restore drill of the target's newest archive ended.",
                                          labels=["target"]),
@@ -75,6 +87,7 @@ class _Collector:
                 families["success"].add_metric([target], t.last_success_at)
                 families["read"].add_metric([target], t.bytes_read)
                 families["written"].add_metric([target], t.bytes_written)
+                families["size"].add_metric([target], t.last_size)
             if t.backup_failures:
                 families["failures"].add_metric([target], t.backup_failures)
             if t.drill_success_at is not None:

@@ -217,6 +217,7 @@ class Reconciler:
                 observed, the_plan = self.plan(may_load=True)
             except ImmudbError as exc:
                 result.error = str(exc)
+                self._states_unknown(result.error, result.started)
             else:
                 result.plan = the_plan
                 result.outcomes = self._apply(the_plan)
@@ -336,6 +337,17 @@ class Reconciler:
         for gone in set(self._states) - seen:
             event(log, "database_state", database=gone, state="gone", previous=self._states[gone].state)
             del self._states[gone]
+
+    def _states_unknown(self, error: str, at: float) -> None:
+        """The pass could not observe the servers: no database is known to
+        be in sync any more. Each becomes `error` with the reason (status,
+        /status, the not-in-sync alert), until a pass sees them again."""
+        for name, before in list(self._states.items()):
+            if before.state != ERROR or before.last_error != error:
+                self._states[name] = before.with_(state=ERROR, last_error=error, last_error_at=at,
+                                                  failures=before.failures + 1, progressing=None)
+                event(log, "database_state", logging.WARNING, database=name, state=ERROR, previous=before.state,
+                      error=error)
 
     def _log_pass(self, result: PassResult) -> None:
         if self.closed:

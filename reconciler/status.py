@@ -64,6 +64,7 @@ class TargetStats:
     backup_failures: int = 0           # failed or skipped backups
     bytes_read: int = 0                # database bytes archived
     bytes_written: int = 0             # archive bytes written
+    last_size: int = 0                 # the last successful archive's bytes
     drill_success_at: float | None = None
     drill_failures: int = 0
 
@@ -78,13 +79,18 @@ class ServiceStats:
     last_pass_at: float = 0.0
     reloads_ok: int = 0
     reloads_failed: int = 0
+    actions: dict[str, int] = field(default_factory=dict)   # result (done, failed, ...) -> count
     targets: dict[str, TargetStats] = field(default_factory=dict)
 
     def target(self, name: str) -> TargetStats:
         return self.targets.setdefault(name, TargetStats())
 
-    def record_pass(self, ok: bool, started: float | None = None, finished: float | None = None) -> None:
-        """A pass ended (`started`/`finished` unknown when it crashed)."""
+    def record_pass(self, ok: bool, started: float | None = None, finished: float | None = None,
+                    action_results: list[str] = ()) -> None:
+        """A pass ended (`started`/`finished` unknown when it crashed), with
+        the result of each action it took."""
+        for result in action_results:
+            self.actions[result] = self.actions.get(result, 0) + 1
         self.passes += 1
         self.pass_failures += 0 if ok else 1
         if started is not None and finished is not None:
@@ -97,6 +103,7 @@ class ServiceStats:
             stats.last_duration, stats.last_success_at = finished - started, finished
             stats.bytes_read += bytes_read
             stats.bytes_written += bytes_written
+            stats.last_size = bytes_written
         else:
             stats.backup_failures += 1
 

@@ -166,3 +166,24 @@ def test_parse_time():
         parse_time("2026-11-27T14:05:00")
     with pytest.raises(ReplayError, match="ISO 8601"):
         parse_time("yesterday")
+
+
+def test_the_spool_is_bounded_and_private(tmp_path):
+    from reconciler.errors import ReplicatorError
+    from reconciler.journal.shipper import Spool, SpoolFull
+    spool = Spool(tmp_path / "spool" / "db1", max_bytes=100)
+    spool.put(jf.segment_name(1, 2, jf.GENESIS_ALH, bytes(32)), b"x" * 150)  # an empty spool takes any one segment
+    with pytest.raises(SpoolFull):
+        spool.put(jf.segment_name(3, 3, bytes(32), bytes(32)), b"y")
+    [waiting] = spool.names()
+    assert (waiting.first_tx, spool.bytes) == (1, 150)
+    assert oct((tmp_path / "spool" / "db1").stat().st_mode & 0o777) == "0o700"
+    assert oct((tmp_path / "spool" / "db1" / waiting.name).stat().st_mode & 0o777) == "0o600"
+    spool.remove(waiting.name)
+    spool.put(jf.segment_name(3, 3, bytes(32), bytes(32)), b"y")
+    assert spool.bytes == 1
+
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "linked").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(ReplicatorError, match="not a folder of this user"):
+        Spool(tmp_path / "linked" / "db1", max_bytes=100)

@@ -92,10 +92,8 @@ class Spool:
 
     def __init__(self, directory: Path, max_bytes: int):
         self.directory, self.max_bytes = directory, max_bytes
-        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        if directory.stat().st_uid != os.getuid():
-            raise ReplicatorError(f"spool {directory} belongs to another user")
-        os.chmod(directory, 0o700)
+        for folder in (directory.parent, directory):
+            _private_folder(folder)
         for stale in directory.glob(".*.partial"):
             stale.unlink(missing_ok=True)
         self._changed = threading.Condition()
@@ -146,6 +144,22 @@ class Spool:
     def wait(self, timeout: float) -> None:
         with self._changed:
             self._changed.wait(timeout)
+
+
+def _private_folder(folder: Path) -> None:
+    """`folder` exists as a real folder (not a link) of this user, 0700: a
+    spool in a shared /tmp must not be a folder someone else prepared."""
+    try:
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        st = os.lstat(folder)
+    except OSError as exc:
+        raise ReplicatorError(f"spool {folder}: {exc.strerror or exc}") from None
+    import stat
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
+        raise ReplicatorError(f"spool {folder} is not a folder of this user (a link, or another user's): "
+                              f"refused; set backup.continuous.spool_dir")
+    if st.st_mode & 0o077:
+        os.chmod(folder, 0o700)
 
 
 class Journal:
@@ -284,9 +298,13 @@ class Journal:
     # -- the builder
     def _build_loop(self) -> None:
         delay = 1.0
+        cleaned = False
         while not self._stop.is_set():
             try:
                 with self._store_factory() as store:
+                    if not cleaned:  # what an upload killed with us left (a partial file, a multipart upload)
+                        store.cleanup_partial()
+                        cleaned = True
                     next_tx, prev_alh, fills = self._resume_point(store)
                 for first, last, before in fills:
                     self._ship(first, before, last)

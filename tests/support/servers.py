@@ -481,6 +481,66 @@ class S3Server:
 
 
 # --------------------------------------------------------------------------
+# Prometheus (Debian's package: scripts/bootstrap installs it)
+
+@dataclass
+class PrometheusServer:
+    """Prometheus on 127.0.0.1 scraping `targets` (job immudb-replicator)
+    every second and evaluating `rules` every second."""
+
+    root: Path
+    targets: list[str]
+    rules: Path
+    port: int = 0
+    process: Process | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> "PrometheusServer":
+        binary = shutil.which("prometheus")
+        if binary is None:
+            raise ServerError("cannot start Prometheus: `prometheus` missing (scripts/bootstrap installs Debian's "
+                              "prometheus package)")
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.port = self.port or free_port()
+        config = self.root / "prometheus.yml"
+        config.write_text(json.dumps({
+            "global": {"scrape_interval": "1s", "evaluation_interval": "1s", "scrape_timeout": "1s"},
+            "rule_files": [str(self.rules)],
+            "scrape_configs": [{"job_name": "immudb-replicator", "static_configs": [{"targets": self.targets}]}],
+        }))
+        argv = [binary, f"--config.file={config}", f"--storage.tsdb.path={self.root / 'data'}",
+                f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn"]
+        self.process = Process("prometheus", argv, self.root, self.port)
+        self.process.start(timeout=60)
+        return self
+
+    def api(self, path: str, **params) -> object:
+        import urllib.parse
+        import urllib.request
+        url = f"{self.url}/api/v1/{path}" + ("?" + urllib.parse.urlencode(params) if params else "")
+        with urllib.request.urlopen(url, timeout=10) as answer:
+            body = json.loads(answer.read())
+        if body.get("status") != "success":
+            raise ServerError(f"Prometheus {path} {params}: {body}")
+        return body["data"]
+
+    def query(self, expr: str) -> list[dict]:
+        return self.api("query", query=expr)["result"]
+
+    def firing(self, alert: str) -> list[dict]:
+        """The labels of every firing alert of that name."""
+        return [a["labels"] for a in self.api("alerts")["alerts"] if a["labels"]["alertname"] == alert
+                and a["state"] == "firing"]
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.stop()
+
+
+# --------------------------------------------------------------------------
 # python -m tests.support.servers up|down|build
 
 def _up(args) -> int:
