@@ -65,6 +65,8 @@ class Service:
         self._state_lock = threading.Lock()
         self._reload_lock = threading.Lock()
         self.stats = ServiceStats()
+        for name in cfg.backup.targets:  # every configured target's counters exist from the start
+            self.stats.target(name)
         self.drills: dict = {}  # target -> the last drill's result (DrillResult)
 
     # ------------------------------------------------------------------ jobs
@@ -202,6 +204,8 @@ class Service:
         self.config_hash, self.last_reload_error = new_hash, None
         with self._state_lock:
             self.stats.reloads_ok += 1
+            for name in new.backup.targets:
+                self.stats.target(name)
         if new.digest == self.cfg.digest:
             return True
         old = self.cfg

@@ -83,17 +83,17 @@ class _Collector:
         for target, t in sorted(stats.targets.items()):
             if t.last_success_at is not None or t.backup_failures:
                 families["duration"].add_metric([target], t.last_duration)
+            # counters from zero for every configured target (a series that appears only with its
+            # first failure hides that failure from increase()); timestamps only once there is one
+            families["read"].add_metric([target], t.bytes_read)
+            families["written"].add_metric([target], t.bytes_written)
+            families["failures"].add_metric([target], t.backup_failures)
+            families["drill_failures"].add_metric([target], t.drill_failures)
             if t.last_success_at is not None:
                 families["success"].add_metric([target], t.last_success_at)
-                families["read"].add_metric([target], t.bytes_read)
-                families["written"].add_metric([target], t.bytes_written)
                 families["size"].add_metric([target], t.last_size)
-            if t.backup_failures:
-                families["failures"].add_metric([target], t.backup_failures)
             if t.drill_success_at is not None:
                 families["drilled"].add_metric([target], t.drill_success_at)
-            if t.drill_failures:
-                families["drill_failures"].add_metric([target], t.drill_failures)
         yield from families.values()
         yield from _journal_families(self.source.journal_statuses())
         reloads = CounterMetricFamily("replicator_config_reloads", "Configuration reloads.", labels=["result"])

@@ -112,7 +112,7 @@ def test_drill_without_an_immudb_binary_says_what_to_set(tmp_path, backed_up):
     done = subprocess.run([sys.executable, "-m", "reconciler", "drill", str(made)], capture_output=True, text=True,
                           cwd=ROOT, timeout=120, env={"PATH": "/nonexistent", "HOME": str(tmp_path)})
     assert done.returncode == 1
-    assert done.stderr.strip().endswith("set backup.drill.immudb_binary")
+    assert done.stderr.strip().endswith("set backup.drill.immudb_binary or give --immudb-binary")
     assert "Traceback" not in done.stderr
 
 
@@ -134,7 +134,7 @@ def test_drills_are_scheduled_and_their_last_result_is_in_status_and_metrics(bac
         assert drill["ok"] and drill["location"] == str(made) and drill["problems"] == []
         text = render(service)[0].decode()
         assert 'replicator_drill_last_success_timestamp_seconds{target="local"}' in text
-        assert 'replicator_drill_failures_total{target="local"}' not in text
+        assert 'replicator_drill_failures_total{target="local"} 0.0' in text
 
         made.write_bytes(made.read_bytes()[:-100])  # the newest archive, damaged
         service._scheduled_drill("local")
