@@ -151,6 +151,23 @@ def _drop_new_databases(request):
 
 
 @pytest.fixture
+def pair(tmp_path, immudb_build):
+    """A primary and a replica of this test's own."""
+    started = []
+
+    def make(*primary_args: str, replica_args: tuple[str, ...] = ()):
+        p = ImmudbServer("fp", tmp_path / "p", extra_args=primary_args).start()
+        started.append(p)
+        r = ImmudbServer("fr", tmp_path / "r", extra_args=replica_args).start()
+        started.append(r)
+        return p, r
+
+    yield make
+    for s in started:
+        s.stop()
+
+
+@pytest.fixture
 def replicated(tmp_path, primary_server, replica_server, primary):
     """Three replica databases with data, caught up; returns (prefix, names, written)."""
     prefix = unique_name("bk") + "_"

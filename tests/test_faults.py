@@ -19,30 +19,13 @@ from tests.support import immudb_data
 from tests.support.checks import assert_all_loaded, is_unloaded
 from tests.support.configs import unique_name, write_config
 from tests.support.daemon import Daemon
-from tests.support.servers import LISTS_WHILE_UNLOADED, ImmudbServer, admin_for
+from tests.support.servers import LISTS_WHILE_UNLOADED, admin_for
 from tests.support.targets import target_dict
 from tests.support.waiting import patient, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 
 pytestmark = [pytest.mark.faults, pytest.mark.servers]
-
-
-@pytest.fixture
-def pair(tmp_path, immudb_build):
-    """A primary and a replica of this test's own."""
-    started = []
-
-    def make(*primary_args: str, replica_args: tuple[str, ...] = ()):
-        p = ImmudbServer("fp", tmp_path / "p", extra_args=primary_args).start()
-        started.append(p)
-        r = ImmudbServer("fr", tmp_path / "r", extra_args=replica_args).start()
-        started.append(r)
-        return p, r
-
-    yield make
-    for s in started:
-        s.stop()
 
 
 def reconciler(tmp_path: Path, p, r, prefix: str, timeout: float = 5, **reconcile) -> Reconciler:

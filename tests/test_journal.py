@@ -28,6 +28,7 @@ from reconciler.reconcile import Reconciler
 from tests.support import immudb_data
 from tests.support.configs import unique_name, write_config
 from tests.support.daemon import Daemon
+from tests.support.servers import admin_for
 from tests.support.targets import KINDS, sftp_target, target_config
 from tests.support.waiting import wait_for
 
@@ -457,3 +458,48 @@ def test_a_snapshot_archive_is_a_base_and_retention_keeps_only_what_bases_need(t
         assert got[b"after_base2"] is not None and got[b"after_base3"] is None
     finally:
         check.stop()
+
+
+def test_a_database_created_again_under_the_same_name_starts_a_new_journal(tmp_path, pair):
+    """The old history is longer than the new one: resume and restore both
+    take the new one (the replica confirms it; it was uploaded last).
+    immudb takes a deleted database's name again only after a restart: the
+    test has servers of its own."""
+    primary_server, replica_server = pair()
+    prefix = unique_name("ag") + "_"
+    name = f"{prefix}db"
+    target = {"type": "file", "path": str(tmp_path / "t" / "immudb-{timestamp}.tar.gz")}
+    cfg_path = write_config(tmp_path, primary_server, replica_server, prefix, name="again.yaml",
+                            targets={"local": target})
+    target_cfg = TargetConfig("local", "file", target["path"])
+
+    def follow(count: int) -> tuple:
+        with admin_for(primary_server, "primary") as primary:
+            primary.create_database(name)
+        immudb_data.write(primary_server, name, count, prefix=f"h{count}_")
+        rec = Reconciler.from_config(config.load(cfg_path, env={}))
+        assert rec.run_pass().ok
+        rec.close()
+        want, got = immudb_data.wait_caught_up(primary_server, replica_server, name, name)
+        assert got == want
+        with admin_for(replica_server, "replica") as replica:
+            j = journal(replica, name, target_cfg, tmp_path)
+            j.start()
+            try:
+                wait_for(lambda: j.snapshot()["shipped_tx"] >= count, 30, f"{count} transactions shipped")
+                return want, j.snapshot()
+            finally:
+                j.stop()
+
+    follow(10)
+    for server in (replica_server, primary_server):
+        with admin_for(server, "admin") as admin:
+            admin.unload(name)
+            admin.delete(name)
+        server.restart()
+    want, status = follow(3)
+    assert status["diverged"] == 1
+    done = run("restore", "-c", str(cfg_path), "--target", "local", "--database", name, "--to-end",
+               "--as", f"{prefix}second")
+    assert done.returncode == 0, done.stderr
+    assert immudb_data.state(replica_server, f"{prefix}second") == want

@@ -15,7 +15,7 @@ import yaml
 from tests.support import immudb_data
 from tests.support.configs import unique_name
 from tests.support.daemon import Daemon
-from tests.support.servers import ImmudbServer, PrometheusServer, admin_for
+from tests.support.servers import PrometheusServer, admin_for
 from tests.support.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -53,18 +53,9 @@ def used_labels(expr: str) -> dict[str, set[str]]:
     return {name: labels - {"instance", "job", "__name__"} for name, labels in found.items()}
 
 
-@pytest.fixture
-def pair(tmp_path):
-    primary = ImmudbServer("primary", tmp_path / "primary").start()
-    replica = ImmudbServer("replica", tmp_path / "replica").start()
-    yield primary, replica
-    replica.stop()
-    primary.stop()
-
-
 @pytest.mark.timeout(900)
 def test_alerts_and_dashboard_against_a_real_prometheus(tmp_path, pair, immudb_build):
-    primary, replica = pair
+    primary, replica = pair()  # its own: the replica server is stopped
     prefix = unique_name("pm") + "_"
     name = f"{prefix}db"
     with admin_for(primary, "primary") as admin:

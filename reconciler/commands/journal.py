@@ -147,7 +147,7 @@ class _Bar:
 
 def list_journal(args: argparse.Namespace) -> int:
     from reconciler.backup.locate import target_named
-    from reconciler.journal.store import JournalStore, chain_to, newest
+    from reconciler.journal.store import JournalStore, chain_to
     cfg = load_config(args, setup_logging=False)
     target_cfg = target_named(cfg, args.target)
     databases = _journal_databases(target_cfg)
@@ -158,8 +158,7 @@ def list_journal(args: argparse.Namespace) -> int:
     for database in databases:
         with JournalStore(target_cfg, database) as store:
             infos = {i.name: i for i in store.target.list()}
-            segments = store.segments()
-            tip = newest(segments)
+            segments, tip = store.current_tip()
             if tip is None:
                 continue
             chain = chain_to(segments, tip)

@@ -19,7 +19,7 @@ from reconciler.admin import AlreadyExists, ImmudbAdmin
 from reconciler.errors import ReplicatorError
 from reconciler.journal.format import GENESIS_ALH, JournalError, SegmentName, check_chain, decode_segment
 from reconciler.journal.bases import Base
-from reconciler.journal.store import JournalStore, chain_to, newest
+from reconciler.journal.store import JournalStore, chain_to
 
 
 class ReplayError(ReplicatorError):
@@ -123,8 +123,7 @@ def plan(store: JournalStore, point: Point, bases: list[Base] = (), snapshots: b
     goes to a data directory: a running server cannot take an archive's
     files); otherwise the journal must reach back to transaction 1. Raises
     ReplayError when nothing can reach the point."""
-    segments = store.segments()
-    tip = newest(segments)
+    segments, tip = store.current_tip()
     if tip is None and not bases:
         raise ReplayError(f"no journal of {store.database} at target {store.name}")
     chain = chain_to(segments, tip) if tip else None

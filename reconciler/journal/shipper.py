@@ -244,17 +244,17 @@ class Journal:
         uploaded = store.segments()
         spooled = self.spool.names()
         every = uploaded + spooled
-        tip = newest(every)
-        if tip is None:
+        if not every:
             return 1, GENESIS_ALH, []
         replica_tx = self.replica.state(self.database).tx_id
-        tip_alh = self._alh_of(tip.last_tx) if replica_tx >= tip.last_tx else None
-        if tip_alh is None or tip_alh.hex()[:8] != tip.last:
+        tip, tip_alh = self._confirmed_tip(every, replica_tx)
+        if tip is None:
+            newest_tip = newest(every)
             with self._lock:
                 self.status.diverged += 1
             event(log, "journal_diverged", logging.WARNING, database=self.database, target=self.status.target,
-                  segment=tip.name, replica_tx=replica_tx,
-                  detail="the replica does not hold the journal's last transaction with the same hash; "
+                  segment=newest_tip.name, replica_tx=replica_tx,
+                  detail="the replica does not hold the journal's newest transactions with the same hash; "
                          "a new journal starts at transaction 1")
             for s in spooled:  # of the other history, never uploaded: not worth keeping
                 self.spool.remove(s.name)
@@ -281,6 +281,24 @@ class Journal:
         with self._lock:
             self.status.shipped_tx = max(self.status.shipped_tx, shipped)
         return tip.last_tx + 1, tip_alh, fills
+
+    def _confirmed_tip(self, segments: list[SegmentName], replica_tx: int,
+                       tries: int = 16) -> tuple[SegmentName | None, bytes]:
+        """The newest segment whose last transaction the replica holds with
+        the same hash, and that hash. Segments of another history (a
+        database of the same name created again) are passed over: up to
+        `tries` candidates are asked, newest first."""
+        seen = set()
+        for candidate in sorted(segments, key=lambda s: (s.last_tx, s.name), reverse=True):
+            if candidate.last_tx > replica_tx or (candidate.last_tx, candidate.last) in seen:
+                continue
+            seen.add((candidate.last_tx, candidate.last))
+            alh = self._alh_of(candidate.last_tx)
+            if alh.hex()[:8] == candidate.last:
+                return candidate, alh
+            if len(seen) >= tries:
+                break
+        return None, GENESIS_ALH
 
     def _based(self, store: JournalStore, tx_id: int) -> bool:
         """True when a snapshot archive at the target holds the database at

@@ -49,8 +49,36 @@ class JournalStore:
 
     def segments(self) -> list[SegmentName]:
         """Every segment on the target, by first transaction."""
-        found = (parse_name(info.name) for info in self.target.list())
-        return sorted((s for s in found if s is not None), key=lambda s: (s.first_tx, s.last_tx, s.name))
+        return [s for s, _ in self.segments_with_times()]
+
+    def segments_with_times(self) -> list[tuple[SegmentName, float]]:
+        """Every segment and when it was written, by first transaction."""
+        found = ((parse_name(info.name), info.modified) for info in self.target.list())
+        return sorted(((s, t) for s, t in found if s is not None), key=lambda p: (p[0].first_tx, p[0].last_tx,
+                                                                                  p[0].name))
+
+    def current_tip(self) -> tuple[list[SegmentName], SegmentName | None]:
+        """Every segment, and the end of the history written last: from the
+        segment uploaded last, forward along the chain. (A database created
+        again under the same name starts another history beside the old
+        one, which may be longer; the newest upload tells them apart.)"""
+        timed = self.segments_with_times()
+        segments = [s for s, _ in timed]
+        if not timed:
+            return segments, None
+        when = {s.name: t for s, t in timed}
+        following: dict[tuple[int, str], list[SegmentName]] = {}
+        for s in segments:
+            following.setdefault((s.first_tx - 1, s.prev), []).append(s)
+        tip = max(segments, key=lambda s: (when[s.name], s.last_tx))
+        seen = set()
+        while tip.name not in seen:
+            seen.add(tip.name)
+            after = following.get((tip.last_tx, tip.last))
+            if not after:
+                break
+            tip = max(after, key=lambda s: (s.last_tx, when[s.name]))
+        return segments, tip
 
     def put(self, name: str, blob: bytes) -> bool:
         """Upload one segment, atomically. False when it was there already
