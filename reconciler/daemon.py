@@ -40,6 +40,8 @@ from reconciler.status import DatabaseStatus, ServiceStats
 
 log = logging.getLogger(__name__)
 
+JOURNAL_SYNC = 30  # seconds
+
 
 class Service:
     def __init__(self, cfg: Config, config_path: str | None = None, args: argparse.Namespace | None = None,
@@ -171,6 +173,13 @@ class Service:
                                next_run_time=datetime.now(timezone.utc))
         self.scheduler.add_job(self._check_config, "interval", seconds=self.cfg.daemon.config_check_interval,
                                id="config", name="config", replace_existing=True)
+        # journals also follow replica databases between passes (a replica server that was down at start,
+        # databases created by hand): one list call every JOURNAL_SYNC seconds while continuous backup is on
+        if self.cfg.backup.continuous is not None:
+            self.scheduler.add_job(self._sync_journals, "interval", seconds=JOURNAL_SYNC, id="journals",
+                                   name="journals", replace_existing=True)
+        elif self.scheduler.get_job("journals"):
+            self.scheduler.remove_job("journals")
         for job in self.scheduler.get_jobs():
             if job.id.startswith(("backup:", "drill:")):
                 job.remove()

@@ -187,3 +187,13 @@ def test_the_spool_is_bounded_and_private(tmp_path):
     (tmp_path / "linked").symlink_to(tmp_path / "elsewhere")
     with pytest.raises(ReplicatorError, match="not a folder of this user"):
         Spool(tmp_path / "linked" / "db1", max_bytes=100)
+
+
+def test_a_header_claiming_a_huge_payload_is_refused_before_allocating_it():
+    info, blob = jf.encode_segment("db1", history(2), jf.GENESIS_ALH)
+    import json
+    header = json.dumps(dict(info.as_dict(), payload_bytes=1 << 40)).encode()
+    head_len = len(jf.MAGIC) + 5 + struct.unpack(">I", blob[len(jf.MAGIC) + 1:len(jf.MAGIC) + 5])[0]
+    forged = jf.MAGIC + struct.pack(">BI", 1, len(header)) + header + blob[head_len:]
+    with pytest.raises(jf.JournalError, match="claims"):
+        jf.decode_segment(io.BytesIO(forged))

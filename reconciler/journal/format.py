@@ -312,6 +312,8 @@ def decode_segment(stream, expected: SegmentName | None = None, until: int | Non
     if expected is not None and (expected.first_tx, expected.last_tx, expected.prev, expected.last) != (
             info.first_tx, info.last_tx, info.prev_alh.hex()[:8], info.last_alh.hex()[:8]):
         raise JournalError(f"segment {expected.name}: its header says it is {info.name}")
+    if info.payload_bytes > max_payload:  # a hostile header must not make us allocate it
+        raise JournalError(f"{where}: its header claims {info.payload_bytes} bytes, more than a segment holds")
     payload = stream.read(max_payload + 1)
     if len(payload) > max_payload:
         raise JournalError(f"{where}: payload too large")
