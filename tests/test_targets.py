@@ -146,3 +146,28 @@ def test_looking_kinds_up_loads_no_client_library():
             "print(sorted(m for m in ('paramiko.transport', 'boto3.session', 'botocore.client') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.stdout.strip() == "[]", done.stdout + done.stderr
+
+
+@pytest.fixture(params=[pytest.param(kind, marks=pytest.mark.servers) if server else kind
+                        for kind, (server, _) in KINDS.items()])
+def target_cfg(request, tmp_path):
+    return target_config(request.param, tmp_path, request)
+
+
+def test_journal_folders_are_listed_and_segments_stay_apart_from_archives(target_cfg):
+    """The journal's databases are the folders under journal/ (folders());
+    its segments and base records are never listed as archives."""
+    from reconciler.journal.format import GENESIS_ALH, segment_name
+    from reconciler.journal.store import JournalStore, journal_root
+    with build(journal_root(target_cfg)) as root:
+        assert root.folders() == []
+    for database in ("shop", "dé_1"):
+        with JournalStore(target_cfg, database) as store:
+            assert store.put(segment_name(1, 2, GENESIS_ALH, bytes(32)), b"segment bytes")
+            assert not store.put(segment_name(1, 2, GENESIS_ALH, bytes(32)), b"segment bytes")  # there already
+    with build(journal_root(target_cfg)) as root:
+        assert root.folders() == sorted(["shop", "dé_1"])
+    with build(target_cfg) as archives:
+        assert archives.list() == [] and "journal" in archives.folders()
+    with JournalStore(target_cfg, "shop") as store:
+        assert [s.last_tx for s in store.segments()] == [2]

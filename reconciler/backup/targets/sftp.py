@@ -345,25 +345,22 @@ class SftpTarget(Target):
         except (OSError, paramiko.SSHException) as exc:
             raise self.error(f"cannot read {path}", exc) from None
 
-    def list(self) -> list[ArchiveInfo]:
+    def _entries(self) -> list:
+        """The directory's entries with their attributes ([] when it does not exist)."""
         try:
-            entries = self.sftp.listdir_attr(self.directory or ".")
+            return self.sftp.listdir_attr(self.directory or ".")
         except FileNotFoundError:
             return []
         except (OSError, paramiko.SSHException) as exc:
             raise self.error(f"cannot list {self.directory}", exc) from None
+
+    def list(self) -> list[ArchiveInfo]:
         found = [ArchiveInfo(e.filename, e.st_size or 0, float(e.st_mtime or 0), self.location(e.filename))
-                 for e in entries if stat.S_ISREG(e.st_mode or 0) and self.owns(e.filename)]
+                 for e in self._entries() if stat.S_ISREG(e.st_mode or 0) and self.owns(e.filename)]
         return sorted(found, key=sort_key)
 
     def folders(self) -> list[str]:
-        try:
-            entries = self.sftp.listdir_attr(self.directory or ".")
-        except FileNotFoundError:
-            return []
-        except (OSError, paramiko.SSHException) as exc:
-            raise self.error(f"cannot list {self.directory}", exc) from None
-        return sorted(e.filename for e in entries if stat.S_ISDIR(e.st_mode or 0))
+        return sorted(e.filename for e in self._entries() if stat.S_ISDIR(e.st_mode or 0))
 
     def delete(self, name: str) -> None:
         path = posixpath.join(self.directory or ".", name)
