@@ -503,3 +503,21 @@ def test_a_database_created_again_under_the_same_name_starts_a_new_journal(tmp_p
                "--as", f"{prefix}second")
     assert done.returncode == 0, done.stderr
     assert immudb_data.state(replica_server, f"{prefix}second") == want
+
+
+def test_defaultdbs_replica_is_journaled_like_any_other(tmp_path, pair):
+    primary_server, replica_server = pair()  # its own: defaultdb is every test's
+    target = {"type": "file", "path": str(tmp_path / "t" / "immudb-{timestamp}.tar.gz")}
+    continuous = {"target": "local", "segment_max_seconds": RPO, "spool_dir": str(tmp_path / "spool")}
+    immudb_data.write(primary_server, "defaultdb", 4, prefix="dflt")
+    d = Daemon(tmp_path, primary_server, replica_server, "defaultdb",
+               reconcile={"databases": {"include": ["defaultdb"]}},
+               backup={"targets": {"local": target}, "continuous": continuous}).start()
+    try:
+        tx_id = immudb_data.state(primary_server, "defaultdb")[0]
+        journals = wait_for(lambda: [j for j in d.request("GET", "/status")[1]["journal"]
+                                     if j["shipped_tx"] >= tx_id], 60, "defaultdb's replica journaled")
+        assert [j["database"] for j in journals] == ["defaultdbbak"]  # the replica's own defaultdb is not a replica
+    finally:
+        assert d.stop() == 0
+    assert_whole(TargetConfig("local", "file", target["path"]), "defaultdbbak", tx_id)
