@@ -226,7 +226,7 @@ def replay(store: JournalStore, planned: ReplayPlan, admin: ImmudbAdmin, restore
         _discard(admin, restore_as, created, exc)
         raise
     seconds = time.monotonic() - started
-    if planned.last > planned.first - 1 or planned.base is None:
+    if planned.base is None or planned.last > planned.base.tx_id:  # it was made a replica to take the replay
         admin.promote(restore_as)
     return ReplayResult(store.database, restore_as, planned.last, state.tx_hash, record.get("ts", 0), count,
                         total["bytes"], seconds, len(planned.segments))

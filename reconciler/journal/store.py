@@ -44,9 +44,6 @@ class JournalStore:
     def name(self) -> str:
         return self.target.name
 
-    def location(self, name: str) -> str:
-        return self.target.location(name)
-
     def segments(self) -> list[SegmentName]:
         """Every segment on the target, by first transaction."""
         return [s for s, _ in self.segments_with_times()]
