@@ -35,6 +35,21 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.servers)
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failing test that started daemons shows the end of each one's log:
+    a CI failure then says what the daemon was doing, not only what the
+    test waited for."""
+    from tests.support import daemon
+    if call.when == "setup":
+        item._daemons_before = len(daemon.STARTED)
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed and call.when == "call":
+        for n, d in enumerate(daemon.STARTED[getattr(item, "_daemons_before", 0):]):
+            report.sections.append((f"daemon {n} log (end)", d.tail()))
+
+
 def pytest_configure(config):
     if "not servers" in (config.option.markexpr or ""):
         servers.REFUSED = ("this run excludes tests that need servers, yet a test tried to start one: "

@@ -22,6 +22,7 @@ import pytest
 from reconciler import config
 from reconciler.config.model import ContinuousConfig, TargetConfig
 from reconciler.journal import format as jf
+from reconciler.journal import shipper
 from reconciler.journal.shipper import Journal
 from reconciler.journal.store import JournalStore, newest
 from reconciler.reconcile import Reconciler
@@ -348,6 +349,36 @@ def test_list_journal_shows_each_database(tmp_path, followed, primary_server, re
     assert "1-4" in line and "complete from transaction 1" in line
 
 
+def test_a_database_loaded_again_is_followed_at_once_even_after_failures(tmp_path, followed, primary_server,
+                                                                       replica_server, replica, monkeypatch):
+    """While a snapshot backup has the database unloaded, the journal's calls
+    fail and it backs off; the backup's load kicks it, and it follows again
+    at once rather than after its backoff (made an hour here, so only the
+    kick can bring it back within the test)."""
+    monkeypatch.setattr(shipper, "RETRY_FIRST", 3600.0)
+    prefix, name = followed(3)
+    j = journal(replica, name, TargetConfig("local", "file", str(tmp_path / "t" / "immudb-{timestamp}.tar.gz")),
+                tmp_path)
+    j.start()
+    try:
+        wait_for(lambda: j.snapshot()["shipped_tx"] >= 3, 30, "3 transactions shipped")
+        replica.unload(name)
+        try:
+            wait_for(lambda: j.snapshot()["state"] == "error", 60, "the journal to fail on the unloaded database")
+        finally:
+            replica.load(name)
+        j.kick()
+        immudb_data.write(primary_server, name, 2, prefix="after_load")
+        tx_id = immudb_data.state(primary_server, name)[0]
+        try:
+            wait_for(lambda: j.snapshot()["shipped_tx"] >= tx_id, 60, f"transaction {tx_id} shipped")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; journal: {j.snapshot()}") from None
+        assert j.snapshot()["state"] == "shipping"
+    finally:
+        j.stop()
+
+
 def test_a_snapshot_backup_of_a_journaled_database_leaves_the_journal_whole(tmp_path, followed, primary_server,
                                                                             replica_server, replica):
     """The backup unloads the database under the journal's waiting export
@@ -368,6 +399,8 @@ def test_a_snapshot_backup_of_a_journaled_database_leaves_the_journal_whole(tmp_
         assert d.wait_backup()["last_result"]["result"] == "ok"
         immudb_data.write(primary_server, name, 3, prefix="after_backup")
         tx_id = immudb_data.state(primary_server, name)[0]
+        wait_for(lambda: immudb_data.state(replica_server, name)[0] >= tx_id, 60,
+                 "immudb to replicate the writes after the backup")
         wait_for(lambda: shipped() >= tx_id, 30, "the writes after the backup shipped")
         [status] = d.request("GET", "/status")[1]["journal"]
         assert status["state"] == "shipping" and status["error"] is None

@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 
 FEED_WAIT = 10.0          # an idle feed asks again this often; a database unloaded meanwhile is seen then
 COMMIT_POLL = 0.2         # how often to ask whether held (precommitted) transactions have committed
+RETRY_FIRST = 1.0         # a failed export is tried again after this, doubling up to RETRY_MAX
 RETRY_MAX = 30.0
 
 
@@ -172,6 +173,7 @@ class Journal:
         self.spool = Spool(spool_root / database, settings.spool_max_bytes)
         self.status = JournalStatus(database, target_name)
         self._stop = threading.Event()
+        self._wake = threading.Event()  # set by kick(): a builder waiting to retry tries again now
         self._lock = threading.Lock()
         self._feed = None
         self._threads: list[threading.Thread] = []
@@ -189,6 +191,7 @@ class Journal:
     def request_stop(self) -> None:
         """Ask the threads to stop (at once: a feed waiting on immudb is cancelled)."""
         self._stop.set()
+        self._wake.set()
         feed = self._feed
         if feed is not None:
             feed.cancel()
@@ -197,8 +200,10 @@ class Journal:
 
     def kick(self) -> None:
         """Follow again now: the database was unloaded and loaded again (a
-        snapshot backup), and the calls waiting on the closed one would only
-        give up after FEED_WAIT."""
+        snapshot backup): the calls waiting on the closed one would only give
+        up after FEED_WAIT, and a builder that failed meanwhile would wait out
+        its backoff."""
+        self._wake.set()
         feed = self._feed
         if feed is not None:
             feed.cancel()
@@ -315,7 +320,7 @@ class Journal:
 
     # -- the builder
     def _build_loop(self) -> None:
-        delay = 1.0
+        delay = RETRY_FIRST
         cleaned = False
         while not self._stop.is_set():
             try:
@@ -329,15 +334,18 @@ class Journal:
                 self._set(state="shipping", error=None, exported_tx=next_tx - 1)
                 while not self._stop.is_set():
                     next_tx, prev_alh = self._ship(next_tx, prev_alh, None)
-                delay = 1.0
+                delay = RETRY_FIRST
             except SpoolFull as exc:
                 self._fail("spool_full", exc, "spooling")
                 while not self._stop.is_set() and self.spool.bytes > self.settings.spool_max_bytes // 2:
                     self.spool.wait(1.0)
             except (ImmudbError, TargetError, JournalError, OSError) as exc:
                 self._fail("error", exc, "exporting")
-                self._stop.wait(delay)
-                delay = min(RETRY_MAX, delay * 2)
+                if self._wake.wait(delay):  # kicked: the database is back, try again at once
+                    delay = RETRY_FIRST
+                else:
+                    delay = min(RETRY_MAX, delay * 2)
+                self._wake.clear()
             except Exception as exc:  # a bug: say so, keep the daemon up, try again later
                 log.exception("journal of %s", self.database)
                 self._fail("error", exc, "exporting")

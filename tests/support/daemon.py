@@ -18,6 +18,7 @@ from tests.support.waiting import patient, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]  # the repository
 TOKEN = "Api-token-for-tests-123"
+STARTED: list["Daemon"] = []  # every daemon started, so a failing test's report can show their logs (conftest)
 
 
 class Daemon:
@@ -48,6 +49,7 @@ class Daemon:
 
     def start(self, wait_ready: bool = True) -> "Daemon":
         self.log = open(self.log_path, "wb")
+        STARTED.append(self)
         self.proc = subprocess.Popen([sys.executable, "-m", "reconciler", "run", "-c", str(self.config_path)],
                                      cwd=ROOT, env=self.env, stdout=self.log, stderr=subprocess.STDOUT)
         if wait_ready:
@@ -109,6 +111,9 @@ class Daemon:
 
     def output(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def tail(self, lines: int = 80) -> str:
+        return "\n".join(self.output().splitlines()[-lines:])
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
         if self.proc is None:
