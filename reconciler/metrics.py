@@ -119,7 +119,7 @@ _JOURNAL = (
     ("replicator_journal_gaps_filled", "Holes in the target's journal exported again from the replica.",
      CounterMetricFamily, "gaps_filled"),
 )
-JOURNAL_STATES = ("starting", "shipping", "spool_full", "target_down", "error", "stopped")
+JOURNAL_STATES = ("starting", "shipping", "spool_full", "target_down", "needs_base", "error", "stopped")
 
 
 def _journal_families(journals: list[dict]):

@@ -7,6 +7,7 @@ gives exactly that state; a tampered segment is refused naming the
 transaction."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -554,3 +555,83 @@ def test_defaultdbs_replica_is_journaled_like_any_other(tmp_path, pair):
     finally:
         assert d.stop() == 0
     assert_whole(TargetConfig("local", "file", target["path"]), "defaultdbbak", tx_id)
+
+
+
+def test_history_truncated_on_the_replica_goes_on_from_the_next_snapshot_base(tmp_path, followed, primary_server,
+                                                                           replica_server, replica, immudb_build):
+    """When the replica exports a transaction without its values (immudb's
+    truncation), the journal cannot carry it and waits for a base; once a
+    snapshot archive at or after it is on the journal's target, it goes on
+    after that base, and restore takes the base and then the journal.
+
+    immudb refuses a retention under an hour and a transaction replicated
+    without values exports as corrupted, not as truncated, so no truncated
+    history can be made here: the journal is told where truncation starts
+    (as its builder records it when the export says so; parse_tx's
+    recognition of that flag is tested in test_journal_format)."""
+    prefix, name = followed(6)
+    target = {"type": "file", "path": str(tmp_path / "t" / "immudb-{timestamp}.tar.gz")}
+    cfg_path = write_config(tmp_path, primary_server, replica_server, prefix, name="truncated.yaml",
+                            targets={"local": target}, continuous={"target": "local", "spool_dir": str(tmp_path / "s")})
+    target_cfg = TargetConfig("local", "file", target["path"])
+    done = run("backup", "-c", str(cfg_path), "--target", "local")  # the base: the database at transaction 6
+    assert done.returncode == 0, done.stderr
+    immudb_data.write(primary_server, name, 2, prefix="after_base")
+    want = immudb_data.state(primary_server, name)
+    wait_for(lambda: immudb_data.state(replica_server, name) == want, 60, "immudb to replicate the writes")
+
+    j = journal(replica, name, target_cfg, tmp_path)
+    j._truncated_at = 4  # what the builder records when the replica sends transaction 4 without values
+    j.start()
+    try:
+        try:
+            wait_for(lambda: j.snapshot()["shipped_tx"] >= want[0], 60, "the journal to go on after the base")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; journal: {j.snapshot()}") from None
+        assert j.snapshot()["state"] == "shipping" and j.snapshot()["error"] is None
+    finally:
+        j.stop()
+    assert min(s.first_tx for s in segments_on(target_cfg, name)) == 7  # nothing before the base was exported
+
+    restored = tmp_path / "restored"
+    done = run("restore", "-c", str(cfg_path), "--target", "local", "--database", name, "--to-end", "--as", "again",
+               "--data-dir", str(restored), "--immudb-binary", str(immudb_build / "immudb"))
+    assert done.returncode == 0, done.stderr
+    assert "(transaction 6)" in done.stdout, done.stdout
+    from tests.support.servers import ImmudbServer
+    check = ImmudbServer("check", tmp_path / "check")
+    check.root.mkdir()
+    restored.rename(check.data_dir)
+    check.start()
+    try:
+        assert immudb_data.state(check, "again") == want
+    finally:
+        check.stop()
+
+
+def test_a_truncated_transaction_stops_the_journal_until_a_base(tmp_path, followed, replica, monkeypatch):
+    """The export of a transaction without values: state needs_base, an
+    error naming the transaction and the target, nothing shipped; it asks
+    again (here every 0.2 s) and stays there while no base covers it."""
+    prefix, name = followed(3)
+    real_parse = shipper.parse_tx
+
+    def truncated_from_2(data: bytes):
+        tx = real_parse(data)
+        return dataclasses.replace(tx, truncated=tx.id >= 2)
+    monkeypatch.setattr(shipper, "parse_tx", truncated_from_2)  # the export as immudb sends truncated history
+    monkeypatch.setattr(shipper, "RETRY_MAX", 0.2)
+    target_cfg = TargetConfig("local", "file", str(tmp_path / "t" / "immudb-{timestamp}.tar.gz"))
+    j = journal(replica, name, target_cfg, tmp_path)
+    j.start()
+    try:
+        wait_for(lambda: j.snapshot()["state"] == "needs_base", 60, "the journal to ask for a base")
+        asked = replica.calls
+        wait_for(lambda: replica.calls >= asked + 6, 30, "the journal to ask the replica again")
+        assert j.snapshot()["state"] == "needs_base"
+        status = j.snapshot()
+        assert "transaction 2 has been truncated" in status["error"] and "'local'" in status["error"]
+        assert status["shipped_tx"] == 0 and segments_on(target_cfg, name) == []
+    finally:
+        j.stop()

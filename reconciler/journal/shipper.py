@@ -82,6 +82,19 @@ class JournalStatus:
         return d
 
 
+class HistoryTruncated(JournalError):
+    """The replica sent transaction `tx_id` without its values: immudb
+    truncated that history (or the database was restored from such a
+    replica). The journal cannot carry it; a snapshot archive at or after
+    `tx_id - 1` on the journal's target is a base to go on from."""
+
+    def __init__(self, database: str, tx_id: int, target: str):
+        self.tx_id = tx_id
+        super().__init__(f"{database}: transaction {tx_id} has been truncated on the replica (its values are gone), "
+                         f"so the journal cannot hold it; it goes on from the next snapshot backup to target "
+                         f"{target!r} (a base at transaction {tx_id - 1} or later)")
+
+
 class SpoolFull(ReplicatorError):
     pass
 
@@ -180,6 +193,7 @@ class Journal:
         self._arrivals: dict[int, float] = {}   # first tx of each segment not yet shipped -> when it arrived
         self._open_since: float | None = None
         self._unshipped_since: float | None = None  # when the oldest committed tx not on the target was seen
+        self._truncated_at: int | None = None  # the first transaction the replica sent without values
 
     # -- life
     def start(self) -> None:
@@ -249,6 +263,10 @@ class Journal:
         uploaded = store.segments()
         spooled = self.spool.names()
         every = uploaded + spooled
+        if self._truncated_at is not None:
+            rebased = self._rebase(store, every, self._truncated_at)
+            if rebased is not None:
+                return rebased
         if not every:
             return 1, GENESIS_ALH, []
         replica_tx = self.replica.state(self.database).tx_id
@@ -305,6 +323,29 @@ class Journal:
                 break
         return None, GENESIS_ALH
 
+    def _rebase(self, store: JournalStore, segments: list[SegmentName],
+                truncated_at: int) -> tuple[int, bytes, list] | None:
+        """Where to go on after history truncated at `truncated_at`: just
+        after the oldest snapshot base at or after `truncated_at - 1` (and
+        not behind what the journal holds) whose Alh the replica confirms;
+        None while there is no such base."""
+        from reconciler.journal.bases import bases
+        held = max((s.last_tx for s in segments), default=0)
+        replica_tx = self.replica.state(self.database).tx_id
+        for base in bases(store.origin, self.database, store.archives()):
+            if base.tx_id < max(truncated_at - 1, held) or base.tx_id > replica_tx:
+                continue
+            if self._alh_of(base.tx_id) != base.tx_hash:
+                continue  # a base of another history of this name
+            self._truncated_at = None
+            with self._lock:
+                self.status.shipped_tx = max(self.status.shipped_tx, base.tx_id)
+            event(log, "journal_rebased", database=self.database, target=self.status.target, base_tx=base.tx_id,
+                  archive=base.archive, truncated_tx=truncated_at,
+                  detail="the replica's history is truncated: the journal goes on from a snapshot base")
+            return base.tx_id + 1, base.tx_hash, []
+        return None
+
     def _based(self, store: JournalStore, tx_id: int) -> bool:
         """True when a snapshot archive at the target holds the database at
         transaction `tx_id` or later (a base for what follows)."""
@@ -335,6 +376,11 @@ class Journal:
                 while not self._stop.is_set():
                     next_tx, prev_alh = self._ship(next_tx, prev_alh, None)
                 delay = RETRY_FIRST
+            except HistoryTruncated as exc:  # until a snapshot backup gives a base after it
+                self._truncated_at = exc.tx_id
+                self._fail("needs_base", exc, "exporting")
+                self._wake.wait(RETRY_MAX)
+                self._wake.clear()
             except SpoolFull as exc:
                 self._fail("spool_full", exc, "spooling")
                 while not self._stop.is_set() and self.spool.bytes > self.settings.spool_max_bytes // 2:
@@ -393,9 +439,7 @@ class Journal:
                     if tx.id != item.tx_id:
                         raise JournalError(f"{self.database}: asked for transaction {item.tx_id}, got {tx.id}")
                     if tx.truncated:
-                        raise JournalError(f"{self.database}: transaction {tx.id} has been truncated on the replica "
-                                           f"(its values are gone): the journal cannot hold it; take a snapshot "
-                                           f"backup as a base")
+                        raise HistoryTruncated(self.database, tx.id, self.status.target)
                     committed = max(committed, item.committed)
                     held.append((tx, len(item.data)))
                     self._note_replica(committed)
