@@ -20,6 +20,14 @@ written again, and is not written twice.
 When the spool is full the builder stops taking transactions (state
 `spool_full`): the replica keeps them, nothing is lost, shipping resumes
 when the target takes segments again.
+
+A transaction the replica sends without its values (immudb truncated that
+history) cannot be journaled: the builder waits (state `needs_base`) until a
+snapshot archive on the target holds the database at or after it, then goes
+on after that base.
+
+A failed export is tried again after a backoff; kick() (the database loaded
+again after a snapshot backup) ends the backoff and any waiting call.
 """
 from __future__ import annotations
 
