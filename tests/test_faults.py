@@ -264,6 +264,36 @@ def test_replicator_sigkilled_mid_backup_is_cleaned_up_at_restart(tmp_path, requ
         assert d.stop() == 0
 
 
+def test_a_backup_asked_for_while_recovery_runs_at_start_is_refused_saying_why(tmp_path, primary, primary_server,
+                                                                                replica_server, sftp_server):
+    """At start the daemon cleans what a killed backup may have left on every
+    target, holding the backup lock. A backup asked for meanwhile (here the
+    SSH server stops answering, so the cleanup waits) gets 409 saying that,
+    not "a backup is already running" (none is); once the cleanup is done
+    the same request starts a backup that succeeds."""
+    prefix = unique_name("rc") + "_"
+    name = f"{prefix}db"
+    primary.create_database(name)
+    d = Daemon(tmp_path, primary_server, replica_server, prefix,
+               backup={"targets": {"remote": sftp_target(sftp_server, unique_name("rc"))}})
+    sftp_server.process.signal(signal.SIGSTOP)
+    try:
+        d.start()
+        wait_for(lambda: "recovery_started" in d.output(), 60, "the cleanup at start")
+        status, body = d.request("POST", "/backup/start", {"target": "remote"})
+        assert status == 409 and "interrupted backup" in str(body) and "already running" not in str(body), body
+    finally:
+        sftp_server.process.signal(signal.SIGCONT)
+    try:
+        wait_for(lambda: "recovery_done" in d.output(), 180, "the cleanup to finish")
+        wait_for(lambda: [db for db in d.request("GET", "/status")[1]["databases"] if db["name"] == name
+                          and db["state"] == "in_sync"], 60, "the replica of the database")
+        assert d.request("POST", "/backup/start", {"target": "remote"})[0] == 202
+        assert d.wait_backup()["last_result"]["result"] == "ok"
+    finally:
+        assert d.stop() == 0
+
+
 # --------------------------------------------------------------------------- load
 
 def test_hundred_concurrent_backup_requests_and_status_under_load(tmp_path, primary, primary_server,

@@ -89,6 +89,7 @@ class Backups:
         self._history_lock = threading.Lock()
         self.cancel = threading.Event()
         self.worker: threading.Thread | None = None
+        self._recovering = False  # recover() holds the locks
 
     @property
     def running(self) -> bool:
@@ -98,6 +99,9 @@ class Backups:
         """Take both locks (this process, then the data directory) or raise
         BackupAlreadyRunning."""
         if not self._lock.acquire(blocking=False):
+            if self._recovering:
+                raise BackupAlreadyRunning("cleaning up after an interrupted backup (done once at start, on every "
+                                           "target); try again when it is done (the log says recovery_done)")
             raise BackupAlreadyRunning("a backup is already running; wait for it to finish")
         files_lock = BackupLock(self.cfg.replica.data_dir)
         try:
@@ -339,6 +343,8 @@ class Backups:
             files_lock = self._claim()
         except ReplicatorError:
             return []
+        self._recovering = True
+        event(log, "recovery_started", targets=len(self.cfg.backup.targets))
         removed: list[str] = []
         try:
             removed += self._remove_staging_leftovers()
@@ -352,8 +358,10 @@ class Backups:
                     event(log, "recovery_skipped", logging.WARNING, target=target_cfg.name,
                           error=str(exc) or type(exc).__name__, note="cleaned at its next backup")
         finally:
+            self._recovering = False
             files_lock.release()
             self._lock.release()
+        event(log, "recovery_done", removed=len(removed))
         return removed
 
     def _remove_staging_leftovers(self) -> list[str]:
