@@ -7,6 +7,7 @@ gives exactly that state; a tampered segment is refused naming the
 transaction."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -108,6 +109,21 @@ def process_tree(pid: int) -> list[int]:
         tree.append(current)
         todo += children.get(current, [])
     return tree
+
+
+@contextlib.contextmanager
+def serving(data_dir: Path, root: Path):
+    """An immudb server started on `data_dir` (a restore's folder, moved
+    under `root`), stopped afterwards."""
+    from tests.support.servers import ImmudbServer
+    server = ImmudbServer("check", root)
+    server.root.mkdir()
+    data_dir.rename(server.data_dir)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 def primary_alh(primary, name: str, tx_id: int) -> bytes:
@@ -481,17 +497,10 @@ def test_a_snapshot_archive_is_a_base_and_retention_keeps_only_what_bases_need(t
     assert done.returncode == 0, done.stderr
     assert "snapshot immudb-" in done.stdout and "(transaction 6)" in done.stdout
     assert sorted(p.name for p in restored.iterdir()) == ["pitr"]  # the throwaway server's own folders are gone
-    from tests.support.servers import ImmudbServer
-    check = ImmudbServer("check", tmp_path / "check")
-    check.root.mkdir()
-    restored.rename(check.data_dir)
-    check.start()
-    try:
+    with serving(restored, tmp_path / "check") as check:
         assert immudb_data.state(check, "pitr")[0] == tx_id - 1
         got = immudb_data.read(check, "pitr", [b"after_base2", b"after_base3"])
         assert got[b"after_base2"] is not None and got[b"after_base3"] is None
-    finally:
-        check.stop()
 
 
 def test_a_database_created_again_under_the_same_name_starts_a_new_journal(tmp_path, pair):
@@ -599,15 +608,8 @@ def test_history_truncated_on_the_replica_goes_on_from_the_next_snapshot_base(tm
                "--data-dir", str(restored), "--immudb-binary", str(immudb_build / "immudb"))
     assert done.returncode == 0, done.stderr
     assert "(transaction 6)" in done.stdout, done.stdout
-    from tests.support.servers import ImmudbServer
-    check = ImmudbServer("check", tmp_path / "check")
-    check.root.mkdir()
-    restored.rename(check.data_dir)
-    check.start()
-    try:
+    with serving(restored, tmp_path / "check") as check:
         assert immudb_data.state(check, "again") == want
-    finally:
-        check.stop()
 
 
 def test_a_truncated_transaction_stops_the_journal_until_a_base(tmp_path, followed, replica, monkeypatch):
