@@ -416,12 +416,16 @@ class ImmudbAdmin:
         exports them, waiting up to `wait` s for new ones (see TxFeed)."""
         return TxFeed(self, name, first_tx, wait)
 
-    def create_restore_database(self, name: str) -> None:
+    def create_restore_database(self, name: str, limits: StoreLimits | None = None) -> None:
         """A database that takes replayed transactions: a replica with no
         primary to follow (immudb runs no replicator for it), as `immuadmin
-        hot-restore` makes one. `promote()` makes it an ordinary database."""
+        hot-restore` makes one, with `limits` (the original's, so that it
+        takes every transaction the original took). `promote()` makes it an
+        ordinary database."""
         settings = pb.DatabaseNullableSettings(replicationSettings=pb.ReplicationNullableSettings(
             replica=pb.NullableBool(value=True), primaryDatabase=pb.NullableString(value="replicator-restore")))
+        if limits is not None:
+            _set_limits(settings, limits)
         self._call(f"create database {name} for replay", "CreateDatabaseV2",
                    pb.CreateDatabaseRequest(name=name, settings=settings, ifNotExists=False))
 
@@ -457,10 +461,11 @@ class ImmudbAdmin:
             try:
                 future.result()
             except grpc.RpcError as exc:
+                last = pending[-1][0] if pending else tx_id
                 for _, _, other in pending:
                     other.cancel()
                 pending.clear()
-                raise self._error(f"replay transaction {tx_id} into {name}", exc) from None
+                raise self._refused_replay(name, tx_id, last, exc) from None
             if done is not None:
                 done(tx_id, size)
 
@@ -478,6 +483,92 @@ class ImmudbAdmin:
             for _, _, future in pending:
                 future.cancel()
         return count
+
+    def _refused_replay(self, name: str, first: int, last: int, exc: grpc.RpcError) -> ImmudbError:
+        """The error of a failed replay, naming the transaction immudb
+        refused: the one after what the database holds now (while calls
+        were in flight, the oldest of them failing says nothing: each waits
+        for its predecessor, and all fail when the server goes away)."""
+        error = self._error(f"replay into {name}", exc)
+        try:
+            held = self.state(name).tx_id
+        except ImmudbError as later:
+            return type(error)(error.server, f"replay into {name}",
+                               f"{error.detail}; transactions {first}-{last} were in flight and the server no longer "
+                               f"answers ({later.detail}): how far it got is unknown", temporary=error.temporary)
+        refused = held + 1
+        return type(error)(error.server, f"replay into {name}",
+                           f"immudb refused transaction {refused} ({error.detail}); the database holds "
+                           f"{held} transactions", temporary=error.temporary)
+
+    def tx_header(self, name: str, tx_id: int):
+        """The header (journal.exported.TxHeader: Alh, time) of committed
+        transaction `tx_id` of database `name`, from the server's own export
+        of it; None when the database has not committed it."""
+        from reconciler.journal.exported import JournalError, parse_header
+        token = self._database_token(name)
+        call = self._channel.unary_stream(
+            f"/{_SERVICE.full_name}/exportTx", request_serializer=pb.ExportTxRequest.SerializeToString,
+            response_deserializer=pb.Chunk.FromString)
+        self.calls += 1
+        data = bytearray()
+        try:
+            chunks = call(pb.ExportTxRequest(tx=tx_id, allowPreCommitted=False), timeout=self.timeout,
+                          metadata=(("authorization", "Bearer " + token),))
+            for chunk in chunks:
+                data += chunk.content
+                if len(data) >= 12:
+                    size, hdr_len = struct.unpack_from(">QI", data)
+                    if len(data) >= 12 + hdr_len:
+                        chunks.cancel()
+                        break
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.CANCELLED and len(data) >= 12:
+                pass
+            else:
+                error = self._error(f"read transaction {tx_id} of {name}", exc)
+                if "tx not found" in error.detail.lower() or "no new transactions" in error.detail.lower():
+                    return None
+                raise error from None
+        if len(data) < 12:
+            return None
+        hdr_len, = struct.unpack_from(">I", data, 8)
+        try:
+            header = parse_header(bytes(data[12:12 + hdr_len]))
+        except JournalError as exc:
+            raise ImmudbError(f"{self.name} ({self.address})", f"read transaction {tx_id} of {name}",
+                              f"its header does not parse ({exc})", temporary=False) from None
+        if header.id != tx_id:
+            raise ImmudbError(f"{self.name} ({self.address})", f"read transaction {tx_id} of {name}",
+                              f"the server sent transaction {header.id}", temporary=False)
+        return header
+
+    def signed_state(self, name: str, tx_id: int):
+        """The server's signed state of transaction `tx_id` of `name`
+        (VerifiableTxById: immudb signs it when started with --signingKey),
+        as a trust.signed.SignedState; None when the server does not sign.
+        The Alh is the one the signature covers, computed from the header
+        the server sent."""
+        from reconciler.journal.exported import alh_of
+        from reconciler.trust.signed import SignedState
+        token = self._database_token(name)
+        vtx = self._call(f"signed state of {name} transaction {tx_id}", "VerifiableTxById",
+                         pb.VerifiableTxRequest(tx=tx_id, proveSinceTx=tx_id), token=token)
+        if not vtx.signature.signature:
+            return None
+        h = vtx.dualProof.targetTxHeader
+        if h.id != tx_id:
+            raise ImmudbError(f"{self.name} ({self.address})", f"signed state of {name}",
+                              f"the server signed transaction {h.id}, not {tx_id}", temporary=False)
+        metadata = b""
+        if h.version >= 1 and (h.metadata.truncatedTxID or h.metadata.extra):
+            if h.metadata.truncatedTxID:
+                metadata += b"\x00" + struct.pack(">Q", h.metadata.truncatedTxID)
+            if h.metadata.extra:
+                metadata += b"\x01" + struct.pack(">H", len(h.metadata.extra)) + bytes(h.metadata.extra)
+        alh = alh_of(h.id, bytes(h.prevAlh), h.ts, h.version, metadata, h.nentries, bytes(h.eH), h.blTxId,
+                     bytes(h.blRoot))
+        return SignedState(name, tx_id, alh, bytes(vtx.signature.signature))
 
     # ------------------------------------------------------------------
     # users

@@ -91,7 +91,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--as", dest="restore_as", metavar="NAME", help="the restored database's name (default: "
                                                                    "<database>_restored)")
     p.add_argument("--server", choices=("replica", "primary"), default=None,
-                   help="replay into this configured server (default: the replica, unless --data-dir)")
+                   help="replay into this running configured server, into a new database (--as); without it a "
+                        "journal is replayed only into a throwaway immudb on --data-dir")
+    p.add_argument("--unanchored", action="store_true",
+                   help="restore although nothing outside the target (live server, primary's signature, local "
+                        "checkpoint) vouches for the point: the journal is checked only against itself")
+    p.add_argument("--allow-rollback", action="store_true",
+                   help="restore to the journal's end although a live server or the local checkpoint holds more "
+                        "(its newest segments are missing or behind)")
+    p.add_argument("--no-live", action="store_true",
+                   help="do not check against the running servers (to restore an older history of a database "
+                        "created again under its name)")
     p.add_argument("--immudb-binary", metavar="PATH", help="with --data-dir: the immudb server to open it with "
                                                            "(default: backup.drill.immudb_binary, else immudb on PATH)")
     p.add_argument("-c", "--config", metavar="FILE", default=os.environ.get("REPLICATOR_CONFIG") or None,

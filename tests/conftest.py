@@ -79,7 +79,8 @@ def immudb_build():
 
 @pytest.fixture(scope="session")
 def primary_server(server_root, immudb_build):
-    server = _start(lambda: ImmudbServer("primary", server_root / "primary").start())
+    # it signs its states (--signingKey): the signed anchor of backups (reconciler/trust) is tested against it
+    server = _start(lambda: ImmudbServer("primary", server_root / "primary", signing=True).start())
     yield server
     server.stop()
 

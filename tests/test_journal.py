@@ -9,11 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
-import json
 import os
 import signal
-import struct
 import subprocess
 import sys
 import time
@@ -31,6 +28,7 @@ from reconciler.reconcile import Reconciler
 from tests.support import immudb_data
 from tests.support.configs import unique_name, write_config
 from tests.support.daemon import Daemon
+from tests.support.exported import open_segment, reseal
 from tests.support.servers import admin_for
 from tests.support.targets import KINDS, sftp_target, target_config
 from tests.support.waiting import wait_for
@@ -182,7 +180,7 @@ def test_restore_to_a_transaction_in_the_middle_of_a_segment_and_to_a_time(tmp_p
     assert [(s.first_tx, s.last_tx) for s in segs] == [(1, 40)]
 
     done = run("restore", "-c", str(cfg_path), "--target", "local", "--database", name, "--to-tx", "17",
-               "--as", f"{prefix}r17")
+               "--as", f"{prefix}r17", "--server", "replica")
     assert done.returncode == 0, done.stderr
     assert "transaction 17 of" in done.stdout and primary_alh(primary, name, 17).hex() in done.stdout
     restored = f"{prefix}r17"
@@ -201,20 +199,19 @@ def test_restore_to_a_transaction_in_the_middle_of_a_segment_and_to_a_time(tmp_p
     last_at = max(t for t, ts in stamps.items() if ts <= when)
     iso = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(when))
     done = run("restore", "-c", str(cfg_path), "--target", "local", "--database", name, "--to-time", iso,
-               "--as", f"{prefix}rt")
+               "--as", f"{prefix}rt", "--server", "replica")
     assert done.returncode == 0, done.stderr
     assert immudb_data.state(replica_server, f"{prefix}rt")[0] == last_at
 
     # beyond the journal: refused, nothing created
     done = run("restore", "-c", str(cfg_path), "--target", "local", "--database", name, "--to-tx", "41",
-               "--as", f"{prefix}r41")
+               "--as", f"{prefix}r41", "--server", "replica")
     assert done.returncode == 1 and "not in the journal" in done.stderr and "1-40" in done.stderr
     assert f"{prefix}r41" not in {d.name for d in replica.list_databases()}
 
 
 def test_a_tampered_segment_is_refused_naming_the_transaction(tmp_path, followed, primary_server, replica_server,
                                                               replica):
-    import zstandard
     prefix, name = followed(12)
     target = {"type": "file", "path": str(tmp_path / "t" / "immudb-{timestamp}.tar.gz")}
     cfg_path = write_config(tmp_path, primary_server, replica_server, prefix, name="tamper.yaml",
@@ -229,28 +226,24 @@ def test_a_tampered_segment_is_refused_naming_the_transaction(tmp_path, followed
     [seg] = segments_on(target_cfg, name)
     path = Path(target["path"]).parent / "journal" / name / seg.name
     blob = path.read_bytes()
-    head_len = len(jf.MAGIC) + 5 + struct.unpack(">I", blob[len(jf.MAGIC) + 1:len(jf.MAGIC) + 5])[0]
-    info = json.loads(blob[len(jf.MAGIC) + 5:head_len])
-    raw = zstandard.ZstdDecompressor().decompress(blob[head_len:], max_output_size=info["payload_bytes"])
+    _, raw = open_segment(blob)
     with open(path, "rb") as stream:
-        [forged_tx] = [tx.id for tx in jf.decode_segment(stream, seg)[1] if b"value-early-7value" in tx.data]
+        [forged_tx] = [tx.id for tx in jf.decode_segment(stream, seg).transactions if b"value-early-7value" in tx.data]
     value = b"value-early-7" * 3
     assert raw.count(value) == 1
     raw = raw.replace(value, b"VALUE" + value[5:])  # the same length: only the hashes can tell
-    payload = zstandard.ZstdCompressor().compress(raw)
-    info["sha256"] = hashlib.sha256(payload).hexdigest()  # a consistent forgery: the checksum matches
-    header = json.dumps(info).encode()
-    path.write_bytes(jf.MAGIC + struct.pack(">BI", 1, len(header)) + header + payload)
+    path.write_bytes(reseal(blob, raw))  # a forgery whose checksums match
 
     done = run("restore", "-c", str(cfg_path), "--target", "local", "--database", name, "--to-end",
-               "--as", f"{prefix}forged")
+               "--as", f"{prefix}forged", "--server", "replica")
     assert done.returncode == 1
     assert f"transaction {forged_tx}: its entries do not match" in done.stderr, done.stderr
     assert f"{prefix}forged" not in {d.name for d in replica.list_databases()}  # the half-restored one is gone
-    # up to the transaction before the forgery, the journal still restores
+    # a segment found forged is trusted for nothing: not even the transactions before the forged one
     done = run("restore", "-c", str(cfg_path), "--target", "local", "--database", name, "--to-tx", str(forged_tx - 1),
-               "--as", f"{prefix}before")
-    assert done.returncode == 0, done.stderr
+               "--as", f"{prefix}before", "--server", "replica")
+    assert done.returncode == 1 and f"transaction {forged_tx}: its entries do not match" in done.stderr
+    assert f"{prefix}before" not in {d.name for d in replica.list_databases()}
 
 
 def test_segments_lost_on_the_target_are_exported_again(tmp_path, followed, primary_server, replica, request):
@@ -488,7 +481,7 @@ def test_a_snapshot_archive_is_a_base_and_retention_keeps_only_what_bases_need(t
 
     # a running server cannot take the archive's files: the error says what to do
     done = run("restore", "-c", str(d.config_path), "--target", "local", "--database", name, "--to-tx", str(tx_id - 1),
-               "--as", f"{prefix}srv")
+               "--as", f"{prefix}srv", "--server", "replica")
     assert done.returncode == 1 and "--data-dir" in done.stderr, done.stderr
     # into a new folder: the archive's database at 6, then the journal to tx_id - 1
     restored = tmp_path / "restored"
@@ -543,7 +536,7 @@ def test_a_database_created_again_under_the_same_name_starts_a_new_journal(tmp_p
     want, status = follow(3)
     assert status["diverged"] == 1
     done = run("restore", "-c", str(cfg_path), "--target", "local", "--database", name, "--to-end",
-               "--as", f"{prefix}second")
+               "--as", f"{prefix}second", "--server", "replica")
     assert done.returncode == 0, done.stderr
     assert immudb_data.state(replica_server, f"{prefix}second") == want
 
@@ -619,8 +612,8 @@ def test_a_truncated_transaction_stops_the_journal_until_a_base(tmp_path, follow
     prefix, name = followed(3)
     real_parse = shipper.parse_tx
 
-    def truncated_from_2(data: bytes):
-        tx = real_parse(data)
+    def truncated_from_2(data: bytes, limits):
+        tx = real_parse(data, limits)
         return dataclasses.replace(tx, truncated=tx.id >= 2)
     monkeypatch.setattr(shipper, "parse_tx", truncated_from_2)  # the export as immudb sends truncated history
     monkeypatch.setattr(shipper, "RETRY_MAX", 0.2)

@@ -64,6 +64,7 @@ def restore_to_point(args: argparse.Namespace) -> int:
     from reconciler.journal.replay import Point, parse_time, plan, replay
     from reconciler.journal.store import JournalStore
     from reconciler.state import is_database_name
+    from reconciler.trust.sources import journal_anchors
     if args.archive:
         raise ReplicatorError("--to-tx/--to-time/--to-end replay a journal: give --database and --target, "
                               "not an archive")
@@ -73,21 +74,30 @@ def restore_to_point(args: argparse.Namespace) -> int:
         raise ReplicatorError("--force is for archives: a journal is replayed into a new or empty database")
     if args.data_dir and args.server:
         raise ReplicatorError("give --server or --data-dir, not both")
+    if not args.data_dir and not args.server:
+        raise ReplicatorError("give --data-dir DIR (a new folder: a throwaway immudb replays the journal there, "
+                              "nothing running is touched), or name a running server to replay into with "
+                              "--server replica|primary")
     database = args.database[0]
     restore_as = args.restore_as or f"{database}_restored"
     if not is_database_name(restore_as):
         raise ReplicatorError(f"--as {restore_as!r}: not a database name immudb accepts (lowercase letters, digits, _)")
     if args.to_tx is not None and args.to_tx < 1:
         raise ReplicatorError("--to-tx must be 1 or more")
-    point = Point(tx=args.to_tx, time=parse_time(args.to_time) if args.to_time else None)
+    point = Point(tx=args.to_tx, time=parse_time(args.to_time) if args.to_time is not None else None)
     cfg = load_config(args, setup_logging=False)
     target_cfg = _journal_target(cfg, args.target)
     data_dir = Path(args.data_dir) if args.data_dir else None
-    if data_dir is not None and data_dir.exists() and any(data_dir.iterdir()):
-        raise ReplicatorError(f"{data_dir} is not empty: a journal is restored into a new folder")
+    if data_dir is not None and (data_dir.is_symlink() or data_dir.exists() and (
+            not data_dir.is_dir() or any(data_dir.iterdir()))):
+        raise ReplicatorError(f"{data_dir} is not an empty folder: a journal is restored into a new one")
     bar = _Bar()
-    with JournalStore(target_cfg, database) as store:
-        planned = plan(store, point, bases(target_cfg, database, store.archives()), snapshots=data_dir is not None)
+    with JournalStore(target_cfg, database) as store, journal_anchors(
+            cfg, target_cfg, database, live=not args.no_live, unanchored=args.unanchored,
+            allow_rollback=args.allow_rollback) as anchors:
+        limits = _limits(anchors, cfg, database)
+        planned = plan(store, point, bases(target_cfg, database, store.archives()), snapshots=data_dir is not None,
+                       anchors=anchors, limits=limits)
         bar.start(planned.last - planned.first + 1, len(planned.segments))
         try:
             if data_dir is None:
@@ -95,11 +105,11 @@ def restore_to_point(args: argparse.Namespace) -> int:
                     result = replay(store, planned, admin, restore_as, progress=bar.update)
                 where = f"on {admin.name}"
             else:
-                data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-                if planned.base is not None:
-                    _restore_base(cfg, target_cfg, planned.base, data_dir, restore_as)
-                with _throwaway(cfg, args, data_dir) as admin:
-                    result = replay(store, planned, admin, restore_as, progress=bar.update)
+                with _new_folder(data_dir):
+                    if planned.base is not None:
+                        _restore_base(cfg, target_cfg, planned.base, data_dir, restore_as)
+                    with _throwaway(cfg, args, data_dir) as admin:
+                        result = replay(store, planned, admin, restore_as, progress=bar.update)
                 where = f"in {data_dir} (start immudb with --dir {data_dir})"
         finally:
             bar.close()
@@ -108,8 +118,52 @@ def restore_to_point(args: argparse.Namespace) -> int:
     print(f"restored {database} to {point.describe()} as {result.restored_as} {where}: transaction "
           f"{result.tx_id}{when}, Alh {result.alh.hex()}")
     print(f"  {base}{result.transactions} transactions from {result.segments} segments, {size(result.bytes)} "
-          f"replayed in {result.seconds:.2f}s; its state matches the journal's record of transaction {result.tx_id}.")
+          f"replayed in {result.seconds:.2f}s; the restored state is the proven state of transaction {result.tx_id}.")
+    for verdict in result.anchors:
+        print(f"  anchor {verdict.line()}")
     return 0
+
+
+def _limits(anchors, cfg, database: str):
+    """The limits the original database was created with (from the live
+    replica when it answers), which the restored one gets too; immudb's
+    defaults otherwise."""
+    from reconciler.admin import ImmudbAdmin, ImmudbError
+    from reconciler.journal.exported import DEFAULT_LIMITS, TxLimits
+    if not anchors.live:
+        return DEFAULT_LIMITS
+    try:
+        with ImmudbAdmin.from_config("replica", cfg.replica) as admin:
+            found = admin.limits(database)
+    except ImmudbError:
+        return DEFAULT_LIMITS
+    return TxLimits(found.max_key_len or DEFAULT_LIMITS.max_key_len,
+                    found.max_value_len or DEFAULT_LIMITS.max_value_len,
+                    found.max_tx_entries or DEFAULT_LIMITS.max_tx_entries)
+
+
+@contextlib.contextmanager
+def _new_folder(data_dir: Path):
+    """`data_dir` made (0700) if missing; when anything fails inside,
+    everything in it is removed again (and the folder, when made here): a
+    half-restored folder must not pass for a restored one."""
+    import shutil
+    made = not data_dir.exists()
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        yield
+    except BaseException as exc:
+        try:
+            if made:
+                shutil.rmtree(data_dir)
+            else:
+                for entry in data_dir.iterdir():
+                    shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+            exc.args = (f"{exc}; nothing was left in {data_dir}",) if exc.args else exc.args
+        except OSError as cleanup:
+            exc.args = (f"{exc}; {data_dir} holds a half-restored copy that could not be removed ({cleanup}): "
+                        f"delete it",)
+        raise
 
 
 def _restore_base(cfg, target_cfg, base, data_dir: Path, restore_as: str) -> None:

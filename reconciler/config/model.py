@@ -19,7 +19,7 @@ from reconciler.state import ReplicationSettings
 
 # every key whose value is a secret (each may be given as KEY_file instead): never printed,
 # never in a message, only hashed into the configuration's digest
-SECRET_KEYS = frozenset({"password", "token", "secret_key", "passphrase", "access_key", "aes_key"})
+SECRET_KEYS = frozenset({"password", "token", "secret_key", "passphrase", "access_key", "aes_key", "hmac_key"})
 
 
 def _secret(section: dict, key: str, origin: str, decode=None) -> Secret | None:
@@ -107,6 +107,14 @@ class ReconcileConfig:
     def replica_name(self, primary_name: str) -> str:
         return self.rename.get(primary_name, primary_name)
 
+    def primary_name(self, replica_name: str) -> str:
+        """The primary's name of the database that replica database
+        `replica_name` follows (the inverse of `rename`)."""
+        for primary, replica in self.rename.items():
+            if replica == replica_name:
+                return primary
+        return replica_name
+
 
 @dataclass(frozen=True)
 class Retention:
@@ -173,6 +181,11 @@ class BackupConfig:
     verify_after_upload: bool = True
     drill: DrillConfig = DrillConfig()
     continuous: "ContinuousConfig | None" = None   # None: off
+    trust: "TrustConfig" = None  # type: ignore[assignment]  # filled by __post_init__
+
+    def __post_init__(self) -> None:
+        if self.trust is None:
+            object.__setattr__(self, "trust", TrustConfig())
 
 
 @dataclass(frozen=True)
@@ -193,6 +206,31 @@ class ContinuousConfig:
         return cls(d["target"], Selection.from_dict(d["databases"]), float(d["segment_max_seconds"]),
                    int(d["segment_max_bytes"]), Path(d["spool_dir"]) if d["spool_dir"] else None,
                    int(d["spool_max_bytes"]))
+
+
+DEFAULT_STATE_DIR = Path("/var/lib/immudb-replicator")
+
+
+@dataclass(frozen=True)
+class TrustConfig:
+    """backup.trust: the anchors restores are checked against (reconciler/trust)."""
+
+    state_dir: Path | None = None        # None: $STATE_DIRECTORY or DEFAULT_STATE_DIR
+    hmac_key: Secret | None = None
+    public_key_file: Path | None = None
+
+    @property
+    def state_folder(self) -> Path:
+        if self.state_dir is not None:
+            return self.state_dir
+        import os
+        given = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
+        return Path(given) if given else DEFAULT_STATE_DIR
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrustConfig":
+        return cls(Path(d["state_dir"]) if d["state_dir"] else None, _secret(d, "hmac_key", "backup.trust"),
+                   Path(d["public_key_file"]) if d["public_key_file"] else None)
 
 
 @dataclass(frozen=True)
@@ -298,6 +336,7 @@ class Config:
                                   Path(backup["drill"]["scratch_dir"]) if backup["drill"]["scratch_dir"] else None,
                                   backup["drill"]["sample_keys"], float(backup["drill"]["start_timeout"])),
                 continuous=ContinuousConfig.from_dict(backup["continuous"]),
+                trust=TrustConfig.from_dict(backup["trust"]),
             ),
             api=ApiConfig(
                 enabled=d["api"]["enabled"],

@@ -262,6 +262,30 @@ def _backup_problems(data: dict, lines: Lines) -> list[str]:
     if continuous["spool_dir"] and inside(continuous["spool_dir"], data_dir):
         problems.append(f"{at(path + ('spool_dir',), lines)}: must be outside the replica's data_dir {data_dir}: "
                         f"immudb loads every folder there as a database")
+    problems += _trust_problems(backup, data_dir, lines)
+    return problems
+
+
+def _trust_problems(backup: dict, data_dir: str, lines: Lines) -> list[str]:
+    """backup.trust: the state folder apart from the data and every file
+    target (an anchor on the target would be no anchor), a readable HMAC key,
+    the primary's public key a P-256 key."""
+    trust, path = backup["trust"], ("backup", "trust")
+    problems = _secret_problems(trust, path, lines, "hmac_key", required=False)
+    state_dir = trust["state_dir"]
+    if state_dir:
+        if inside(state_dir, data_dir):
+            problems.append(f"{at(path + ('state_dir',), lines)}: must be outside the replica's data_dir {data_dir}")
+        for name, target in backup["targets"].items():
+            if target["type"] == "file" and inside(state_dir, os.path.dirname(target["path"]) or "."):
+                problems.append(f"{at(path + ('state_dir',), lines)}: is inside the folder of target {name}: a "
+                                f"checkpoint kept where the backups are is no anchor against whoever writes there")
+    if trust["public_key_file"]:
+        from reconciler.trust.signed import PublicKey, TrustError
+        try:
+            PublicKey(trust["public_key_file"])
+        except TrustError as exc:
+            problems.append(f"{at(path + ('public_key_file',), lines)}: {str(exc).split(': ', 1)[-1]}")
     return problems
 
 

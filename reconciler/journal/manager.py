@@ -11,11 +11,13 @@ from pathlib import Path
 
 from reconciler.admin import ImmudbAdmin, ImmudbError
 from reconciler.config.model import Config, ContinuousConfig
-from reconciler.journal.shipper import Journal
+from reconciler.journal.shipper import Journal, Witnesses
 from reconciler.journal.store import JournalStore
 from reconciler.log import event
 
 log = logging.getLogger(__name__)
+
+SIGN_TIMEOUT = 3.0  # seconds a segment may wait for the primary's signature
 
 
 def spool_root(settings: ContinuousConfig) -> Path:
@@ -30,6 +32,7 @@ class Journals:
         self._journals: dict[str, Journal] = {}
         self._lock = threading.Lock()
         self._replica: ImmudbAdmin | None = None
+        self._primary: ImmudbAdmin | None = None   # asked for signed states
         self._key = None  # what the running journals were started with
 
     @property
@@ -40,7 +43,8 @@ class Journals:
         c = cfg.backup.continuous
         if c is None:
             return None
-        return (c, cfg.backup.targets.get(c.target), cfg.replica)
+        return (c, cfg.backup.targets.get(c.target), cfg.replica, cfg.primary, cfg.backup.trust,
+                cfg.reconcile.rename)
 
     def sync(self, cfg: Config | None = None) -> None:
         """Start and stop journals to match the configuration and the
@@ -73,11 +77,25 @@ class Journals:
             target_cfg = self.cfg.backup.targets[settings.target]
             for name in sorted(wanted - set(self._journals)):
                 journal = Journal(name, self._replica, lambda n=name: JournalStore(target_cfg, n), settings,
-                                  spool_root(settings), settings.target)
+                                  spool_root(settings), settings.target, self._witnesses(name, target_cfg))
                 self._journals[name] = journal
                 journal.start()
                 event(log, "journal_started", database=name, target=settings.target,
                       segment_max_seconds=settings.segment_max_seconds)
+
+    def _witnesses(self, database: str, target_cfg) -> Witnesses:
+        """The primary's signatures (asked with a short timeout: a primary
+        that does not answer must not hold segments back) and the local
+        checkpoint, for the journal of `database`."""
+        from dataclasses import replace
+
+        from reconciler.trust.sources import checkpoints, public_key
+        if self._primary is None:
+            self._primary = ImmudbAdmin.from_config(
+                "primary", replace(self.cfg.primary, timeout=min(self.cfg.primary.timeout, SIGN_TIMEOUT)))
+        primary, primary_name = self._primary, self.cfg.reconcile.primary_name(database)
+        return Witnesses(database, lambda tx_id: primary.signed_state(primary_name, tx_id), public_key(self.cfg),
+                         checkpoints(self.cfg), target_cfg, primary_name)
 
     def kick(self, database: str) -> None:
         """`database` was loaded again: its journal follows again at once."""
@@ -92,9 +110,10 @@ class Journals:
             journal.request_stop()
         for journal in journals:
             journal.stop()
-        if self._replica is not None:
-            self._replica.close()
-            self._replica = None
+        for admin in (self._replica, self._primary):
+            if admin is not None:
+                admin.close()
+        self._replica = self._primary = None
 
     def stop(self) -> None:
         with self._lock:

@@ -31,6 +31,7 @@ again after a snapshot backup) ends the backoff and any waiting call.
 """
 from __future__ import annotations
 
+import io
 import logging
 import os
 import queue
@@ -44,11 +45,14 @@ from reconciler.admin import ImmudbAdmin, ImmudbError
 from reconciler.backup.targets import TargetError
 from reconciler.config.model import ContinuousConfig
 from reconciler.errors import ReplicatorError
+from reconciler.journal.exported import UNBOUNDED
 from reconciler.journal.format import (GENESIS_ALH, ExportedTx, JournalError, SegmentName, encode_segment, parse_name,
-                                       parse_tx)
+                                       parse_tx, read_header)
 from reconciler.journal.store import JournalStore, chain_to, newest
 from reconciler.log import event
 from reconciler.secret import redact
+from reconciler.trust.checkpoints import Checkpoints
+from reconciler.trust.signed import PublicKey, SignedState, TrustError
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +109,75 @@ class HistoryTruncated(JournalError):
 
 class SpoolFull(ReplicatorError):
     pass
+
+
+class Witnesses:
+    """Who vouches for a journal outside its target (reconciler/trust): the
+    primary, whose signed state of each segment's last transaction goes into
+    the segment (when it signs), and the local checkpoint of the newest
+    transaction uploaded. `sign(tx_id)` asks the primary (None: it does not
+    sign); `key` checks what it answers; `checkpoints`/`target_cfg` keep the
+    checkpoint. A primary that does not answer is asked again after
+    SIGN_RETRY seconds: segments closed meanwhile carry no signature (a later
+    one's covers them through the hash chain)."""
+
+    SIGN_RETRY = 30.0
+
+    def __init__(self, database: str, sign: Callable[[int], SignedState | None] | None = None,
+                 key: PublicKey | None = None, checkpoints: Checkpoints | None = None, target_cfg=None,
+                 primary_database: str | None = None):
+        self.database, self.sign_with, self.key = database, sign, key
+        self.checkpoints, self.target_cfg = checkpoints, target_cfg
+        self.primary_database = primary_database or database
+        self._quiet_until = 0.0
+        self._checkpointed = 0
+        self.last_error: str | None = None
+
+    def sign(self, tx_id: int, alh: bytes) -> SignedState | None:
+        """The primary's signed state of transaction `tx_id`, checked against
+        `alh` (and the key, when configured); None when there is none to have."""
+        if self.sign_with is None or time.monotonic() < self._quiet_until:
+            return None
+        try:
+            state = self.sign_with(tx_id)
+            if state is None:
+                if self.key is not None:
+                    raise TrustError(f"the primary returned an unsigned state for {self.primary_database} "
+                                     f"transaction {tx_id}, but backup.trust.public_key_file is set: start it with "
+                                     f"--signingKey")
+                self.sign_with = None  # it does not sign: never ask again
+                return None
+            if self.key is not None:
+                state.check(self.key, self.primary_database, tx_id, alh, f"journal of {self.database}")
+            elif (state.database, state.tx_id, state.alh) != (self.primary_database, tx_id, alh):
+                raise TrustError(f"the primary signed {state.database} transaction {state.tx_id}, not "
+                                 f"{self.primary_database} transaction {tx_id} as the replica holds it")
+            self.last_error = None
+            return state
+        except (ImmudbError, TrustError) as exc:
+            self._quiet_until = time.monotonic() + self.SIGN_RETRY
+            message = redact(str(exc))
+            if message != self.last_error:
+                event(log, "journal_unsigned", logging.WARNING, database=self.database, error=message,
+                      detail="segments are written without the primary's signature until it answers")
+            self.last_error = message
+            return None
+
+    def uploaded(self, name: str, last_tx: int, last_alh: bytes) -> None:
+        """Segment `name` is on the target: the checkpoint moves to its end."""
+        if self.checkpoints is None or last_tx <= self._checkpointed:
+            return
+        try:
+            self.checkpoints.record_journal(self.target_cfg, self.database, last_tx, last_alh, name)
+            self._checkpointed = last_tx
+        except ReplicatorError as exc:
+            event(log, "journal_checkpoint_failed", logging.WARNING, database=self.database, error=str(exc))
+
+    def restarted(self) -> None:
+        """A new history of the database starts at transaction 1."""
+        self._checkpointed = 0
+        if self.checkpoints is not None:
+            self.checkpoints.forget_journal(self.target_cfg, self.database)
 
 
 class Spool:
@@ -188,8 +261,10 @@ class Journal:
     """The journal of one database (see the module's docstring)."""
 
     def __init__(self, database: str, replica: ImmudbAdmin, store_factory: Callable[[], JournalStore],
-                 settings: ContinuousConfig, spool_root: Path, target_name: str):
+                 settings: ContinuousConfig, spool_root: Path, target_name: str,
+                 witnesses: Witnesses | None = None):
         self.database, self.replica, self.settings = database, replica, settings
+        self.witnesses = witnesses or Witnesses(database)
         self._store_factory = store_factory
         self.spool = Spool(spool_root / database, settings.spool_max_bytes)
         self.status = JournalStatus(database, target_name)
@@ -289,6 +364,7 @@ class Journal:
                          "a new journal starts at transaction 1")
             for s in spooled:  # of the other history, never uploaded: not worth keeping
                 self.spool.remove(s.name)
+            self.witnesses.restarted()
             return 1, GENESIS_ALH, []
         chain = chain_to(every, tip)
         fills = []
@@ -364,7 +440,7 @@ class Journal:
         """The Alh of transaction `tx_id` of the replica's database."""
         with self.replica.follow(self.database, tx_id, wait=10.0) as feed:
             for exported in feed:
-                return parse_tx(exported.data).header.alh
+                return parse_tx(exported.data, UNBOUNDED).header.alh
         raise JournalError(f"{self.database}: the replica did not export transaction {tx_id}")
 
     # -- the builder
@@ -443,7 +519,7 @@ class Journal:
                 if isinstance(item, BaseException):
                     raise item
                 if item is not None:
-                    tx = parse_tx(item.data)
+                    tx = parse_tx(item.data, UNBOUNDED)
                     if tx.id != item.tx_id:
                         raise JournalError(f"{self.database}: asked for transaction {item.tx_id}, got {tx.id}")
                     if tx.truncated:
@@ -483,7 +559,8 @@ class Journal:
                 self._unshipped_since = time.time()
 
     def _close(self, txs: list[ExportedTx], prev_alh: bytes) -> bytes:
-        info, blob = encode_segment(self.database, txs, prev_alh)
+        signed = self.witnesses.sign(txs[-1].id, txs[-1].header.alh)
+        info, blob = encode_segment(self.database, txs, prev_alh, signed=signed)
         self.spool.put(info.name, blob)
         with self._lock:
             self._arrivals[info.first_tx] = self._open_since or time.time()
@@ -507,6 +584,7 @@ class Journal:
                     store = self._store_factory()
                 blob = self.spool.read(segment.name)
                 store.put(segment.name, blob)
+                self.witnesses.uploaded(segment.name, segment.last_tx, read_header(io.BytesIO(blob)).last_alh)
                 self.spool.remove(segment.name)
                 now = time.time()
                 with self._lock:

@@ -2,7 +2,9 @@
 the daemon helper, the benchmarks and the demo."""
 from __future__ import annotations
 
+import hashlib
 import itertools
+import tempfile
 import time
 from pathlib import Path
 
@@ -59,7 +61,14 @@ def write_config(where: Path, primary_server, replica_server, prefix: str, follo
 
 
 def write_data(path: Path, data: dict) -> Path:
-    """`data` as a YAML configuration file at `path`, replaced whole."""
+    """`data` as a YAML configuration file at `path`, replaced whole. Its
+    local checkpoints (backup.trust.state_dir) go to a folder of its own
+    beside the test's, unless the data names one."""
+    backup = data.setdefault("backup", {})
+    trust = backup.setdefault("trust", {})
+    if "state_dir" not in trust:
+        digest = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:16]
+        trust["state_dir"] = str(Path(tempfile.gettempdir()) / f"replicator-test-state-{digest}")
     tmp = path.with_suffix(".tmp")
     tmp.write_text(yaml.safe_dump(data))
     tmp.rename(path)

@@ -229,7 +229,13 @@ class ImmudbServer:
     password: str = "Immudb-admin-1"  # set on first start; not the default, which immudb warns about
     extra_args: tuple[str, ...] = ()  # more immudb flags, e.g. ("--token-expiry-time", "1")
     version: str = IMMUDB_VERSION
+    signing: bool = False  # start with --signingKey (a P-256 key made here); its public key at .public_key
     process: Process | None = None
+
+    @property
+    def public_key(self) -> Path:
+        """The PEM public key of the server's signing key (signing=True)."""
+        return self.root / "signing.pub.pem"
 
     @property
     def data_dir(self) -> Path:
@@ -252,6 +258,8 @@ class ImmudbServer:
                 "--admin-password", self.password, "--pidfile", "", "--logfile", "",
                 # each replica database holds a session on its primary; immudb's default is 100
                 "--max-sessions", "2000", *self.extra_args]
+        if self.signing:
+            argv += ["--signingKey", str(self._signing_key())]
         # HOME points into the server's folder so that no ~/immudb.toml is read,
         # and no IMMUDB_* variable of the caller leaks in.
         env = {k: v for k, v in os.environ.items() if not k.startswith("IMMUDB_")}
@@ -259,6 +267,21 @@ class ImmudbServer:
         self.process = Process(self.name, argv, self.root, self.port, env=env, daemon=self.daemon)
         self.process.start(timeout=60)
         return self
+
+    def _signing_key(self) -> Path:
+        """A P-256 private key in the SEC1 PEM immudb reads (x509.ParseECPrivateKey), made once."""
+        key_path = self.root / "signing.key"
+        if not key_path.exists():
+            from cryptography.hazmat.primitives import serialization
+            from cryptography.hazmat.primitives.asymmetric import ec
+            key = ec.generate_private_key(ec.SECP256R1())
+            key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                                   serialization.PrivateFormat.TraditionalOpenSSL,
+                                                   serialization.NoEncryption()))
+            key_path.chmod(0o600)
+            self.public_key.write_bytes(key.public_key().public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+        return key_path
 
     def restart(self) -> None:
         assert self.process is not None
@@ -468,6 +491,21 @@ class S3Server:
         return boto3.client("s3", endpoint_url=self.endpoint_url, region_name=self.region,
                             aws_access_key_id=self.access_key, aws_secret_access_key=self.secret_key,
                             config=config)
+
+    def _signing_key(self) -> Path:
+        """A P-256 private key in the SEC1 PEM immudb reads (x509.ParseECPrivateKey), made once."""
+        key_path = self.root / "signing.key"
+        if not key_path.exists():
+            from cryptography.hazmat.primitives import serialization
+            from cryptography.hazmat.primitives.asymmetric import ec
+            key = ec.generate_private_key(ec.SECP256R1())
+            key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                                   serialization.PrivateFormat.TraditionalOpenSSL,
+                                                   serialization.NoEncryption()))
+            key_path.chmod(0o600)
+            self.public_key.write_bytes(key.public_key().public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+        return key_path
 
     def restart(self) -> None:
         assert self.process is not None

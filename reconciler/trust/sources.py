@@ -1,0 +1,68 @@
+"""The anchors a configuration provides: its state folder's checkpoints,
+the primary's public key, and its running servers."""
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+from reconciler.trust.anchors import Anchors, LiveServer
+from reconciler.trust.checkpoints import Checkpoints
+from reconciler.trust.signed import PublicKey
+
+
+def checkpoints(cfg) -> Checkpoints:
+    """The local checkpoints of configuration `cfg` (backup.trust)."""
+    trust = cfg.backup.trust
+    key = trust.hmac_key.reveal().encode() if trust.hmac_key is not None else None
+    return Checkpoints(trust.state_folder, key)
+
+
+def public_key(cfg) -> PublicKey | None:
+    path = cfg.backup.trust.public_key_file
+    return PublicKey(path) if path is not None else None
+
+
+@contextlib.contextmanager
+def live_servers(cfg, database: str, enabled: bool = True) -> Iterator[list[LiveServer]]:
+    """The replica (database `database`) and the primary (the database it
+    follows, under the primary's name), as anchors; clients closed on exit.
+    A server that cannot be reached is an anchor not available, not an
+    error."""
+    from reconciler.admin import ImmudbAdmin
+    opened: list[ImmudbAdmin] = []
+    servers: list[LiveServer] = []
+    if enabled:
+        for role, server, name in (("replica", cfg.replica, database),
+                                   ("primary", cfg.primary, cfg.reconcile.primary_name(database))):
+            admin = ImmudbAdmin.from_config(role, server)
+            opened.append(admin)
+            servers.append(_live(admin, f"{role} {server.address} database {name}", name))
+    try:
+        yield servers
+    finally:
+        for admin in opened:
+            admin.close()
+
+
+def _live(admin, label: str, name: str) -> LiveServer:
+    def header(tx_id: int):
+        h = admin.tx_header(name, tx_id)
+        return None if h is None else (h.alh, h.ts)
+
+    return LiveServer(label, name, header, lambda: admin.state(name).tx_id)
+
+
+@contextlib.contextmanager
+def journal_anchors(cfg, target_cfg, database: str, *, live: bool = True, unanchored: bool = False,
+                    allow_rollback: bool = False) -> Iterator[Anchors]:
+    """Everything that may vouch for the journal of `database` at
+    `target_cfg`. Raises TrustError when a configured anchor cannot be read
+    (a checkpoint whose seal does not match, an unreadable public key)."""
+    points = checkpoints(cfg)
+    mark = points.journal(target_cfg, database)
+    key = public_key(cfg)
+    with live_servers(cfg, database, live) as servers:
+        yield Anchors(live=servers, key=key, signed_database=cfg.reconcile.primary_name(database),
+                      checkpoint=(mark.tx_id, mark.alh, f"state {points.root.parent}") if mark else None,
+                      unanchored=unanchored, allow_rollback=allow_rollback)
+
