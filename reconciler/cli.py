@@ -63,9 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
     inline.add_argument("--endpoint-url", help="s3: an S3-compatible endpoint")
     inline.add_argument("--known-hosts-file", help="sftp: known_hosts to check the host key against")
 
-    p = sub.add_parser("verify", help="check an archive: structure, every file's size and sha256 (exit 0 only if all match)")
+    p = sub.add_parser("verify", help="check an archive: structure, every file's size and sha256, and that what "
+                                      "it records is vouched for by an anchor (exit 0 only if all hold)")
     p.add_argument("archive", help="a local path, s3://bucket/key or sftp://host/path, or a name with --target")
     p.add_argument("--target", metavar="NAME", help="the archive is at this configured target")
+    _anchor_flags(p)
     p.add_argument("-c", "--config", metavar="FILE", default=os.environ.get("REPLICATOR_CONFIG") or None,
                    help="configuration, for the credentials of remote archives")
 
@@ -93,15 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--server", choices=("replica", "primary"), default=None,
                    help="replay into this running configured server, into a new database (--as); without it a "
                         "journal is replayed only into a throwaway immudb on --data-dir")
-    p.add_argument("--unanchored", action="store_true",
-                   help="restore although nothing outside the target (live server, primary's signature, local "
-                        "checkpoint) vouches for the point: the journal is checked only against itself")
+    _anchor_flags(p)
     p.add_argument("--allow-rollback", action="store_true",
                    help="restore to the journal's end although a live server or the local checkpoint holds more "
                         "(its newest segments are missing or behind)")
-    p.add_argument("--no-live", action="store_true",
-                   help="do not check against the running servers (to restore an older history of a database "
-                        "created again under its name)")
     p.add_argument("--immudb-binary", metavar="PATH", help="with --data-dir: the immudb server to open it with "
                                                            "(default: backup.drill.immudb_binary, else immudb on PATH)")
     p.add_argument("-c", "--config", metavar="FILE", default=os.environ.get("REPLICATOR_CONFIG") or None,
@@ -116,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", metavar="NAME", help="the configured target the archive is at")
     p.add_argument("--immudb-binary", metavar="PATH", help="immudb server to open it with (default: "
                                                            "backup.drill.immudb_binary, else immudb on PATH)")
+    _anchor_flags(p)
     p.add_argument("-c", "--config", metavar="FILE", default=os.environ.get("REPLICATOR_CONFIG") or None,
                    help="configuration, for targets and drill settings")
 
@@ -135,6 +133,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--journal", action="store_true", help="the continuous backup at the target: per database, "
                                                           "transactions held, segments, newest transaction's time, gaps")
     return parser
+
+
+def _anchor_flags(p: argparse.ArgumentParser) -> None:
+    """What may vouch for what is read (README, 'What a restore trusts')."""
+    p.add_argument("--unanchored", action="store_true",
+                   help="accept what the target holds although nothing outside it (a live server, the primary's "
+                        "signature, the local checkpoint) vouches for it: checked only against itself")
+    p.add_argument("--no-live", action="store_true",
+                   help="do not check against the running servers (e.g. an older history of a database created "
+                        "again under its name)")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -261,8 +261,15 @@ def test_backup_list_verify_restore_commands(tmp_path, primary_server, replica_s
     archive_path = done.stdout.split("-> ")[1].split()[0]
     listed = cli("list", "-c", str(path), "--target", "local")
     assert archive_path in listed.stdout
-    ok = cli("verify", archive_path)
+    ok = cli("verify", "-c", str(path), archive_path)
     assert ok.returncode == 0 and "OK" in ok.stdout, ok.stderr
+    assert "anchor local (state): transaction 20: the archive's sha256 and size are the ones written" in ok.stdout
+    assert "anchor live (replica/primary): transaction 20" in ok.stdout
+    # alone, the archive vouches only for itself: refused unless the operator says so
+    alone = cli("verify", archive_path)
+    assert alone.returncode == 1 and "nothing outside the target vouches" in alone.stderr
+    trusted = cli("verify", "--unanchored", archive_path)
+    assert trusted.returncode == 0 and "UNANCHORED" in trusted.stdout, trusted.stderr
 
     damaged = tmp_path / "damaged.tar.gz"
     data = bytearray(Path(archive_path).read_bytes())
@@ -277,10 +284,10 @@ def test_backup_list_verify_restore_commands(tmp_path, primary_server, replica_s
     assert cut.returncode != 0 and "truncated" in cut.stderr
 
     dest = tmp_path / "restore-here"
-    restored = cli("restore", archive_path, "--data-dir", str(dest), "--database", names[0])
+    restored = cli("restore", "-c", str(path), archive_path, "--data-dir", str(dest), "--database", names[0])
     assert restored.returncode == 0, restored.stderr
     assert sorted(p.name for p in dest.iterdir()) == [names[0]]
-    again = cli("restore", archive_path, "--data-dir", str(dest))
+    again = cli("restore", "-c", str(path), archive_path, "--data-dir", str(dest))
     assert again.returncode != 0 and "not empty" in again.stderr
 
 

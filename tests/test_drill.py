@@ -104,6 +104,11 @@ def test_drill_fails_an_archive_whose_recorded_state_was_rewritten(backed_up, re
     tampered = rewrite(made, tmp_path / "state.tar.gz", tmp_path, other_hash)
     done = run("drill", "-c", str(path), str(tampered))
     assert done.returncode == 1
+    # the live replica holds that transaction with its real Alh: refused before anything is restored
+    assert f"database {names[0]} holds transaction" in done.stderr and "the archive was rewritten" in done.stderr
+    # without the live servers and any anchor, the restored files still contradict the manifest
+    done = run("drill", "-c", str(path), str(tampered), "--no-live", "--unanchored")
+    assert done.returncode == 1
     assert f"FAIL {names[0]}: its state is transaction" in done.stderr
 
 

@@ -48,6 +48,7 @@ class DrillResult:
     databases: dict[str, str] = field(default_factory=dict)  # name -> what was checked, or what failed
     problems: list[str] = field(default_factory=list)
     backup_id: str | None = None
+    anchors: list[str] = field(default_factory=list)   # what vouched for the archive's states
 
     @property
     def ok(self) -> bool:
@@ -56,14 +57,18 @@ class DrillResult:
     def as_dict(self) -> dict:
         return {"location": self.location, "ok": self.ok, "started_at": self.started_at,
                 "finished_at": self.finished_at, "backup_id": self.backup_id, "databases": self.databases,
-                "problems": self.problems}
+                "problems": self.problems, "anchors": self.anchors}
 
 
 def drill(stream: BinaryIO, location: str, cfg: DrillConfig,
-          say: Callable[[str], None] = lambda line: None) -> DrillResult:
-    """Restore the archive in `stream` and check it in a throwaway immudb.
-    The verdict is in the result; raises DrillError when the drill itself
+          say: Callable[[str], None] = lambda line: None,
+          vouch: Callable[[dict], list] | None = None) -> DrillResult:
+    """Restore the archive in `stream` and check it in a throwaway immudb;
+    `vouch(manifest)` (trust/sources.vouch_for_archive) checks what the
+    archive records against the anchors before anything is restored. The
+    verdict is in the result; raises DrillError when the drill itself
     cannot run."""
+    from reconciler.trust.signed import TrustError
     result = DrillResult(location, time.time())
     binary = immudb_binary(cfg)
     if cfg.scratch_dir is not None:
@@ -72,10 +77,13 @@ def drill(stream: BinaryIO, location: str, cfg: DrillConfig,
     try:
         say(f"restoring {location} into {scratch}")
         try:
-            restored = restore(stream, scratch / "data")
-        except RestoreError as exc:
+            restored = restore(stream, scratch / "data", vouch=vouch)
+        except (RestoreError, TrustError) as exc:
             result.problems.append(str(exc))
             return result
+        result.anchors = [v.line() for v in restored.vouched or []]
+        for line in result.anchors:
+            say(f"  anchor {line}")
         manifest = restored.manifest
         result.backup_id = manifest.get("backup_id")
         with throwaway_immudb(binary, scratch, cfg.start_timeout) as admin:
@@ -95,13 +103,17 @@ def drill(stream: BinaryIO, location: str, cfg: DrillConfig,
 
 
 def drill_archive(cfg, archive: str | None = None, target_name: str | None = None,
-                  drill_cfg: DrillConfig | None = None, say: Callable[[str], None] = lambda line: None) -> DrillResult:
+                  drill_cfg: DrillConfig | None = None, say: Callable[[str], None] = lambda line: None,
+                  live: bool = True, unanchored: bool = False) -> DrillResult:
     """A drill of `archive` (a path, an s3:// or sftp:// location, or a name
-    at `target_name`), or of the newest archive at `target_name`. `cfg` may
-    be None for a local archive. Raises DrillError, ReplicatorError (no
-    such archive or target)."""
+    at `target_name`), or of the newest archive at `target_name`, checked
+    against the anchors of `cfg` (trust/). `cfg` may be None for a local
+    archive (then only `unanchored` lets it pass). Raises DrillError,
+    ReplicatorError (no such archive or target)."""
     from reconciler.backup import targets
-    from reconciler.backup.locate import opened_archive, target_named
+    from reconciler.backup.locate import archive_target, opened_archive, target_named
+    from reconciler.trust.archives import HashingReader
+    from reconciler.trust.sources import vouch_for_archive
     drill_cfg = drill_cfg or (cfg.backup.drill if cfg is not None else DrillConfig())
     if archive is None:
         if target_name is None:
@@ -111,8 +123,11 @@ def drill_archive(cfg, archive: str | None = None, target_name: str | None = Non
         if not found:
             raise DrillError(f"no archive at target {target_name}")
         archive = found[-1].name
+    target_cfg, name = archive_target(cfg, archive, target_name)
     with opened_archive(cfg, archive, target_name) as (stream, location):
-        return drill(stream, location, drill_cfg, say)
+        reader = HashingReader(stream)
+        return drill(reader, location, drill_cfg, say, vouch=lambda manifest: vouch_for_archive(
+            cfg, target_cfg, name, location, manifest, reader, live=live, unanchored=unanchored))
 
 
 def _check_database(admin, entry: dict, opened: set[str], sample: int) -> str:
@@ -136,11 +151,39 @@ def _check_database(admin, entry: dict, opened: set[str], sample: int) -> str:
             keys = list(dict.fromkeys(first + last))
         for key in keys:
             admin.verified_get(name, key, want)
+        problem = _whole_history(admin, name, want)
+        if problem:
+            return f"FAIL: {problem}"
     except ImmudbError as exc:
         return f"FAIL: {exc.detail}"
     except Exception as exc:  # noqa: BLE001 - a proof that cannot even be parsed is a failed proof
         return f"FAIL: {type(exc).__name__}: {exc}"
-    return f"ok: transaction {want.tx_id} and its hash as recorded; {len(keys)} keys proven against it"
+    return (f"ok: transaction {want.tx_id} and its hash as recorded; every transaction 1-{want.tx_id} exported "
+            f"and chained to it; {len(keys)} keys proven against it")
+
+
+def _whole_history(admin, name: str, want) -> str | None:
+    """That the restored files hold exactly the history whose last Alh is
+    the recorded one: every transaction exported by immudb from them, read
+    as immudb reads it, its values hashing to its Eh, chained (prevAlh and
+    BlRoot) from transaction 1 up to `want`. A file rewritten with its
+    transaction's hashes but not the chain after it is caught here, which
+    the state alone does not show. None, or what is wrong."""
+    from reconciler.journal.exported import UNBOUNDED, JournalError, Successor, parse_tx
+    successor = Successor()
+    with admin.follow(name, 1, wait=5.0) as feed:
+        for exported in feed:
+            try:
+                successor.take(parse_tx(exported.data, UNBOUNDED))
+            except JournalError as exc:
+                return f"its files do not hold the recorded history: {exc}"
+            if exported.tx_id >= want.tx_id:
+                break
+    if successor.next_id - 1 != want.tx_id:
+        return f"immudb exported {successor.next_id - 1} of its {want.tx_id} transactions"
+    if successor.prev_alh != want.tx_hash:
+        return "the history its files hold does not end at the recorded hash"
+    return None
 
 
 def _free_port() -> int:

@@ -13,6 +13,7 @@ One backup at a time per process: a second gets BackupAlreadyRunning.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import shutil
@@ -90,6 +91,7 @@ class Backups:
         self.cancel = threading.Event()
         self.worker: threading.Thread | None = None
         self._recovering = False  # recover() holds the locks
+        self._signer: ImmudbAdmin | None = None  # the primary, asked for signed states
 
     @property
     def running(self) -> bool:
@@ -190,9 +192,10 @@ class Backups:
                 event(log, "partial_removed", target=target.name, what=leftover)
             name = target.archive_name(result.started_at)
             upload = target.open(name, size_hint=progress.bytes_total)
+            written = _Digesting(upload)
             writer = None
             try:
-                writer = ArchiveWriter(upload, self.cfg.backup.compression, self.cfg.backup.compression_level,
+                writer = ArchiveWriter(written, self.cfg.backup.compression, self.cfg.backup.compression_level,
                                        on_bytes=progress.add_bytes, cancel=self.cancel)
                 states = []
                 for db in chosen:
@@ -215,6 +218,7 @@ class Backups:
                     writer.discard()
                 upload.abort()
                 raise
+            self._checkpoint(target_cfg, name, written, states)
             result.bytes_out = writer.bytes_written
             result.bytes_in = progress.bytes_done
             result.databases = [db.name for db in chosen]
@@ -236,6 +240,47 @@ class Backups:
             target.close()
             if staging_root is not None:
                 shutil.rmtree(staging_root, ignore_errors=True)
+
+    def _checkpoint(self, target_cfg: TargetConfig, name: str, written: "_Digesting", states: list[dict]) -> None:
+        """The local checkpoint of the archive just committed: its bytes'
+        SHA-256 and size, and the states it holds (reconciler/trust). A
+        failure is logged: the archive is good, only this anchor is missing."""
+        from reconciler.trust.sources import checkpoints
+        recorded = {d["name"]: (d["tx_id"], bytes.fromhex(d["tx_hash"])) for d in states
+                    if d.get("tx_id") and d.get("tx_hash")}
+        try:
+            checkpoints(self.cfg).record_archive(target_cfg, name, written.sha.hexdigest(), written.size, recorded)
+        except ReplicatorError as exc:
+            event(log, "checkpoint_failed", logging.WARNING, target=target_cfg.name, archive=name, error=str(exc))
+
+    def _signed(self, name: str, state) -> dict | None:
+        """The primary's signed state of replica database `name` at `state`,
+        for the manifest; None when the primary does not sign or does not
+        answer (logged: the archive is made anyway, without that anchor)."""
+        from dataclasses import replace
+
+        from reconciler.trust.signed import TrustError
+        from reconciler.trust.sources import public_key
+        primary_name = self.cfg.reconcile.primary_name(name)
+        try:
+            if self._signer is None:
+                self._signer = ImmudbAdmin.from_config(
+                    "primary", replace(self.cfg.primary, timeout=min(self.cfg.primary.timeout, 5.0)))
+            signed = self._signer.signed_state(primary_name, state.tx_id)
+            key = public_key(self.cfg)
+            if signed is None:
+                if key is not None:
+                    raise TrustError("the primary does not sign its states, but backup.trust.public_key_file is set")
+                return None
+            if key is not None:
+                signed.check(key, primary_name, state.tx_id, state.tx_hash, f"database {name}")
+            elif signed.alh != state.tx_hash:
+                raise TrustError(f"the primary's transaction {state.tx_id} of {primary_name} is not the replica's")
+            return signed.as_dict()
+        except (ImmudbError, TrustError) as exc:
+            event(log, "backup_unsigned", logging.WARNING, database=name, error=str(exc),
+                  detail="the archive holds no signed state of it")
+            return None
 
     def _journal_bases(self, target_cfg: TargetConfig, name: str, manifest: dict) -> None:
         """The archive is a base of the journal at the same target: record
@@ -285,10 +330,13 @@ class Backups:
         self.holder.hold(name)
         progress.update(current_database=name, phase="copying" if staging_root else "archiving")
         unloaded_at = None
+        signed = None
         try:
             state = None
             if loaded:
                 state = self.replica.state(name)
+                if state.tx_id:
+                    signed = self._signed(name, state)
                 self.replica.unload(name)
                 unloaded_at = time.monotonic()
             if staging_root is None:
@@ -315,9 +363,12 @@ class Backups:
         if transactions and not files:
             raise BackupError(f"database {name}: the server counts {transactions} transactions, and its folder "
                               f"{source} holds no file: is replica.data_dir the replica's data directory?")
-        return {"name": name, "tx_id": state.tx_id if state else None,
-                "tx_hash": state.tx_hash.hex() if state else None, "was_loaded": loaded,
-                "files": len(files), "bytes": sum(f.size for f in files)}
+        entry = {"name": name, "tx_id": state.tx_id if state else None,
+                 "tx_hash": state.tx_hash.hex() if state else None, "was_loaded": loaded,
+                 "files": len(files), "bytes": sum(f.size for f in files)}
+        if signed is not None:
+            entry["signed"] = signed
+        return entry
 
     def _load_again(self, name: str) -> None:
         """Load `name`; a few tries, then leave it to the next reconcile pass."""
@@ -391,12 +442,37 @@ class Backups:
             doomed = retention.expired(target.list(), target_cfg.retention, time.time(), just_written)
             for stored in doomed:
                 target.delete(stored.name)
+                _forget_checkpoint(self.cfg, target_cfg, stored.name)
                 event(log, "archive_deleted", target=target.name, archive=stored.name, reason="retention")
             return [a.name for a in doomed]
         except targets.TargetError as exc:
             # the backup itself succeeded; report and keep going
             event(log, "retention_failed", logging.WARNING, target=target.name, error=str(exc))
             return []
+
+
+def _forget_checkpoint(cfg: Config, target_cfg: TargetConfig, name: str) -> None:
+    from reconciler.trust.sources import checkpoints
+    try:
+        checkpoints(cfg).forget_archive(target_cfg, name)
+    except OSError:
+        pass
+
+
+class _Digesting:
+    """An upload that hashes and counts the bytes written to it (the
+    archive's local checkpoint)."""
+
+    def __init__(self, upload):
+        self.upload, self.sha, self.size = upload, hashlib.sha256(), 0
+
+    def write(self, data: bytes) -> None:
+        self.sha.update(data)
+        self.size += len(data)
+        self.upload.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self.upload, name)
 
 
 def _describe(exc: Exception) -> str:

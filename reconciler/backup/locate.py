@@ -41,6 +41,20 @@ def open_archive(cfg: Config | None, archive: str, target_name: str | None = Non
     return stream, archive, [stream]
 
 
+def archive_target(cfg: Config | None, archive: str, target_name: str | None = None) -> tuple[TargetConfig, str]:
+    """(the target the archive is at, its name there): what its local
+    checkpoint is kept under (trust/checkpoints.py keys them by where the
+    target is, so a path names the same place as the file target there)."""
+    import os
+    if target_name:
+        return target_named(cfg, target_name), posixpath.basename(archive)
+    url = urlparse(archive)
+    if url.scheme:
+        return targets.for_url(list(cfg.backup.targets.values()) if cfg else [], url), posixpath.basename(url.path)
+    path = os.path.abspath(archive)
+    return TargetConfig("path", "file", path), os.path.basename(path)
+
+
 @contextlib.contextmanager
 def opened_archive(cfg: Config | None, archive: str, target_name: str | None = None):
     """open_archive as a context manager: (stream, location), closed after."""

@@ -36,6 +36,7 @@ class RestoreResult:
     files: int = 0
     bytes: int = 0
     manifest: dict = field(default_factory=dict)
+    vouched: object = None      # what the vouch callback returned (the anchors' verdicts)
 
 
 class _Scratch:
@@ -78,12 +79,16 @@ class _Discard:
 
 
 def restore(stream: BinaryIO, data_dir: Path, databases: list[str] | None = None, force: bool = False,
-            on_bytes: Callable[[int], None] = lambda n: None) -> RestoreResult:
+            on_bytes: Callable[[int], None] = lambda n: None,
+            vouch: Callable[[dict], object] | None = None) -> RestoreResult:
     """Extract the archive's databases (all, or `databases`) into `data_dir`.
-    Raises RestoreError (refused: non-empty destination without `force`, a
-    destination folder that is a link or a mount point, unknown database,
-    archive invalid or damaged; failed: a file system error), always with
-    the destination as it was."""
+    `vouch(manifest)`, when given, is asked once the archive has been read
+    and checked, before anything in the destination changes: whatever it
+    raises stops the restore there (trust: the anchors); what it returns is
+    the result's `vouched`. Raises RestoreError (refused: non-empty
+    destination without `force`, a destination folder that is a link or a
+    mount point, unknown database, archive invalid or damaged; failed: a
+    file system error), always with the destination as it was."""
     data_dir = Path(data_dir)
     if data_dir.exists() and not data_dir.is_dir():
         raise RestoreError(f"{data_dir} exists and is not a directory")
@@ -110,13 +115,14 @@ def restore(stream: BinaryIO, data_dir: Path, databases: list[str] | None = None
             raise RestoreError(f"not in the archive: {', '.join(sorted(wanted - set(seen.databases)))} "
                                f"(it holds {', '.join(seen.databases) or 'nothing'})")
         chosen = [n for n in seen.databases if wanted is None or n in wanted]
+        vouched = vouch(seen.manifest or {}) if vouch is not None else None
         for name in chosen:
             (scratch / name).mkdir(mode=0o700, exist_ok=True)  # a database archived with no file at all
         replaced = _check_destinations(data_dir, chosen)
         _swap_in(data_dir, scratch, chosen, replaced)
         files = {p: f for p, f in seen.files.items() if p.split("/", 1)[0] in chosen}
         return RestoreResult(data_dir, sorted(chosen), sorted(set(chosen) - set(replaced)), sorted(replaced),
-                             len(files), sum(f.size for f in files.values()), seen.manifest or {})
+                             len(files), sum(f.size for f in files.values()), seen.manifest or {}, vouched)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 

@@ -60,18 +60,31 @@ def _optional_config(args: argparse.Namespace):
 
 def verify(args: argparse.Namespace) -> int:
     from reconciler.backup import archive
-    from reconciler.backup.locate import opened_archive
-    with opened_archive(_optional_config(args), args.archive, args.target) as (stream, location):
-        result = archive.verify(stream)
-    if not result.ok:
-        for problem in result.problems:
-            print(f"FAIL {problem}", file=sys.stderr)
-        raise ReplicatorError(f"{location}: verification failed ({len(result.problems)} problems)")
+    from reconciler.backup.locate import archive_target, opened_archive
+    from reconciler.trust.archives import HashingReader
+    from reconciler.trust.sources import vouch_for_archive
+    cfg = _optional_config(args)
+    target_cfg, name = archive_target(cfg, args.archive, args.target)
+    with opened_archive(cfg, args.archive, args.target) as (stream, location):
+        reader = HashingReader(stream)
+        result = archive.verify(reader)
+        if not result.ok:
+            for problem in result.problems:
+                print(f"FAIL {problem}", file=sys.stderr)
+            raise ReplicatorError(f"{location}: verification failed ({len(result.problems)} problems)")
+        verdicts = vouch_for_archive(cfg, target_cfg, name, location, result.manifest, reader,
+                                     live=not args.no_live, unanchored=args.unanchored)
     m = result.manifest
     print(f"{location}: OK: {len(result.files)} files, {size(sum(f.size for f in result.files.values()))}, "
           f"{result.compression}; databases: {', '.join(result.databases)}; taken {m.get('started_at')} "
           f"from {m.get('replica')} (immudb {m.get('immudb_version') or '?'})")
+    _print_verdicts(verdicts)
     return 0
+
+
+def _print_verdicts(verdicts) -> None:
+    for verdict in verdicts:
+        print(f"  anchor {verdict.line()}")
 
 
 def restore(args: argparse.Namespace) -> int:
@@ -81,15 +94,31 @@ def restore(args: argparse.Namespace) -> int:
         return restore_to_point(args)
     if not args.archive or not args.data_dir:
         raise ReplicatorError("restore needs an archive and --data-dir (or --to-tx/--to-time to replay a journal)")
-    for flag, value in (("--as", args.restore_as), ("--server", args.server), ("--immudb-binary", args.immudb_binary)):
+    for flag, value in (("--as", args.restore_as), ("--server", args.server), ("--immudb-binary", args.immudb_binary),
+                        ("--allow-rollback", args.allow_rollback)):
         if value:
             raise ReplicatorError(f"{flag} is for replaying a journal (--to-tx, --to-time, --to-end)")
-    from reconciler.backup.locate import opened_archive
+    from reconciler.backup.locate import archive_target, opened_archive
     from reconciler.backup.restore import restore as restore_archive
-    with opened_archive(_optional_config(args), args.archive, args.target) as (stream, location):
-        result = restore_archive(stream, Path(args.data_dir), args.database, args.force)
+    from reconciler.trust.archives import HashingReader
+    from reconciler.trust.signed import TrustError
+    from reconciler.trust.sources import vouch_for_archive
+    cfg = _optional_config(args)
+    target_cfg, name = archive_target(cfg, args.archive, args.target)
+    with opened_archive(cfg, args.archive, args.target) as (stream, location):
+        reader = HashingReader(stream)
+
+        def vouch(manifest: dict):
+            try:
+                return vouch_for_archive(cfg, target_cfg, name, location, manifest, reader, live=not args.no_live,
+                                         unanchored=args.unanchored)
+            except TrustError as exc:
+                raise TrustError(f"nothing restored: {exc}") from None
+
+        result = restore_archive(reader, Path(args.data_dir), args.database, args.force, vouch=vouch)
     print(f"restored {', '.join(result.databases)} ({result.files} files, {size(result.bytes)}) from {location} "
           f"into {result.data_dir}; every file matched the manifest.")
+    _print_verdicts(result.vouched or [])
     if result.added:
         print(f"  added: {', '.join(result.added)}")
     if result.replaced:
@@ -128,12 +157,14 @@ def drill(args: argparse.Namespace) -> int:
     drill_cfg = cfg.backup.drill if cfg is not None else DrillConfig()
     if args.immudb_binary:
         drill_cfg = replace(drill_cfg, immudb_binary=args.immudb_binary)
-    result = drill_archive(cfg, args.archive, args.target, drill_cfg, say=print)
+    result = drill_archive(cfg, args.archive, args.target, drill_cfg, say=print, live=not args.no_live,
+                           unanchored=args.unanchored)
     seconds = result.finished_at - result.started_at
     if not result.ok:
         for problem in result.problems or ["no database was checked"]:
             print(f"FAIL {problem}", file=sys.stderr)
         raise ReplicatorError(f"{result.location}: drill failed ({len(result.problems)} problems)")
     print(f"{result.location}: drill OK in {seconds:.1f}s: {len(result.databases)} databases restored, opened by "
-          f"immudb and proven against the states recorded at backup time.")
+          f"immudb, every transaction chained to the states recorded at backup time, and those states vouched for "
+          f"by the anchors above.")
     return 0

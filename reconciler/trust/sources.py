@@ -66,3 +66,47 @@ def journal_anchors(cfg, target_cfg, database: str, *, live: bool = True, unanch
                       checkpoint=(mark.tx_id, mark.alh, f"state {points.root.parent}") if mark else None,
                       unanchored=unanchored, allow_rollback=allow_rollback)
 
+
+
+
+@contextlib.contextmanager
+def archive_anchors(cfg, target_cfg, archive: str, *, live: bool = True, unanchored: bool = False):
+    """(Anchors, the archive's local checkpoint or None, `live_for(name)`:
+    the live servers that may hold database `name`, or None) for archive
+    `archive` at `target_cfg`. `cfg` may be None (an archive read without a
+    configuration: nothing vouches but --unanchored)."""
+    if cfg is None:
+        yield Anchors(unanchored=unanchored), None, None
+        return
+    from reconciler.admin import ImmudbAdmin
+    mark = checkpoints(cfg).archive(target_cfg, archive) if target_cfg is not None else None
+    anchors = Anchors(key=public_key(cfg), unanchored=unanchored)
+    if not live:
+        yield anchors, mark, None
+        return
+    replica = ImmudbAdmin.from_config("replica", cfg.replica)
+    primary = ImmudbAdmin.from_config("primary", cfg.primary)
+
+    def live_for(name: str) -> list[LiveServer]:
+        primary_name = cfg.reconcile.primary_name(name)
+        return [_live(replica, f"replica {cfg.replica.address} database {name}", name),
+                _live(primary, f"primary {cfg.primary.address} database {primary_name}", primary_name)]
+    try:
+        yield anchors, mark, live_for
+    finally:
+        replica.close()
+        primary.close()
+
+
+def vouch_for_archive(cfg, target_cfg, name: str, location: str, manifest: dict, reader, *, live: bool = True,
+                      unanchored: bool = False) -> list:
+    """The verdicts on archive `name` at `target_cfg` (shown as
+    `location`), whose manifest `manifest` was read through `reader` (a
+    trust.archives.HashingReader, drained here to the end of the file the
+    checkpoint knows). Raises TrustError (see trust.archives.verdicts)."""
+    from reconciler.trust.archives import verdicts
+    with archive_anchors(cfg, target_cfg, name, live=live, unanchored=unanchored) as (anchors, mark, live_for):
+        if mark is not None:
+            reader.drain(max(0, mark.size - reader.size) + 1)
+        return verdicts(location, manifest, anchors, mark, reader.sha.hexdigest(), reader.size, live_for,
+                        cfg.reconcile.primary_name if cfg is not None else (lambda n: n))
