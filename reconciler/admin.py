@@ -122,6 +122,11 @@ class AlreadyExists(ImmudbError):
     """A database of that name exists already."""
 
 
+class AlreadyLoaded(ImmudbError):
+    """LoadDatabase on a database that is loaded (someone else loaded it
+    meanwhile: the goal is reached)."""
+
+
 class ProofFailed(ImmudbError):
     """immudb's cryptographic proofs for an entry did not hold: the data is
     not the history the trusted state records."""
@@ -213,6 +218,8 @@ class ImmudbAdmin:
                                         temporary=False)
         if "already exists" in low:
             return AlreadyExists(where, operation, detail, temporary=False)
+        if "already loaded" in low:
+            return AlreadyLoaded(where, operation, detail, temporary=False)
         if "does not exist" in low or "not found" in low:
             return NotFound(where, operation, detail, temporary=False)
         permanent = code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.INVALID_ARGUMENT) or any(

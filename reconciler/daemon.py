@@ -28,7 +28,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
 
 from reconciler import config as config_module
-from reconciler.admin import ImmudbError
+from reconciler.admin import AlreadyLoaded, ImmudbError
 from reconciler.backup.job import BackupAlreadyRunning, BackupResult, Backups
 from reconciler.config.model import Config, TargetConfig
 from reconciler.errors import ConfigError
@@ -305,6 +305,7 @@ class Service:
     # ------------------------------------------------------------------ lifecycle
 
     def start(self) -> None:
+        self._state_folder()
         self._schedule()
         self.scheduler.start()
         if self.cfg.api.enabled:
@@ -318,6 +319,13 @@ class Service:
               replica=self.cfg.replica.address, interval=self.cfg.reconcile.interval,
               api=self.api.address if self.api else "off", schedules=len(self.cfg.backup.schedules))
         self.notifier.ready(f"following {self.cfg.primary.address}")
+
+    def _state_folder(self) -> None:
+        """The local checkpoints' folder exists and is this process's (0700),
+        or the daemon does not start: backups it could not anchor would be
+        taken silently weaker (backup.trust.state_dir)."""
+        from reconciler.trust.checkpoints import ensure_folder
+        ensure_folder(self.cfg.backup.trust.state_folder)
 
     def stop(self) -> None:
         self.notifier.stopping()
@@ -338,10 +346,11 @@ class Service:
                 for name in held:
                     try:
                         self.reconciler.replica.load(name)
+                    except AlreadyLoaded:
+                        pass
                     except ImmudbError as exc:
-                        if "already loaded" not in exc.detail:
-                            event(log, "load_failed", logging.ERROR, database=name, error=str(exc),
-                                  note="the next reconcile pass loads it")
+                        event(log, "load_failed", logging.ERROR, database=name, error=str(exc),
+                              note="the next reconcile pass loads it")
         self.journals.stop()
         self.reconciler.close(wait=min(5.0, self.cfg.daemon.shutdown_grace))
         event(log, "stopped")

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from reconciler.admin import ImmudbAdmin, ImmudbError, Unreachable
+from reconciler.admin import AlreadyLoaded, ImmudbAdmin, ImmudbError, Unreachable
 from reconciler.config.model import Config
 from reconciler.holds import Holds, backup_running
 from reconciler.log import event
@@ -294,7 +294,10 @@ class Reconciler:
         elif kind in ("update_replica", "adopt"):
             self.replica.update_replication(db, action.settings)
         elif kind == "load":
-            self.replica.load(db)
+            try:
+                self.replica.load(db)
+            except AlreadyLoaded:
+                pass  # loaded meanwhile (a backup ending between observing and acting): the goal is reached
         elif kind == "unload":
             self.replica.unload(db)
         elif kind == "promote":

@@ -216,3 +216,23 @@ def big_replica(tmp_path, primary_server, replica_server, primary):
         assert immudb_data.wait_caught_up(primary_server, replica_server, name, name, timeout=60)[1] is not None
         return name
     return make
+
+
+@pytest.fixture
+def followed(tmp_path, primary_server, replica_server, primary):
+    """make(count): a primary database with `count` transactions and its
+    replica, caught up; (prefix, name)."""
+    def make(count: int = 10) -> tuple[str, str]:
+        prefix = unique_name("jr") + "_"
+        name = f"{prefix}db"
+        primary.create_database(name)
+        if count:
+            immudb_data.write(primary_server, name, count, prefix="early")
+        rec = Reconciler.from_config(config.load(write_config(tmp_path, primary_server, replica_server, prefix,
+                                                              name=f"{prefix}.yaml"), env={}))
+        assert rec.run_pass().ok
+        rec.close()
+        want, got = immudb_data.wait_caught_up(primary_server, replica_server, name, name)
+        assert got == want
+        return prefix, name
+    return make

@@ -216,9 +216,9 @@ def test_a_replica_database_named_outside_ascii_backs_up_and_restores(tmp_path, 
     done = cli("backup", "-c", str(path), "--target", "t")
     assert done.returncode == 0, done.stderr
     [made] = (tmp_path / "out").iterdir()
-    assert cli("verify", str(made)).returncode == 0
+    assert cli("verify", "-c", str(path), str(made)).returncode == 0
     server = ImmudbServer("restored", tmp_path / "restored")
-    assert cli("restore", str(made), "--data-dir", str(server.data_dir)).returncode == 0
+    assert cli("restore", "-c", str(path), str(made), "--data-dir", str(server.data_dir)).returncode == 0
     server.start()
     try:
         assert immudb_data.state(server, name) == want

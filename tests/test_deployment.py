@@ -95,6 +95,12 @@ def test_probes_data_volume_and_ports_match_the_config(tmp_path):
     writable = {m["mountPath"] for m in sidecar["volumeMounts"] if not m.get("readOnly")}
     assert str(cfg.backup.staging_dir) in writable
     assert str(Path(cfg.backup.targets["local"].path).parent) in writable
+    # the local checkpoints on a volume of their own, writable, not the backups' (an anchor must not sit beside
+    # what it vouches for)
+    assert str(cfg.backup.trust.state_folder) in writable
+    state = next(m for m in sidecar["volumeMounts"] if m["mountPath"] == str(cfg.backup.trust.state_folder))
+    backups = next(m for m in sidecar["volumeMounts"] if m["mountPath"] == str(Path(cfg.backup.targets["local"].path).parent))
+    assert state["name"] != backups["name"]
 
 
 def test_dockerfile_runs_the_command_the_manifest_expects():
@@ -135,3 +141,11 @@ def test_systemd_unit_uses_notify_credentials_and_variables_the_program_reads():
         assert option in text
     timeout = int(re.search(r"TimeoutStopSec=(\d+)s", text).group(1))
     assert timeout > config.load(ROOT / "examples" / "replicator.yaml", env={}).daemon.shutdown_grace
+
+
+def test_systemd_unit_gives_the_default_state_folder_to_the_service():
+    """backup.trust.state_dir: null means $STATE_DIRECTORY, which StateDirectory= sets, private."""
+    from reconciler.config.model import DEFAULT_STATE_DIR
+    text = UNIT.read_text()
+    assert re.search(r"^StateDirectory=(\S+)$", text, re.M).group(1) == DEFAULT_STATE_DIR.name
+    assert "StateDirectoryMode=0700" in text

@@ -42,26 +42,6 @@ def run(*argv: str) -> subprocess.CompletedProcess:
                           timeout=600)
 
 
-@pytest.fixture
-def followed(tmp_path, primary_server, replica_server, primary):
-    """make(count): a primary database with `count` transactions and its
-    replica, caught up; (prefix, name)."""
-    def make(count: int = 10) -> tuple[str, str]:
-        prefix = unique_name("jr") + "_"
-        name = f"{prefix}db"
-        primary.create_database(name)
-        if count:
-            immudb_data.write(primary_server, name, count, prefix="early")
-        rec = Reconciler.from_config(config.load(write_config(tmp_path, primary_server, replica_server, prefix,
-                                                              name=f"{prefix}.yaml"), env={}))
-        assert rec.run_pass().ok
-        rec.close()
-        want, got = immudb_data.wait_caught_up(primary_server, replica_server, name, name)
-        assert got == want
-        return prefix, name
-    return make
-
-
 def journal(replica, name: str, target_cfg, tmp_path: Path, **settings) -> Journal:
     settings = ContinuousConfig(target_cfg.name, **{"segment_max_seconds": RPO, **settings})
     return Journal(name, replica, lambda: JournalStore(target_cfg, name), settings, tmp_path / "spool",
@@ -418,7 +398,7 @@ def test_a_snapshot_backup_of_a_journaled_database_leaves_the_journal_whole(tmp_
         assert d.stop() == 0
     assert_whole(TargetConfig("local", "file", target["path"]), name, tx_id)
     [archive] = [p for p in (tmp_path / "t").iterdir() if p.name.endswith(".tar.gz")]
-    assert run("verify", str(archive)).returncode == 0
+    assert run("verify", "-c", str(d.config_path), str(archive)).returncode == 0
 
 
 def test_reloads_start_and_stop_the_journal(tmp_path, followed, primary_server, replica_server, replica):

@@ -100,7 +100,8 @@ def test_installed_wheel_runs_the_main_job_from_outside_the_checkout(installed, 
         "follower": {"username": "fol_" + prefix.strip("_"), "password": "Follower-pw-1"},
         "reconcile": {"databases": {"include": [f"{prefix}*"]}},
         "backup": {"databases": {"include": [f"{prefix}*"]},
-                   "targets": {"here": {"type": "file", "path": str(archives / "w-{timestamp}.tar.gz")}}},
+                   "targets": {"here": {"type": "file", "path": str(archives / "w-{timestamp}.tar.gz")}},
+                   "trust": {"state_dir": str(away / "state")}},
     }))
     plan = run(installed, away, "plan", "-c", str(config), ok=False)
     assert plan.returncode == 2 and f"+ create replica {name}" in plan.stdout, plan.stdout + plan.stderr
@@ -111,7 +112,8 @@ def test_installed_wheel_runs_the_main_job_from_outside_the_checkout(installed, 
     backup = run(installed, away, "backup", "-c", str(config), "--target", "here")
     [archive] = archives.iterdir()
     assert str(archive) in backup.stdout
-    assert ": OK:" in run(installed, away, "verify", str(archive)).stdout
+    verified = run(installed, away, "verify", "-c", str(config), str(archive)).stdout
+    assert ": OK:" in verified and "anchor local" in verified and "anchor live" in verified
 
 
 def test_python_m_reconciler_works_from_the_repository_root(installed):

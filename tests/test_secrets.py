@@ -209,7 +209,7 @@ def test_every_command_prints_no_secret(configured, s3_server, sftp_server):
         assert archives[target] in listed.stdout
         cli(transcript, tmp, "verify", "-c", config, archives[target])
     cli(transcript, tmp, "verify", "-c", config, "--target", "cloud", archives["cloud"].rsplit("/", 1)[1])
-    cli(transcript, tmp, "restore", archives["local"], "--data-dir", str(tmp / "restored-local"))
+    cli(transcript, tmp, "restore", "-c", config, archives["local"], "--data-dir", str(tmp / "restored-local"))
     cli(transcript, tmp, "restore", "-c", config, archives["remote"], "--data-dir", str(tmp / "restored-remote"))
     cli(transcript, tmp, "restore", "-c", config, archives["cloud"], "--data-dir", str(tmp / "restored-cloud"),
         "--database", configured["names"][0])

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from reconciler import __version__
-from reconciler.admin import ImmudbAdmin, ImmudbError
+from reconciler.admin import AlreadyLoaded, ImmudbAdmin, ImmudbError
 from reconciler.backup import archive, retention, targets
 from reconciler.backup.archive import ArchiveWriter, Cancelled, SourceError
 from reconciler.holds import BackupLock, Holder
@@ -376,9 +376,9 @@ class Backups:
             try:
                 self.replica.load(name)
                 return
+            except AlreadyLoaded:
+                return
             except ImmudbError as exc:
-                if "already loaded" in exc.detail:
-                    return
                 if attempt == 2:
                     event(log, "load_failed", logging.ERROR, database=name, error=str(exc),
                           note="the next reconcile pass loads it")

@@ -137,12 +137,23 @@ def list_archives(args: argparse.Namespace) -> int:
     if args.journal:
         from reconciler.commands.journal import list_journal
         return list_journal(args)
+    from reconciler.trust.signed import TrustError
+    from reconciler.trust.sources import checkpoints
     cfg = load_config(args)
-    with targets.build(target_named(cfg, args.target)) as target:
+    target_cfg = target_named(cfg, args.target)
+    points = checkpoints(cfg)
+    with targets.build(target_cfg) as target:
         archives = target.list()
     for a in archives:
         when = datetime.datetime.fromtimestamp(a.modified, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
-        print(f"{when}  {size(a.size):>10}  {a.location}")
+        try:
+            mark = points.archive(target_cfg, a.name)
+            anchor = ("no local checkpoint" if mark is None else
+                      "checkpoint: written here" if mark.size == a.size else
+                      f"CHANGED: {a.size} bytes, {mark.size} were written")
+        except TrustError as exc:
+            anchor = f"CHECKPOINT UNREADABLE: {exc}"
+        print(f"{when}  {size(a.size):>10}  {a.location}  ({anchor})")
     if not archives:
         print(f"(no archives at {args.target})")
     return 0

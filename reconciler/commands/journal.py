@@ -48,6 +48,8 @@ def _throwaway(cfg, args: argparse.Namespace, data_dir: Path):
     if args.immudb_binary:
         drill_cfg = replace(drill_cfg, immudb_binary=args.immudb_binary)
     binary = immudb_binary(drill_cfg)
+    if drill_cfg.scratch_dir is not None:
+        drill_cfg.scratch_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     before = {p.name for p in data_dir.iterdir()}
     try:
         with tempfile.TemporaryDirectory(prefix="replicator-restore-", dir=drill_cfg.scratch_dir) as scratch:
@@ -201,13 +203,17 @@ class _Bar:
 
 def list_journal(args: argparse.Namespace) -> int:
     from reconciler.backup.locate import target_named
+    from reconciler.journal.bases import bases
     from reconciler.journal.store import JournalStore, chain_to
+    from reconciler.trust.signed import TrustError
+    from reconciler.trust.sources import checkpoints
     cfg = load_config(args, setup_logging=False)
     target_cfg = target_named(cfg, args.target)
     databases = _journal_databases(target_cfg)
     if not databases:
         print(f"(no journal at {args.target})")
         return 0
+    points = checkpoints(cfg)
     print(f"{'DATABASE':<24} {'TRANSACTIONS':>14} {'SEGMENTS':>9} {'SIZE':>10}  {'NEWEST TRANSACTION':<21} STATE")
     for database in databases:
         with JournalStore(target_cfg, database) as store:
@@ -218,8 +224,29 @@ def list_journal(args: argparse.Namespace) -> int:
             chain = chain_to(segments, tip)
             header = store.header(tip.name)
             held = f"{chain.first_tx}-{chain.last_tx}"
-            state = "complete from transaction 1" if chain.hole is None else \
-                f"GAP: transactions {chain.hole[0]}-{chain.hole[1]} missing"
+            if chain.hole is None:
+                state = "complete from transaction 1"
+            else:
+                based = [b for b in bases(target_cfg, database, store.archives())
+                         if chain.first_tx - 1 <= b.tx_id <= chain.last_tx]
+                state = (f"from snapshot base {based[0].archive} (transaction {based[0].tx_id}); older "
+                         f"transactions removed by retention" if based else
+                         f"GAP: transactions {chain.hole[0]}-{chain.hole[1]} missing")
+            try:
+                mark = points.journal(target_cfg, database)
+            except TrustError as exc:
+                state += f"; CHECKPOINT UNREADABLE: {exc}"
+                mark = None
+            if mark is not None:
+                if mark.tx_id > chain.last_tx:
+                    state += (f"; BEHIND the local checkpoint (transaction {mark.tx_id} was written): newest "
+                              f"segments missing")
+                elif mark.tx_id == chain.last_tx and mark.alh.hex()[:8] != tip.last:
+                    state += "; DIFFERS from the local checkpoint (its newest segment was replaced)"
+                elif mark.tx_id == chain.last_tx:
+                    state += "; matches the local checkpoint"
+                else:
+                    state += f"; local checkpoint at transaction {mark.tx_id}"
             total = sum(infos[s.name].size for s in segments if s.name in infos)
             print(f"{database:<24} {held:>14} {len(segments):>9} {size(total):>10}  {_when(header.last_ts):<21} "
                   f"{state}")

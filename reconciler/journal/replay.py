@@ -228,11 +228,11 @@ def plan(store: JournalStore, point: Point, bases: list[Base] = (), snapshots: b
         raise ReplayError(f"the journal of {store.database} at {store.name} misses transactions {first}-"
                           f"{(chain_first or guess + 1) - 1} and no snapshot archive there is a base for "
                           f"transaction {guess}")
-    return _prove(store, point, base, segs, anchors, limits)
+    return _prove(store, point, base, segs, anchors, limits, tip.last_tx if tip else 0)
 
 
 def _prove(store: JournalStore, point: Point, base: Base | None, segs: list[SegmentName], anchors: Anchors,
-           limits: TxLimits) -> ReplayPlan:
+           limits: TxLimits, tip_tx: int) -> ReplayPlan:
     start = base.tx_id + 1 if base else 1
     segs = [s for s in segs if s.last_tx >= start or (base and s.last_tx == base.tx_id)]
     what = f"journal of {store.database} at {store.name}"
@@ -294,7 +294,7 @@ def _prove(store: JournalStore, point: Point, base: Base | None, segs: list[Segm
         raise ReplayError(f"the {what} starts at {_iso(first_ts)}, after {_iso(point.time or 0)}")
     used = [s for s in used if s.last_tx >= start and s.first_tx <= last]
     verdicts, behind = _anchor_verdicts(what, point, last, last_alh, after, signed_tx, local, local_alh, anchors,
-                                        segs[-1].last_tx if segs else last)
+                                        max(tip_tx, last))
     verdicts = conclude(verdicts, anchors, last, f"restore of {store.database} to transaction {last}")
     return ReplayPlan(base, used, last, last_alh, last_ts, {s.name: digests[s.name] for s in used}, verdicts,
                       limits, behind)
@@ -324,6 +324,9 @@ def _covered(after, point: Point, signed_tx: int, local, local_alh, last: int, a
 
 def _anchor_verdicts(what: str, point: Point, last: int, last_alh: bytes, after, signed_tx: int, local,
                      local_alh, anchors: Anchors, journal_end: int) -> tuple[list[Verdict], str | None]:
+    """The anchors' verdicts on the point `last` (Alh `last_alh`); raises
+    TrustError when one disagrees. `journal_end`: where the journal's
+    current history ends (a checkpoint beyond it: segments are missing)."""
     verdicts: list[Verdict] = []
     behind = None
     if anchors.key is not None:
@@ -339,13 +342,15 @@ def _anchor_verdicts(what: str, point: Point, last: int, last_alh: bytes, after,
         if tx_id < last:
             verdicts.append(Verdict("local", source, None, f"the checkpoint is of transaction {tx_id}, before the point"))
         elif local_alh is None:
-            if journal_end < tx_id and not anchors.allow_rollback:
+            open_ended = point.tx is None and (point.time is None or after is None)  # the end decides the point
+            if journal_end < tx_id and open_ended and not anchors.allow_rollback:
                 raise TrustError(f"{what}: ends at transaction {journal_end}, but this replicator wrote it up to "
                                  f"transaction {tx_id} (local checkpoint, {source}): its newest segments are gone; "
                                  f"give --allow-rollback to restore from what is left")
+            why = (f"the journal ends at {journal_end}: its newest segments are missing" if journal_end < tx_id
+                   else "a hole lies between them")
             verdicts.append(Verdict("local", source, None, f"checkpoint of transaction {tx_id} cannot be linked to "
-                                                           f"the point (the journal ends at {journal_end} or has a "
-                                                           f"hole before it)"))
+                                                           f"the point ({why})"))
         elif local_alh != alh:
             raise TrustError(f"{what}: transaction {tx_id} has Alh {local_alh.hex()[:16]}..., this replicator wrote "
                              f"{alh.hex()[:16]}... (local checkpoint, {source}): the journal was rewritten")

@@ -155,6 +155,16 @@ class Checkpoints:
             raise ReplicatorError(f"cannot write local checkpoint {path}: {exc.strerror or exc}") from None
 
 
+def ensure_folder(state_dir: Path) -> None:
+    """The state folder exists as a private folder of this user. Raises
+    ReplicatorError saying what to set."""
+    try:
+        _private_folder(Path(state_dir) / "checkpoints")
+    except ReplicatorError as exc:
+        raise ReplicatorError(f"{exc} (backup.trust.state_dir: the replicator's own folder for local checkpoints; "
+                              f"with systemd, StateDirectory=immudb-replicator provides one)") from None
+
+
 def _private_folder(folder: Path) -> None:
     for f in reversed([folder, *folder.parents][:3]):  # checkpoints/<kind> and the state folder itself
         try:

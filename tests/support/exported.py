@@ -240,13 +240,14 @@ def records(raw: bytes) -> list[Tx]:
     return out
 
 
-def rewrite(blobs: list[bytes], change, database: str | None = None, history_from: "History | None" = None
+def rewrite(blobs: list[bytes], change, database: str | None = None, keep_signed: bool = False
             ) -> list[tuple[str, bytes]]:
     """The consistent forgery of a whole journal: the transactions of the
     segments `blobs` (in order, from transaction 1), `change(txs)` applied,
     then every Eh, Alh, BlRoot, name, header and checksum recomputed, so
     that the result is a valid journal by itself. (name, bytes) per segment,
-    the same ranges as before."""
+    the same ranges as before. The primary's signatures cannot be
+    recomputed: they are dropped, or kept as they were (`keep_signed`)."""
     ranges, txs = [], []
     for blob in blobs:
         header, raw = open_segment(blob)
@@ -257,6 +258,6 @@ def rewrite(blobs: list[bytes], change, database: str | None = None, history_fro
     History(txs).rebuild()
     out = []
     for start, end, header in ranges:
-        signed = header.get("signed")
+        signed = header.get("signed") if keep_signed else None
         out.append(segment(database or header["database"], txs[start:end], fmt=header["format"], signed=signed))
     return out
