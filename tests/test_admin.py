@@ -120,3 +120,33 @@ def test_replication_settings_round_trip_through_immudbs_message_field_by_field(
     assert message.syncAcks.value == 0
     back = _replication_settings(message, "shop")
     assert back == settings
+
+
+def test_a_replay_immudb_refuses_names_the_refused_transaction_not_the_oldest_in_flight(replica):
+    """Transaction 4's BlRoot wrong (immudb refuses it; 5 and 6, in flight,
+    wait for it and fail too): the error names 4, and the database holds 3."""
+    from reconciler.admin import ImmudbError
+    from tests.support.exported import History
+    h = History.of(6)
+    h.txs[3].bl_root = bytes(32)
+    for before, tx in zip(h.txs[3:], h.txs[4:]):
+        tx.prev_alh = before.alh()
+    name = unique_name("refused")
+    replica.create_restore_database(name)
+    try:
+        with pytest.raises(ImmudbError, match="immudb refused transaction 4 .*the database holds 3 transactions"):
+            replica.replicate(name, [(t.id, t.bytes()) for t in h.txs], in_flight=6)
+        assert replica.state(name).tx_id == 3
+    finally:
+        replica.unload(name)
+        replica.delete(name)
+
+
+def test_the_servers_own_header_gives_the_alh_and_a_missing_transaction_is_none(primary_server, primary):
+    db = unique_name()
+    primary.create_database(db)
+    immudb_data.write(primary_server, db, 3)
+    state = primary.state(db)
+    header = primary.tx_header(db, state.tx_id)
+    assert (header.id, header.alh) == (state.tx_id, state.tx_hash)
+    assert primary.tx_header(db, state.tx_id + 1) is None

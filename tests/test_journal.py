@@ -458,6 +458,9 @@ def test_a_snapshot_archive_is_a_base_and_retention_keeps_only_what_bases_need(t
     finally:
         assert d.stop() == 0
     assert min(s.first_tx for s in segments_on(target_cfg, name)) == 7
+    # what retention removed is covered by the base: not a gap
+    listed = run("list", "-c", str(d.config_path), "--target", "local", "--journal")
+    assert "older transactions removed by retention" in listed.stdout and "GAP" not in listed.stdout, listed.stdout
 
     # a running server cannot take the archive's files: the error says what to do
     done = run("restore", "-c", str(d.config_path), "--target", "local", "--database", name, "--to-tx", str(tx_id - 1),
