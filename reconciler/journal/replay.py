@@ -206,7 +206,8 @@ def plan(store: JournalStore, point: Point, bases: list[Base] = (), snapshots: b
     if point.tx is not None:
         guess = point.tx
     elif point.time is not None:
-        guess = segs[_time_hint(store, segs, point.time)].last_tx if segs else newest_base
+        # the point is at or after the first transaction of the segment the headers point to (checked when read)
+        guess = segs[_time_hint(store, segs, point.time)].first_tx if segs else newest_base
     else:
         guess = max(chain_last, newest_base if not segs else 0)
     if guess < 1 or guess > max(chain_last, newest_base):
@@ -246,6 +247,7 @@ def _prove(store: JournalStore, point: Point, base: Base | None, segs: list[Segm
     digests: dict[str, bytes] = {}
     used: list[SegmentName] = []
     successor: Successor | None = None
+    base_ts: int | None = None
     if base is not None and not segs:
         decided = True
     for segment in segs:
@@ -257,9 +259,11 @@ def _prove(store: JournalStore, point: Point, base: Base | None, segs: list[Segm
             decoded = decode_segment(stream, segment, limits=limits, successor=successor, database=store.database)
             for tx in decoded.transactions:
                 h = tx.header
-                if base is not None and h.id == base.tx_id and h.alh != base.tx_hash:
-                    raise JournalError(f"{what}: transaction {h.id}: the journal's hash differs from the snapshot "
-                                       f"base's ({base.archive})")
+                if base is not None and h.id == base.tx_id:
+                    if h.alh != base.tx_hash:
+                        raise JournalError(f"{what}: transaction {h.id}: the journal's hash differs from the "
+                                           f"snapshot base's ({base.archive})")
+                    base_ts = h.ts
                 if local is not None and h.id == local[0]:
                     local_alh = h.alh
                 if h.id < start:
@@ -289,6 +293,11 @@ def _prove(store: JournalStore, point: Point, base: Base | None, segs: list[Segm
             pass  # written while the primary did not answer: a later segment's signature covers it
     if point.tx is not None and last != point.tx:
         raise ReplayError(f"transaction {point.tx} is not in the {what} (it ends at {last})")
+    if point.time is not None and base is not None and last == base.tx_id and (base_ts is None
+                                                                               or base_ts > point.time):
+        raise ReplayError(f"{_iso(point.time)} is at or before snapshot base {base.archive} (transaction "
+                          f"{base.tx_id}), whose time the journal does not "
+                          f"{'hold' if base_ts is None else 'put before it'}: restore to a transaction (--to-tx)")
     if last < start and base is None:
         first_ts = store.header(segs[0].name).first_ts if segs else 0
         raise ReplayError(f"the {what} starts at {_iso(first_ts)}, after {_iso(point.time or 0)}")
