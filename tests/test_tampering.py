@@ -407,3 +407,20 @@ def test_a_real_archive_is_vouched_for_by_every_anchor(archived):
     drilled = run("drill", "-c", str(a.config), str(made))
     assert drilled.returncode == 0, drilled.stdout + drilled.stderr
     assert "exported and chained to it" in drilled.stdout
+
+
+def test_the_newest_archive_deleted_from_the_target_is_noticed(archived):
+    """Someone deletes the newest archive: a drill of the target's newest
+    would quietly test the one before, and `list` would not show the loss."""
+    a, b, made = archived
+    wait_for(lambda: int(time.time()) > int(made.stat().st_mtime), 5, "the next second (archives are named by it)")
+    done = run("backup", "-c", str(a.config), "--target", "local")
+    assert done.returncode == 0, done.stderr
+    newest = max(a.folder.parent.parent.glob("immudb-*.tar.gz"), key=lambda p: p.stat().st_mtime)
+    assert newest != made
+    newest.unlink()
+    drilled = run("drill", "-c", str(a.config), "--target", "local")
+    assert drilled.returncode == 1 and f"{newest.name}, is gone from it" in drilled.stderr, drilled.stderr
+    listed = run("list", "-c", str(a.config), "--target", "local")
+    assert f"{newest.name}  (MISSING: written here, not deleted by retention)" in listed.stdout, listed.stdout
+    assert f"{made.name}  (checkpoint: written here)" in listed.stdout

@@ -118,16 +118,34 @@ def drill_archive(cfg, archive: str | None = None, target_name: str | None = Non
     if archive is None:
         if target_name is None:
             raise DrillError("name an archive, or a target (--target) whose newest archive to drill")
-        with targets.build(target_named(cfg, target_name)) as target:
+        target_cfg = target_named(cfg, target_name)
+        with targets.build(target_cfg) as target:
             found = target.list()
         if not found:
             raise DrillError(f"no archive at target {target_name}")
         archive = found[-1].name
+        missing = _missing_newest(cfg, target_cfg, {a.name for a in found})
+        if missing and not unanchored:
+            result = DrillResult(target_name, time.time(), finished_at=time.time())
+            result.problems.append(f"the newest archive written to {target_name}, {missing}, is gone from it (not "
+                                   f"deleted by retention): the drill would test an older one; find out who deleted "
+                                   f"it, or give --unanchored")
+            return result
     target_cfg, name = archive_target(cfg, archive, target_name)
     with opened_archive(cfg, archive, target_name) as (stream, location):
         reader = HashingReader(stream)
         return drill(reader, location, drill_cfg, say, vouch=lambda manifest: vouch_for_archive(
             cfg, target_cfg, name, location, manifest, reader, live=live, unanchored=unanchored))
+
+
+def _missing_newest(cfg, target_cfg, present: set[str]) -> str | None:
+    """The newest archive this replicator wrote to the target, when it is
+    no longer there (local checkpoints; retention forgets what it deletes)."""
+    from reconciler.trust.sources import checkpoints
+    written = checkpoints(cfg).archives(target_cfg)
+    if written and written[-1].archive not in present:
+        return written[-1].archive
+    return None
 
 
 def _check_database(admin, entry: dict, opened: set[str], sample: int) -> str:

@@ -156,6 +156,14 @@ def list_archives(args: argparse.Namespace) -> int:
         print(f"{when}  {size(a.size):>10}  {a.location}  ({anchor})")
     if not archives:
         print(f"(no archives at {args.target})")
+    present = {a.name for a in archives}
+    try:
+        gone = [m for m in points.archives(target_cfg) if m.archive not in present]
+    except TrustError:
+        gone = []
+    for mark in gone:
+        when = datetime.datetime.fromtimestamp(mark.written_at, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+        print(f"{when}  {size(mark.size):>10}  {mark.archive}  (MISSING: written here, not deleted by retention)")
     return 0
 
 

@@ -103,6 +103,27 @@ class Checkpoints:
                     {"sha256": sha256, "size": size, "written_at": time.time(),
                      "databases": {n: {"tx_id": t, "tx_hash": h.hex()} for n, (t, h) in databases.items()}})
 
+    def archives(self, target_cfg) -> list[ArchiveCheckpoint]:
+        """Every archive this replicator wrote to the target and did not
+        delete itself (retention forgets what it deletes), oldest first."""
+        folder = self.root / "archive"
+        found = []
+        try:
+            paths = sorted(folder.iterdir())
+        except FileNotFoundError:
+            return []
+        for path in paths:
+            try:
+                with open(path, "rb") as f:
+                    d = json.loads(f.read(1 << 20))
+            except (OSError, ValueError):
+                continue
+            if isinstance(d, dict) and d.get("target") == target_identity(target_cfg) and d.get("kind") == "archive":
+                mark = self.archive(target_cfg, str(d.get("name")))
+                if mark is not None:
+                    found.append(mark)
+        return sorted(found, key=lambda m: m.written_at)
+
     def forget_archive(self, target_cfg, archive: str) -> None:
         self._path("archive", target_cfg, archive).unlink(missing_ok=True)
 
