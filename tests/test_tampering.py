@@ -200,14 +200,15 @@ def test_a_point_before_a_hole_is_restored_from_the_chain_that_holds_it(shipped)
 
 
 def test_a_forged_header_time_does_not_move_the_point(shipped):
-    """The header of the segment holding the point says its transactions
-    are an hour older (checksums recomputed): a --to-time would pick them."""
+    """The header of the segment holding the point says it began an hour
+    later (checksums recomputed): a point found from headers would be the
+    end of the segment before, an earlier point, restored without a word."""
     [j] = shipped()
     seg = j.segments()[3]
     blob = seg.read_bytes()
     header, raw = open_segment(blob)
-    seg.write_bytes(reseal(blob, raw, first_ts=header["first_ts"] - 3600))
-    when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(header["first_ts"] - 1800))
+    seg.write_bytes(reseal(blob, raw, first_ts=header["first_ts"] + 3600, last_ts=header["last_ts"] + 3600))
+    when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(header["last_ts"]))
     done = j.restore("--to-time", when)
     assert done.returncode == 1 and "was committed at" in done.stderr, done.stdout + done.stderr
 
@@ -282,10 +283,11 @@ def test_a_compression_bomb_is_refused_without_allocating_it(tmp_path, primary_s
     bomb = zstandard.ZstdCompressor(level=3, write_content_size=True).compress(bytes(1 << 30))
     h = History.of(1)
     name = unique_name("bomb")
-    header = {"format": 2, "database": name, "first_tx": 1, "last_tx": 1, "prev_alh": h.txs[0].prev_alh.hex(),
+    # format 1 (still read): the one the code before this check wrote and read, so the test tells both apart
+    header = {"format": 1, "database": name, "first_tx": 1, "last_tx": 1, "prev_alh": h.txs[0].prev_alh.hex(),
               "last_alh": h.txs[0].alh().hex(), "first_ts": h.txs[0].ts, "last_ts": h.txs[0].ts,
               "transactions": 1, "payload_bytes": 1 << 30, "compression": "zstd",
-              "sha256": hashlib.sha256(bomb).hexdigest(), "compressed_bytes": len(bomb)}
+              "sha256": hashlib.sha256(bomb).hexdigest()}
     seg_name, blob = seal(header, bomb)
     target = {"type": "file", "path": str(tmp_path / "t" / "immudb-{timestamp}.tar.gz")}
     folder = tmp_path / "t" / "journal" / name
@@ -309,11 +311,11 @@ def test_a_compression_bomb_is_refused_without_allocating_it(tmp_path, primary_s
 @pytest.mark.parametrize("given, said", [("", "empty"), ("nan", "not a time"), ("inf", "not a time"),
                                          ("1e20", "out of range"), ("-5", "out of range"),
                                          ("2026-11-27T14:05:00", "time zone"), ("tomorrow", "ISO 8601")])
-def test_odd_times_are_refused_with_one_clear_error(tmp_path, given, said):
-    cfg = tmp_path / "c.yaml"
-    cfg.write_text("{}")
-    done = run("restore", "-c", str(cfg), "--target", "x", "--database", "db", "--data-dir", str(tmp_path / "d"),
-               "--to-time", given)
+def test_odd_times_are_refused_with_one_clear_error(tmp_path, primary_server, replica_server, given, said):
+    target = {"type": "file", "path": str(tmp_path / "t" / "immudb-{timestamp}.tar.gz")}
+    cfg = write_config(tmp_path, primary_server, replica_server, "odd", targets={"local": target})
+    done = run("restore", "-c", str(cfg), "--target", "local", "--database", "db", "--data-dir",
+               str(tmp_path / "d"), "--to-time", given)
     assert done.returncode == 1 and said in done.stderr, done.stderr
     assert "Traceback" not in done.stderr and "internal error" not in done.stderr
 
