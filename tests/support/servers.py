@@ -492,21 +492,6 @@ class S3Server:
                             aws_access_key_id=self.access_key, aws_secret_access_key=self.secret_key,
                             config=config)
 
-    def _signing_key(self) -> Path:
-        """A P-256 private key in the SEC1 PEM immudb reads (x509.ParseECPrivateKey), made once."""
-        key_path = self.root / "signing.key"
-        if not key_path.exists():
-            from cryptography.hazmat.primitives import serialization
-            from cryptography.hazmat.primitives.asymmetric import ec
-            key = ec.generate_private_key(ec.SECP256R1())
-            key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                                   serialization.PrivateFormat.TraditionalOpenSSL,
-                                                   serialization.NoEncryption()))
-            key_path.chmod(0o600)
-            self.public_key.write_bytes(key.public_key().public_bytes(
-                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
-        return key_path
-
     def restart(self) -> None:
         assert self.process is not None
         self.process.stop()
