@@ -6,6 +6,7 @@ a real immudb, a target that loses bytes."""
 from __future__ import annotations
 
 import os
+import time
 import subprocess
 import sys
 from pathlib import Path
@@ -24,6 +25,7 @@ from tests.support import immudb_data
 from tests.support.checks import assert_all_loaded
 from tests.support.configs import unique_name, write_config
 from tests.support.targets import target_dict
+from tests.support.waiting import wait_for
 from tests.support.servers import ImmudbServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -292,7 +294,7 @@ class _Lossy:
         return getattr(self.upload, name)
 
 
-@pytest.mark.parametrize("verify_after_upload", [True, False])
+@pytest.mark.parametrize("verify_after_upload", [True, "full", False])
 def test_an_archive_that_does_not_read_back_whole_is_not_a_success(verify_after_upload, tmp_path, monkeypatch,
                                                                    primary_server, replica_server, replicated):
     from reconciler.backup.targets.file import FileTarget
@@ -321,12 +323,73 @@ def test_an_archive_that_does_not_read_back_whole_is_not_a_success(verify_after_
 def test_verify_after_upload_reads_back_from_every_kind(tmp_path, request, primary_server, replica_server,
                                                         replicated, sftp_server, s3_server):
     prefix, _, _ = replicated
+    proofs = {"file": "read back", "sftp": "read back", "s3": "the service's SHA-256 checksums"}
     for kind in ("file", "sftp", "s3"):
         cfg = config.load(env={}, path=write_config(tmp_path, primary_server, replica_server, prefix,
                                 targets={"t": target_dict(kind, tmp_path, request)}))
         result = Backups(cfg).run(cfg.backup.targets["t"])
         assert result.ok, (kind, result.error)
         assert result.verify_seconds is not None and result.verify_seconds > 0
+        assert result.verified_by.startswith(proofs[kind]), (kind, result.verified_by)
+
+
+def _damage_stored(target, name: str, how: str) -> None:
+    """Change what `target` holds under `name` behind our back, through the
+    target's own server (a flipped byte keeps the size; a cut one does not)."""
+    data = target.read(name).read()
+    damaged = data[:len(data) // 2] if how == "cut" else \
+        data[:len(data) // 2] + bytes([data[len(data) // 2] ^ 0x01]) + data[len(data) // 2 + 1:]
+    if target.kind == "file":
+        Path(target.location(name)).write_bytes(damaged)
+    elif target.kind == "sftp":
+        with target.sftp.open(target.directory + "/" + name, "wb") as f:
+            f.write(damaged)
+    else:  # a plain put: what someone with write access to the bucket would do
+        target.client.put_object(Bucket=target.bucket, Key=target.prefix + name, Body=damaged)
+
+
+@pytest.mark.parametrize("verify_after_upload", [True, "full"])
+@pytest.mark.parametrize("kind,how", [("file", "flip"), ("file", "cut"), ("sftp", "flip"), ("s3", "flip"),
+                                      ("s3", "cut")])
+def test_a_stored_archive_changed_after_commit_is_caught_by_every_setting(kind, how, verify_after_upload, tmp_path,
+                                                                          request, monkeypatch, primary_server,
+                                                                          replica_server, replicated):
+    """Between the commit and the read-back the stored archive changes (a
+    disk, a server, or someone else): the default (bytes as written) and the
+    full read-back both fail the backup, delete it, and retention keeps the
+    previous archive."""
+    from reconciler.backup import targets
+    prefix, _, _ = replicated
+    target_yaml = target_dict(kind, tmp_path, request)
+    target_yaml["retention"] = {"keep_last": 1}
+    cfg = config.load(env={}, path=write_config(tmp_path, primary_server, replica_server, prefix,
+                                                verify_after_upload=verify_after_upload,
+                                                targets={"t": target_yaml}))
+    first = Backups(cfg).run(cfg.backup.targets["t"])
+    assert first.ok, first.error
+    wait_for(lambda: int(time.time()) > int(first.started_at), 5, "the next second (archives are named by it)")
+    real = Backups._checkpoint
+    damaged = []
+
+    def checkpoint_then_damage(self, target_cfg, name, written, states):
+        real(self, target_cfg, name, written, states)
+        target = targets.build(target_cfg)
+        try:
+            _damage_stored(target, name, how)
+        finally:
+            target.close()
+        damaged.append(name)
+
+    monkeypatch.setattr(Backups, "_checkpoint", checkpoint_then_damage)
+    second = Backups(cfg).run(cfg.backup.targets["t"])
+    assert damaged and not second.ok, second.error
+    assert "does not read back whole" in second.error and "it was deleted" in second.error, second.error
+    monkeypatch.undo()
+    target = targets.build(cfg.backup.targets["t"])
+    try:
+        assert [a.name for a in target.list()] == [Path(first.location).name]
+    finally:
+        target.close()
 
 
 # --------------------------------------------------------------------------- 4. failures nobody waits for
@@ -369,7 +432,10 @@ def test_an_archive_damaged_on_its_way_is_read_back_found_damaged_and_deleted(tm
                                                                               replica_server, replica, replicated):
     """A damaged stream (fake: a compressor whose output loses a byte, as a
     compressor bug would) is read back after the commit, fails, and is
-    deleted; the backup fails."""
+    deleted; the backup fails. Only `verify_after_upload: full` reads the
+    archive back whole: the default proves that the target holds the bytes
+    written, and a compressor that writes wrong bytes is not what it checks
+    (README: Proof that a backup restores)."""
     prefix, names, _ = replicated
     real = archive.open_compressor
 
@@ -392,6 +458,7 @@ def test_an_archive_damaged_on_its_way_is_read_back_found_damaged_and_deleted(tm
     monkeypatch.setattr(archive, "open_compressor", lambda kind, level, raw, threads=None: real(kind, level, Damaged(raw)))
     out = tmp_path / "damaged"
     cfg = config.load(env={}, path=write_config(tmp_path, primary_server, replica_server, prefix,
+                            verify_after_upload="full",
                             targets={"t": {"type": "file", "path": str(out / "d-{timestamp}.tar.gz")}}))
     result = Backups(cfg).run(cfg.backup.targets["t"])
     assert not result.ok and "does not read back whole" in result.error and "it was deleted" in result.error

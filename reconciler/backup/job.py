@@ -72,6 +72,7 @@ class BackupResult:
     deleted: list[str] = field(default_factory=list)     # by retention
     unload_windows: dict[str, float] = field(default_factory=dict)  # database -> seconds unavailable
     verify_seconds: float | None = None  # reading the archive back from the target (verify_after_upload)
+    verified_by: str | None = None       # what proved the stored archive
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
@@ -223,10 +224,13 @@ class Backups:
             result.bytes_in = progress.bytes_done
             result.databases = [db.name for db in chosen]
             progress.update(bytes_written=writer.bytes_written)
-            if self.cfg.backup.verify_after_upload:
+            if self.cfg.backup.verify_after_upload != "off":
                 progress.update(phase="verifying")
                 started = time.monotonic()
-                self._verify_uploaded(target, name, result)
+                if self.cfg.backup.verify_after_upload == "full":
+                    self._verify_uploaded(target, name, written, result)
+                else:
+                    self._check_stored(target, name, written, result)
                 result.verify_seconds = time.monotonic() - started
             event(log, "backup_done", backup=result.backup_id, target=target.name, location=result.location,
                   databases=len(chosen), bytes_in=result.bytes_in, bytes_out=result.bytes_out,
@@ -297,20 +301,20 @@ class Backups:
             return
         event(log, "journal_bases_recorded", target=target_cfg.name, archive=name, databases=len(recorded))
 
-    def _verify_uploaded(self, target, name: str, result: BackupResult) -> None:
-        """Read the committed archive back from the target with the reader
-        restore uses; raises BackupError (after deleting it) unless it is
-        whole, matches its manifest and is this backup's."""
+    def _check_stored(self, target, name: str, written: "_Digesting", result: BackupResult) -> None:
+        """The target holds exactly the bytes written (their length and
+        SHA-256, computed as they were written; every file in them was
+        checked against the manifest then): read back and hashed, or the
+        service's own checksums. Raises BackupError (after deleting the
+        archive) otherwise."""
         try:
-            with contextlib.closing(target.read(name)) as stream:
-                checked = archive.read(stream)
-            problems = checked.problems
-            if checked.ok and checked.manifest.get("backup_id") != result.backup_id:
-                problems = [f"it holds backup {checked.manifest.get('backup_id')}, not {result.backup_id}"]
-        except targets.TargetError as exc:
-            problems = [f"cannot read it back: {exc}"]
-        if not problems:
+            result.verified_by = target.check_stored(name, written.size, written.sha.hexdigest())
             return
+        except targets.TargetError as exc:
+            problem = str(exc)
+        self._discard_unproven(target, name, result, [problem])
+
+    def _discard_unproven(self, target, name: str, result: BackupResult, problems: list[str]) -> None:
         try:
             target.delete(name)
             what = "it was deleted"
@@ -318,6 +322,29 @@ class Backups:
             what = f"deleting it failed too ({exc}): delete it by hand"
         raise BackupError(f"the archive written to {result.location} does not read back whole: {problems[0]}"
                           + (f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else "") + f"; {what}")
+
+    def _verify_uploaded(self, target, name: str, written: "_Digesting", result: BackupResult) -> None:
+        """Read the committed archive back from the target with the reader
+        restore uses; raises BackupError (after deleting it) unless it is
+        whole, matches its manifest, is this backup's, and is byte for byte
+        what was written (a tar header's mtime, say, is in no manifest)."""
+        from reconciler.trust.archives import HashingReader
+        try:
+            with contextlib.closing(HashingReader(target.read(name))) as stream:
+                checked = archive.read(stream)
+                stream.drain(written.size + 1 - stream.size)
+            problems = checked.problems
+            if checked.ok and checked.manifest.get("backup_id") != result.backup_id:
+                problems = [f"it holds backup {checked.manifest.get('backup_id')}, not {result.backup_id}"]
+            if not problems and (stream.size, stream.sha.hexdigest()) != (written.size, written.sha.hexdigest()):
+                problems = [f"it holds {stream.size} bytes, not the {written.size} bytes written" if
+                            stream.size != written.size else "its bytes are not the ones written (SHA-256 differs)"]
+        except (targets.TargetError, OSError) as exc:
+            problems = [f"cannot read it back: {exc}"]
+        if not problems:
+            result.verified_by = "read back whole: every file against the manifest, SHA-256 as written"
+            return
+        self._discard_unproven(target, name, result, problems)
 
     def _one(self, writer: ArchiveWriter, db: DatabaseInfo, staging_root: Path | None,
              result: BackupResult) -> dict:

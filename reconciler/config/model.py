@@ -178,7 +178,7 @@ class BackupConfig:
     staging_dir: Path | None
     targets: Mapping[str, TargetConfig]
     schedules: tuple[Schedule, ...]
-    verify_after_upload: bool = True
+    verify_after_upload: str = "bytes"   # bytes (true) | full | off (false): what proves the stored archive
     drill: DrillConfig = DrillConfig()
     continuous: "ContinuousConfig | None" = None   # None: off
     trust: "TrustConfig" = None  # type: ignore[assignment]  # filled by __post_init__
@@ -331,7 +331,7 @@ class Config:
                 targets=MappingProxyType({n: TargetConfig.from_dict(n, t) for n, t in backup["targets"].items()}),
                 schedules=tuple(Schedule(s["cron"], s["target"], s["timezone"], s["action"])
                                 for s in backup["schedules"]),
-                verify_after_upload=backup["verify_after_upload"],
+                verify_after_upload={True: "bytes", False: "off"}.get(backup["verify_after_upload"], "full"),
                 drill=DrillConfig(backup["drill"]["immudb_binary"],
                                   Path(backup["drill"]["scratch_dir"]) if backup["drill"]["scratch_dir"] else None,
                                   backup["drill"]["sample_keys"], float(backup["drill"]["start_timeout"])),

@@ -10,11 +10,12 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Mapping
 
-from reconciler.backup.targets.base import (ArchiveExists, ArchiveInfo, InlinePolicy, RequestRefused, Target,
-                                            TargetError, Upload)
+from reconciler.backup.targets.base import (ArchiveExists, ArchiveInfo, InlinePolicy, RequestRefused, StoredMismatch,
+                                            Target, TargetError, Upload)
 from reconciler.config.model import TargetConfig
 
-__all__ = ["ArchiveExists", "ArchiveInfo", "InlinePolicy", "RequestRefused", "Target", "TargetError", "Upload",
+__all__ = ["ArchiveExists", "ArchiveInfo", "InlinePolicy", "RequestRefused", "StoredMismatch", "Target", "TargetError",
+           "Upload",
            "build", "from_request", "kind", "kinds", "for_url", "config_problems", "refusal"]
 
 

@@ -58,12 +58,18 @@ class lazy_import:  # noqa: N801 - used as `paramiko = lazy_import("paramiko")`,
 
 
 TIMESTAMP_FORMAT = "%Y%m%dT%H%M%SZ"
+STORED_CHUNK = 4 * 1024 * 1024
 PARTIAL_SUFFIX = ".partial"
 
 
 class TargetError(ReplicatorError):
     """A target failed (unreachable, refused, full, ...). The message names
     the target and never a credential."""
+
+
+class StoredMismatch(TargetError):
+    """What the target holds under a name is not the bytes written there
+    (shorter, longer, other bytes, or missing)."""
 
 
 class ArchiveExists(TargetError):
@@ -168,6 +174,40 @@ class Target(ABC):
     def folders(self) -> list[str]:
         """The names of the folders (S3: common prefixes) in the target's
         directory: the journal's databases under `journal/`."""
+
+    def check_stored(self, name: str, size: int, sha256: str) -> str:
+        """That archive `name` holds exactly the `size` bytes whose SHA-256
+        is `sha256` (the bytes as written). Read back from the target and
+        hashed as they come (kinds whose service keeps checksums of what it
+        stored override this and download nothing). What proved it, for
+        messages; raises StoredMismatch, or TargetError when it cannot be
+        read."""
+        import hashlib
+        digest, got = hashlib.sha256(), 0
+        stream = self.read(name)
+        try:
+            while True:
+                chunk = stream.read(STORED_CHUNK)
+                if not chunk:
+                    break
+                digest.update(chunk)
+                got += len(chunk)
+                if got > size:
+                    raise StoredMismatch(f"target {self.name}: {self.location(name)} holds more than the {size} "
+                                         f"bytes written")
+        except OSError as exc:
+            raise TargetError(f"target {self.name}: cannot read {self.location(name)} back: "
+                              f"{exc.strerror or exc}") from None
+        finally:
+            close = getattr(stream, "close", None)
+            if close is not None:
+                close()
+        if got != size:
+            raise StoredMismatch(f"target {self.name}: {self.location(name)} holds {got} bytes, {size} were written")
+        if digest.hexdigest() != sha256:
+            raise StoredMismatch(f"target {self.name}: {self.location(name)} holds other bytes than were written "
+                                 f"(SHA-256 differs)")
+        return f"read back, {size} bytes, SHA-256 as written"
 
     def cleanup_partial(self) -> list[str]:
         """Remove what an interrupted earlier run of ours left (temporary

@@ -9,7 +9,9 @@ earlier, interrupted run of ours left pending.
 """
 from __future__ import annotations
 
+import base64
 import dataclasses
+import hashlib
 import logging
 import time
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
@@ -17,8 +19,8 @@ from pathlib import Path
 from typing import BinaryIO
 from urllib.parse import urlparse
 
-from reconciler.backup.targets.base import (ArchiveExists, ArchiveInfo, InlinePolicy, RequestRefused, Target,
-                                            TargetError, Upload, lazy_import, sort_key)
+from reconciler.backup.targets.base import (ArchiveExists, ArchiveInfo, InlinePolicy, RequestRefused, StoredMismatch,
+                                            Target, TargetError, Upload, lazy_import, sort_key)
 from reconciler.config.model import TargetConfig
 from reconciler.log import event
 from reconciler.secret import Secret
@@ -116,13 +118,15 @@ class S3Upload(Upload):
         if target.storage_class:
             extra["StorageClass"] = target.storage_class
         try:
-            self.upload_id = target.client.create_multipart_upload(Bucket=target.bucket, Key=key, **extra)["UploadId"]
+            self.upload_id = target.client.create_multipart_upload(Bucket=target.bucket, Key=key,
+                                                                   ChecksumAlgorithm="SHA256", **extra)["UploadId"]
         except (boto_errors.ClientError, boto_errors.BotoCoreError) as exc:
             raise target.error(f"cannot start uploading {key}", exc) from None
         self.buffer = bytearray()
         self.part_size = target.part_size
         self.number = 0
         self.parts: list[dict] = []
+        self.sizes: dict[int, int] = {}
         self.pending: list[Future] = []
         self.pool = ThreadPoolExecutor(max_workers=IN_FLIGHT, thread_name_prefix="s3-part")
         self.done = False
@@ -141,9 +145,15 @@ class S3Upload(Upload):
             self._drain(block_until=IN_FLIGHT - 1)
 
     def _upload_part(self, number: int, chunk: bytes) -> dict:
+        # the part's SHA-256 goes with it: the service refuses a part that does not match (BadDigest), keeps
+        # it, and answers the object's composite checksum later (check_stored: nothing to download)
+        digest = hashlib.sha256(chunk).digest()
         r = self.target.client.upload_part(Bucket=self.target.bucket, Key=self.key, UploadId=self.upload_id,
-                                           PartNumber=number, Body=chunk)
-        return {"PartNumber": number, "ETag": r["ETag"]}
+                                           PartNumber=number, Body=chunk, ChecksumAlgorithm="SHA256",
+                                           ChecksumSHA256=base64.b64encode(digest).decode())
+        self.sizes[number] = len(chunk)
+        return {"PartNumber": number, "ETag": r["ETag"], "ChecksumSHA256": base64.b64encode(digest).decode(),
+                "_digest": digest}
 
     def _drain(self, block_until: int = 0) -> None:
         while len(self.pending) > block_until:
@@ -161,9 +171,12 @@ class S3Upload(Upload):
                 self._send(bytes(self.buffer))
                 self.buffer.clear()
             self._drain()
+            parts = sorted(self.parts, key=lambda p: p["PartNumber"])
             self.target.client.complete_multipart_upload(
                 Bucket=self.target.bucket, Key=self.key, UploadId=self.upload_id,
-                MultipartUpload={"Parts": sorted(self.parts, key=lambda p: p["PartNumber"])})
+                MultipartUpload={"Parts": [{k: v for k, v in p.items() if not k.startswith("_")} for p in parts]})
+            composite = base64.b64encode(hashlib.sha256(b"".join(p["_digest"] for p in parts)).digest()).decode()
+            self.target.committed[self.key] = (f"{composite}-{len(parts)}", sum(self.sizes.values()))
         except TargetError:
             self.abort()
             raise
@@ -202,6 +215,7 @@ class S3Target(Target):
         self.region, self.endpoint_url = region, endpoint_url
         self.part_size = max(5, part_size_mib) * MiB
         self.sse, self.kms_key_id, self.storage_class = server_side_encryption, sse_kms_key_id, storage_class
+        self.committed: dict[str, tuple[str, int]] = {}  # key -> (composite SHA-256 of its parts, size), this process's
         self.client = boto3.session.Session().client(
             "s3", region_name=region or None, endpoint_url=endpoint_url or None,
             aws_access_key_id=access_key.reveal() if access_key else None,
@@ -289,6 +303,29 @@ class S3Target(Target):
                 return False
             time.sleep(delay)
             delay = min(delay * 2, 5)
+
+    def check_stored(self, name: str, size: int, sha256: str) -> str:
+        """The service's own SHA-256 checksums: every part was checked on
+        arrival, and the object's composite checksum (the SHA-256 of the
+        parts' SHA-256s) and size must be the ones of the parts this process
+        sent. Read back and hashed when the service keeps no checksum."""
+        key = self.prefix + name
+        expected = self.committed.get(key)
+        if expected is not None:
+            try:
+                head = self.client.head_object(Bucket=self.bucket, Key=key, ChecksumMode="ENABLED")
+            except (boto_errors.ClientError, boto_errors.BotoCoreError) as exc:
+                raise self.error(f"cannot check {key}", exc) from None
+            stored = head.get("ChecksumSHA256")
+            if head.get("ContentLength") != size or expected[1] != size:
+                raise StoredMismatch(f"target {self.name}: {self.location(name)} holds {head.get('ContentLength')} "
+                                     f"bytes, {size} were written")
+            if stored is not None:
+                if stored != expected[0]:
+                    raise StoredMismatch(f"target {self.name}: {self.location(name)}: the service's SHA-256 "
+                                         f"checksum {stored} is not the one of the parts sent ({expected[0]})")
+                return f"the service's SHA-256 checksums of {expected[0].rsplit('-', 1)[1]} parts, {size} bytes"
+        return super().check_stored(name, size, sha256)
 
     def read(self, name: str) -> BinaryIO:
         try:
