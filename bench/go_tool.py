@@ -167,9 +167,10 @@ def compare_backup(root: Path, primary, replica, names: list[str], binary: str, 
         go.stop()
     data = tree_bytes([replica.data_dir / n for n in every])
     ours = [go_row]
-    settings = [("gzip (default: ISA-L level 1)", {}), ("gzip -2 (ISA-L)", {"compression_level": 2}),
+    settings = [("gzip (default: ISA-L level 2)", {}), ("gzip -1 (ISA-L)", {"compression_level": 1}),
                 ("gzip -3 (zlib-ng)", {"compression_level": 3}), ("gzip -4 (zlib-ng)", {"compression_level": 4}),
                 ("gzip -6 (zlib-ng)", {"compression_level": 6}), ("zstd (level 3)", {"compression": "zstd"}),
+                ("gzip, full read-back", {"verify_after_upload": "full"}),
                 ("gzip, no read-back", {"verify_after_upload": False}),
                 ("zstd, no read-back", {"compression": "zstd", "verify_after_upload": False})]
     for label, backup in settings:

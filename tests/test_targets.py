@@ -171,3 +171,59 @@ def test_journal_folders_are_listed_and_segments_stay_apart_from_archives(target
         assert archives.list() == [] and "journal" in archives.folders()
     with JournalStore(target_cfg, "shop") as store:
         assert [s.last_tx for s in store.segments()] == [2]
+
+
+def test_check_stored_proves_length_and_bytes_on_every_kind(target):
+    """What the default read-back (verify_after_upload: true) relies on: the
+    bytes as written pass; a length or a digest that differs is a
+    StoredMismatch naming the archive; a missing archive is a TargetError."""
+    import hashlib
+    from reconciler.backup.targets import StoredMismatch
+    data = os.urandom(11 * MiB + 7)
+    name = target.archive_name(1_800_000_000)
+    upload(target, name, data)
+    digest = hashlib.sha256(data).hexdigest()
+    assert target.check_stored(name, len(data), digest)
+    with pytest.raises(StoredMismatch, match=name):
+        target.check_stored(name, len(data) + 1, digest)
+    with pytest.raises(StoredMismatch, match=name):
+        target.check_stored(name, len(data) - 1, digest)
+    if target.kind != "s3":  # S3 compares the service's checksum of the parts sent, not this digest
+        with pytest.raises(StoredMismatch, match="SHA-256"):
+            target.check_stored(name, len(data), hashlib.sha256(b"other").hexdigest())
+    missing = target.archive_name(1_800_000_100)
+    with pytest.raises(TargetError):
+        target.check_stored(missing, len(data), digest)
+
+
+@pytest.mark.faults
+def test_a_write_back_error_of_a_file_target_fails_the_commit(tmp_path, monkeypatch):
+    """The file target asks the kernel to write the archive out while it is
+    written (so the commit's fsync is short). A write-back error there is
+    reported once by the kernel, to that call: it must fail the commit, and
+    nothing is left under the final name. (Fake: fdatasync raises EIO, as a
+    failing disk would make it; a real disk cannot be made to fail here.)"""
+    import errno
+
+    from reconciler.backup.targets.file import FileUpload
+    monkeypatch.setattr(FileUpload, "WRITEBACK_EVERY", 1 * MiB)
+    calls = []
+
+    def failing(fd):
+        calls.append(fd)
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "fdatasync", failing)
+    t = build(target_config("file", tmp_path, None))
+    name = t.archive_name(1_800_000_000)
+    u = t.open(name)
+    with pytest.raises(TargetError, match="Input/output error"):
+        try:  # as the backup job does: any failure aborts the upload
+            for _ in range(8):
+                u.write(os.urandom(MiB // 2))
+            u.commit()
+        except TargetError:
+            u.abort()
+            raise
+    assert calls
+    assert t.list() == [] and t.cleanup_partial() == []

@@ -21,6 +21,7 @@ import stat
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -188,6 +189,8 @@ class Backups:
         immudb_version = self.replica.version()
         staging_root = self._prepare_staging()
         target = targets.build(target_cfg)
+        # one thread asks the primary for its signed states (one admin session, used in turn)
+        self._signing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="backup-signed")
         try:
             for leftover in target.cleanup_partial():
                 event(log, "partial_removed", target=target.name, what=leftover)
@@ -241,6 +244,7 @@ class Backups:
             if continuous is not None and continuous.target == target_cfg.name:
                 self._journal_bases(target_cfg, name, {"backup_id": result.backup_id, "databases": states})
         finally:
+            self._signing.shutdown(wait=True, cancel_futures=True)
             target.close()
             if staging_root is not None:
                 shutil.rmtree(staging_root, ignore_errors=True)
@@ -357,13 +361,13 @@ class Backups:
         self.holder.hold(name)
         progress.update(current_database=name, phase="copying" if staging_root else "archiving")
         unloaded_at = None
-        signed = None
+        signing = None  # a Future of the primary's signed state
         try:
             state = None
             if loaded:
                 state = self.replica.state(name)
-                if state.tx_id:
-                    signed = self._signed(name, state)
+                if state.tx_id:  # asked of the primary while this database is archived
+                    signing = self._signing.submit(self._signed, name, state)
                 self.replica.unload(name)
                 unloaded_at = time.monotonic()
             if staging_root is None:
@@ -393,6 +397,7 @@ class Backups:
         entry = {"name": name, "tx_id": state.tx_id if state else None,
                  "tx_hash": state.tx_hash.hex() if state else None, "was_loaded": loaded,
                  "files": len(files), "bytes": sum(f.size for f in files)}
+        signed = signing.result() if signing is not None else None
         if signed is not None:
             entry["signed"] = signed
         return entry

@@ -183,18 +183,24 @@ class Target(ABC):
         messages; raises StoredMismatch, or TargetError when it cannot be
         read."""
         import hashlib
+        from concurrent.futures import ThreadPoolExecutor
         digest, got = hashlib.sha256(), 0
         stream = self.read(name)
+        # the next chunk is read while the last one is hashed (both let go of the GIL)
+        hashing = None
         try:
-            while True:
-                chunk = stream.read(STORED_CHUNK)
-                if not chunk:
-                    break
-                digest.update(chunk)
-                got += len(chunk)
-                if got > size:
-                    raise StoredMismatch(f"target {self.name}: {self.location(name)} holds more than the {size} "
-                                         f"bytes written")
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="read-back") as pool:
+                while True:
+                    chunk = stream.read(STORED_CHUNK)
+                    if hashing is not None:
+                        hashing.result()
+                    if not chunk:
+                        break
+                    got += len(chunk)
+                    if got > size:
+                        raise StoredMismatch(f"target {self.name}: {self.location(name)} holds more than the "
+                                             f"{size} bytes written")
+                    hashing = pool.submit(digest.update, chunk)
         except OSError as exc:
             raise TargetError(f"target {self.name}: cannot read {self.location(name)} back: "
                               f"{exc.strerror or exc}") from None

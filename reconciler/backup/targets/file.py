@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import os
+import threading
 from pathlib import Path
 from typing import BinaryIO
 
@@ -82,6 +83,15 @@ def _os_error(target: str, what: str, exc: OSError) -> TargetError:
 
 
 class FileUpload(Upload):
+    """Writes the partial file; every WRITEBACK_EVERY bytes a thread asks
+    the kernel to write what is there to disk (fdatasync), one at a time,
+    so that the fsync of the commit waits for the last stretch only, not
+    for the whole archive. An error of that thread fails the commit (a
+    file's write-back error is reported once, to whichever fsync sees it
+    first)."""
+
+    WRITEBACK_EVERY = 64 * 1024 * 1024
+
     def __init__(self, target: "FileTarget", final: Path):
         self.target, self.final = target, final
         self.partial = final.with_name("." + final.name + PARTIAL_SUFFIX)
@@ -93,22 +103,56 @@ class FileUpload(Upload):
             self.file = _create_private(self.partial)
         except OSError as exc:
             raise _os_error(target.name, f"cannot create {self.partial}", exc) from None
+        self.unsynced = 0
+        self.syncing: threading.Thread | None = None
+        self.sync_error: OSError | None = None
 
     def write(self, data: bytes) -> None:
+        self.unsynced += len(data)
+        writeback = self.unsynced >= self.WRITEBACK_EVERY and (self.syncing is None or not self.syncing.is_alive())
         try:
             self.file.write(data)
+            if writeback:
+                self.file.flush()
         except OSError as exc:
             raise _os_error(self.target.name, f"cannot write {self.partial}", exc) from None
+        if writeback:
+            self._raise_sync_error()
+            self.unsynced = 0
+            self.syncing = threading.Thread(target=self._sync, name="file-writeback", daemon=True)
+            self.syncing.start()
+
+    def _sync(self) -> None:
+        try:
+            os.fdatasync(self.file.fileno())
+        except OSError as exc:
+            self.sync_error = exc
+        except ValueError:  # closed by abort meanwhile
+            pass
+
+    def _raise_sync_error(self) -> None:
+        if self.sync_error is not None:
+            raise _os_error(self.target.name, f"cannot write {self.partial}", self.sync_error)
+
+    def _wait_sync(self) -> None:
+        if self.syncing is not None:
+            self.syncing.join()
+            self.syncing = None
 
     def commit(self) -> str:
         try:
             self.file.flush()
+            self._wait_sync()
+            self._raise_sync_error()
             os.fsync(self.file.fileno())
             self.file.close()
             os.link(self.partial, self.final)
         except FileExistsError:
             self.abort()
             raise ArchiveExists(f"target {self.target.name}: {self.final} exists; it is never overwritten") from None
+        except TargetError:
+            self.abort()
+            raise
         except OSError as exc:
             self.abort()
             raise _os_error(self.target.name, f"cannot finish {self.final}", exc) from None
@@ -117,6 +161,7 @@ class FileUpload(Upload):
         return str(self.final)
 
     def abort(self) -> None:
+        self._wait_sync()
         try:
             self.file.close()
         except OSError:
