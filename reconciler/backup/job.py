@@ -227,14 +227,15 @@ class Backups:
             result.bytes_in = progress.bytes_done
             result.databases = [db.name for db in chosen]
             progress.update(bytes_written=writer.bytes_written)
-            if self.cfg.backup.verify_after_upload != "off":
-                progress.update(phase="verifying")
-                started = time.monotonic()
-                if self.cfg.backup.verify_after_upload == "full":
-                    self._verify_uploaded(target, name, written, result)
-                else:
-                    self._check_stored(target, name, written, result)
-                result.verify_seconds = time.monotonic() - started
+            progress.update(phase="verifying")
+            started = time.monotonic()
+            if self.cfg.backup.verify_after_upload == "full":
+                self._verify_uploaded(target, name, written, result)
+            elif self.cfg.backup.verify_after_upload == "bytes":
+                self._check_stored(target, name, written, result)
+            else:  # off: no read-back, but a missing or short archive is still no success
+                self._check_size(target, name, written, result)
+            result.verify_seconds = time.monotonic() - started
             event(log, "backup_done", backup=result.backup_id, target=target.name, location=result.location,
                   databases=len(chosen), bytes_in=result.bytes_in, bytes_out=result.bytes_out,
                   seconds=round(time.time() - result.started_at, 1))
@@ -316,6 +317,22 @@ class Backups:
             return
         except targets.TargetError as exc:
             problem = str(exc)
+        self._discard_unproven(target, name, result, [problem])
+
+    def _check_size(self, target, name: str, written: "_Digesting", result: BackupResult) -> None:
+        """verify_after_upload: false: the target lists the archive with the
+        length written (nothing is read back: other bytes of that length
+        pass)."""
+        try:
+            stored = {a.name: a.size for a in target.list()}.get(name)
+        except targets.TargetError as exc:
+            problem = f"cannot list it: {exc}"
+        else:
+            if stored == written.size:
+                result.verified_by = f"its length only ({written.size} bytes; verify_after_upload is false)"
+                return
+            problem = ("the target does not list it" if stored is None else
+                       f"the target holds {stored} bytes, {written.size} were written")
         self._discard_unproven(target, name, result, [problem])
 
     def _discard_unproven(self, target, name: str, result: BackupResult, problems: list[str]) -> None:
