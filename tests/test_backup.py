@@ -259,6 +259,8 @@ def test_backup_list_verify_restore_commands(tmp_path, primary_server, replica_s
     done = cli("backup", "-c", str(path), "--target", "local")
     assert done.returncode == 0, done.stderr
     archive_path = done.stdout.split("-> ")[1].split()[0]
+    size = Path(archive_path).stat().st_size
+    assert f"proven on the target: read back, {size} bytes, SHA-256 as written" in done.stdout
     listed = cli("list", "-c", str(path), "--target", "local")
     assert archive_path in listed.stdout
     ok = cli("verify", "-c", str(path), archive_path)

@@ -45,6 +45,8 @@ def backup(args: argparse.Namespace) -> int:
     seconds = result.finished_at - result.started_at
     print(f"backup {result.backup_id}: {len(result.databases)} databases, {size(result.bytes_in)} read, "
           f"{size(result.bytes_out)} written in {seconds:.2f}s -> {result.location}")
+    if result.verified_by:
+        print(f"  proven on the target: {result.verified_by}")
     for name, window in sorted(result.unload_windows.items()):
         print(f"  {name}: unavailable {window:.2f}s")
     for name in result.deleted:
