@@ -81,3 +81,9 @@ def run_backup_subprocess(config: Path, target: str) -> dict:
     return result
 
 
+
+
+def write_results(out: Path, results: dict) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2))
+    print(f"\nresults written to {out}")

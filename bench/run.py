@@ -23,7 +23,6 @@ immudb's own replication.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shutil
@@ -39,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 
 
-from bench.common import MB, fill, run_backup_subprocess, timed, tree_bytes, write_config  # noqa: E402
+from bench.common import MB, fill, run_backup_subprocess, timed, tree_bytes, write_config, write_results  # noqa: E402
 from tests.support import immudb_data  # noqa: E402
 from tests.support.servers import ImmudbServer, S3Server, admin_for, free_port  # noqa: E402
 
@@ -369,10 +368,7 @@ def main() -> int:
             print("\n== Go replicator: give --go-tool PATH to compare (bench/go_tool.py says how to build it)")
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2))
-    print(f"\nresults written to {out}")
+    write_results(Path(args.out), results)
     return 0
 
 

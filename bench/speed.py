@@ -36,7 +36,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import MB, fill, tree_bytes, write_config  # noqa: E402
+from bench.common import MB, fill, tree_bytes, write_config, write_results  # noqa: E402
 
 
 def _measure(argv: list[str], cwd: Path) -> dict:
@@ -302,10 +302,7 @@ def main() -> int:
         replica.stop()
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2))
-    print(f"\nresults written to {out}")
+    write_results(Path(args.out), results)
     return 0
 
 
