@@ -127,6 +127,15 @@ class AlreadyLoaded(ImmudbError):
     meanwhile: the goal is reached)."""
 
 
+class DatabaseClosed(ImmudbError):
+    """immudb answered "already closed": the database (or, before immudb
+    1.11.1, any listing while one is unloaded) is unloaded."""
+
+
+class NotLoaded(ImmudbError):
+    """immudb answered "not loaded": the database is unloaded already."""
+
+
 class ProofFailed(ImmudbError):
     """immudb's cryptographic proofs for an entry did not hold: the data is
     not the history the trusted state records."""
@@ -220,10 +229,14 @@ class ImmudbAdmin:
             return AlreadyExists(where, operation, detail, temporary=False)
         if "already loaded" in low:
             return AlreadyLoaded(where, operation, detail, temporary=False)
-        if "does not exist" in low or "not found" in low:
-            return NotFound(where, operation, detail, temporary=False)
         permanent = code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.INVALID_ARGUMENT) or any(
             m in low for m in _PERMANENT_MESSAGES)
+        if "already closed" in low:
+            return DatabaseClosed(where, operation, detail, temporary=not permanent)
+        if "not loaded" in low:
+            return NotLoaded(where, operation, detail, temporary=not permanent)
+        if "does not exist" in low or "not found" in low:
+            return NotFound(where, operation, detail, temporary=False)
         return ImmudbError(where, operation, detail, temporary=not permanent)
 
     def _login(self) -> str:

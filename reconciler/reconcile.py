@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from reconciler.admin import AlreadyLoaded, ImmudbAdmin, ImmudbError, Unreachable
+from reconciler.admin import AlreadyLoaded, DatabaseClosed, ImmudbAdmin, ImmudbError, NotLoaded, Unreachable
 from reconciler.config.model import Config
 from reconciler.holds import Holds, backup_running
 from reconciler.log import event
@@ -142,9 +142,7 @@ class Reconciler:
         primary_dbs = tuple(self.primary.list_databases())
         try:
             replica_dbs = tuple(self.replica.list_databases())
-        except ImmudbError as exc:
-            if "already closed" not in exc.detail:
-                raise
+        except DatabaseClosed as exc:
             replica_dbs = self._list_replica_loading(primary_dbs, exc, may_load)
         self._replica_names = {d.name for d in replica_dbs}
         users = {u.name: u for u in self.primary.list_users()}
@@ -190,9 +188,7 @@ class Reconciler:
                 pass  # loaded already, or not there
         try:
             return self.replica.list_databases()
-        except ImmudbError as exc:
-            if "already closed" not in exc.detail:
-                raise
+        except DatabaseClosed:
             raise ImmudbError(failure.server, "list databases", f"{why}; loading every replica database this "
                               f"tool knows did not help: load the unloaded one by hand", temporary=True) from None
 
@@ -305,9 +301,8 @@ class Reconciler:
         elif kind == "delete":
             try:
                 self.replica.unload(db)  # immudb deletes only unloaded databases
-            except ImmudbError as exc:
-                if "already closed" not in exc.detail and "not loaded" not in exc.detail:
-                    raise
+            except (DatabaseClosed, NotLoaded):
+                pass  # unloaded already
             self.replica.delete(db)
         else:
             raise AssertionError(f"unknown action {kind}")

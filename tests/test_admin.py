@@ -150,3 +150,21 @@ def test_the_servers_own_header_gives_the_alh_and_a_missing_transaction_is_none(
     header = primary.tx_header(db, state.tx_id)
     assert (header.id, header.alh) == (state.tx_id, state.tx_hash)
     assert primary.tx_header(db, state.tx_id + 1) is None
+
+
+def test_immudbs_answers_about_load_state_are_typed(primary_server, primary):
+    """What reconcile, backup and shutdown decide on: immudb's own answers
+    to loading a loaded database and unloading an unloaded one, as types
+    (no module outside admin reads an error's text)."""
+    from reconciler.admin import AlreadyLoaded, DatabaseClosed, NotLoaded
+    db = unique_name()
+    primary.create_database(db)
+    with pytest.raises(AlreadyLoaded):
+        primary.load(db)
+    primary.unload(db)
+    try:
+        with pytest.raises((DatabaseClosed, NotLoaded)) as second:
+            primary.unload(db)
+        assert second.value.detail  # immudb's own words stay in the message
+    finally:
+        primary.load(db)

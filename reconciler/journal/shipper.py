@@ -271,6 +271,7 @@ class Journal:
         self._stop = threading.Event()
         self._wake = threading.Event()  # set by kick(): a builder waiting to retry tries again now
         self._lock = threading.Lock()
+        self._target_failed = False  # the last failure recorded was the target's (TargetError)
         self._feed = None
         self._threads: list[threading.Thread] = []
         self._arrivals: dict[int, float] = {}   # first tx of each segment not yet shipped -> when it arrived
@@ -330,6 +331,8 @@ class Journal:
 
     def _fail(self, state: str, exc: Exception, what: str) -> None:
         message = redact(str(exc))
+        # which side failed, as state: an upload that succeeds clears a failure of the target only
+        self._target_failed = isinstance(exc, TargetError)
         with self._lock:
             if state == "target_down" and self.status.state == "spool_full":
                 state = "spool_full"  # the journal has stopped: that says more than why
@@ -601,9 +604,9 @@ class Journal:
                     else:  # the oldest still waiting arrived then (or is still on the replica: now)
                         waiting_since = [t for t in (self._open_since, *self._arrivals.values()) if t]
                         self._unshipped_since = min(waiting_since, default=now)
-                    if s.state in ("target_down", "spool_full") or (s.state == "error" and s.error
-                                                                     and "target" in s.error):
+                    if s.state in ("target_down", "spool_full") or (s.state == "error" and self._target_failed):
                         s.state, s.error = "shipping", None
+                        self._target_failed = False
                 delay = 1.0
             except FileNotFoundError:
                 continue  # removed meanwhile (another history)
