@@ -21,6 +21,12 @@ def _config_args(parser: argparse.ArgumentParser) -> None:
     go_flags.add_flags(parser)
 
 
+def _target_kinds() -> list[str]:
+    """The target kinds, one module each (adding a kind is adding a module)."""
+    from reconciler.backup.targets import kinds
+    return sorted(kinds())
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="replicator",
@@ -53,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(p)
     p.add_argument("--target", metavar="NAME", help="a target from backup.targets")
     inline = p.add_argument_group("inline target (the Go tool's REST fields)")
-    inline.add_argument("--type", choices=["file", "sftp", "s3"])
+    inline.add_argument("--type", choices=_target_kinds(), help="a target kind: " + ", ".join(_target_kinds()))
     inline.add_argument("--path", help="file path, remote path, or s3://bucket/key; may contain {timestamp}")
     inline.add_argument("--host", help="sftp host, or the AWS region for s3")
     inline.add_argument("--port", type=int, help="sftp port (22)")

@@ -13,7 +13,7 @@ from typing import Iterable
 
 from reconciler.config.model import Config
 from reconciler.secret import Secret
-from reconciler.state import (SERVER_DATABASES, DatabaseInfo, ReplicationSettings, StoreLimits,
+from reconciler.state import (SERVER_DATABASES, SYSTEM_DATABASE, DatabaseInfo, ReplicationSettings, StoreLimits,
                               UserInfo)
 from reconciler.status import (BUSY, CONFLICT, DRIFT, IN_SYNC, MISSING, ORPHAN, UNLOADED,  # noqa: F401 (vocabulary)
                                DatabaseStatus)
@@ -143,7 +143,7 @@ def selected_databases(cfg: Config, primary: Iterable[DatabaseInfo]) -> dict[str
     """Replica name -> primary database, for every primary database the config follows."""
     out = {}
     for db in sorted(primary, key=lambda d: d.name):
-        if db.name == "systemdb" or db.name not in cfg.reconcile.databases:
+        if db.name == SYSTEM_DATABASE or db.name not in cfg.reconcile.databases:
             continue
         out[cfg.reconcile.replica_name(db.name)] = db
     return out

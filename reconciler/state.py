@@ -16,7 +16,8 @@ PERMISSION_SYSADMIN = 255
 
 # every immudb server's own databases: never replicas (a replica server's defaultdb is its own),
 # never orphans, and immudb cannot unload them (so backups leave them out)
-SERVER_DATABASES = frozenset({"defaultdb", "systemdb"})
+SYSTEM_DATABASE = "systemdb"  # immudb's own (users, settings): never replicated
+SERVER_DATABASES = frozenset({"defaultdb", SYSTEM_DATABASE})
 
 
 def is_database_name(name: str) -> bool:

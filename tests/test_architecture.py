@@ -80,3 +80,40 @@ def test_tests_benchmarks_and_scripts_share_only_tests_support():
                 if name.startswith("tests.") and (last.startswith("test_") or last == "conftest"):
                     offenders.append(f"{path.relative_to(root)} imports {name}")
     assert not offenders, offenders
+
+
+def test_every_test_docs_reliability_cites_exists_and_runs_under_the_faults_marker():
+    """docs/reliability.md promises that `pytest -m faults` runs the fault
+    and hostile-input suite it lists: each test it cites must exist and
+    carry the `faults` mark (by name; a `prefix*` cites every test so
+    named). Read from the sources, without running anything."""
+    import re
+    root = PACKAGE.parent
+    text = (root / "docs" / "reliability.md").read_text()
+    cited: set[tuple[str, str]] = set()
+    for cell in re.findall(r"`([^`]*)`", text):
+        module = None
+        for part in re.split(r",\s*", cell):
+            if m := re.fullmatch(r"(?:tests/)?(test_\w+\.py)::(\w+\*?)(?:\[.*\])?", part):
+                module = m.group(1)
+                cited.add((module, m.group(2)))
+            elif (m := re.fullmatch(r"::(\w+\*?)(?:\[.*\])?", part)) and module:
+                cited.add((module, m.group(1)))
+    assert len(cited) > 20, "the citations were not found: has the table's format changed?"
+    marked: dict[str, dict[str, bool]] = {}
+    for module in {m for m, _ in cited}:
+        tree = ast.parse((root / "tests" / module).read_text())
+        module_marked = any(isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "pytestmark"
+                                                                 for t in node.targets)
+                            and "faults" in ast.unparse(node.value) for node in tree.body)
+        marked[module] = {node.name: module_marked or any("mark.faults" in ast.unparse(d)
+                                                          for d in node.decorator_list)
+                          for node in tree.body if isinstance(node, ast.FunctionDef)}
+    problems = []
+    for module, name in sorted(cited):
+        tests = {n: f for n, f in marked[module].items()
+                 if (n.startswith(name[:-1]) if name.endswith("*") else n == name)}
+        if not tests:
+            problems.append(f"{module}::{name} does not exist")
+        problems += [f"{module}::{n} is not marked faults" for n, faults in tests.items() if not faults]
+    assert not problems, problems

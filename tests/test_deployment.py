@@ -3,6 +3,7 @@ names. (No container runtime or cluster here: the manifests are checked
 against the program, not run; the systemd unit is checked by systemd.)"""
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -121,6 +122,8 @@ UNIT = ROOT / "systemd" / "replicator.service"
 def test_systemd_unit_passes_systemd_analyze_verify(tmp_path):
     analyze = shutil.which("systemd-analyze")
     if analyze is None:
+        if os.environ.get("REPLICATOR_TESTS_UNIT_ONLY"):  # scripts/test --unit installs no Debian package
+            pytest.skip("systemd-analyze is missing (Debian package systemd; the whole scripts/test installs it)")
         pytest.fail("systemd-analyze is missing: scripts/bootstrap installs it (Debian package systemd)")
     unit = tmp_path / "immudb-replicator.service"
     # verify checks that ExecStart's binary exists: point it at this checkout's command

@@ -72,6 +72,7 @@ def test_drill_of_the_newest_archive_at_a_target_passes(backed_up, replicated):
     assert not list((Path(path).parent / "scratch").iterdir())  # nothing left behind
 
 
+@pytest.mark.faults
 def test_drill_fails_an_archive_whose_value_was_changed_with_its_checksums(backed_up, replicated, tmp_path):
     path, made = backed_up
     prefix, names, written = replicated
@@ -94,6 +95,7 @@ def test_drill_fails_an_archive_whose_value_was_changed_with_its_checksums(backe
     assert all(f"  {n}: ok:" in done.stdout for n in names if n != victim)
 
 
+@pytest.mark.faults
 def test_drill_fails_an_archive_whose_recorded_state_was_rewritten(backed_up, replicated, tmp_path):
     path, made = backed_up
     _, names, _ = replicated

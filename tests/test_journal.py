@@ -111,6 +111,7 @@ def primary_alh(primary, name: str, tx_id: int) -> bytes:
     raise AssertionError(f"no transaction {tx_id} on the primary")
 
 
+@pytest.mark.faults
 @pytest.mark.parametrize("kind", list(KINDS))
 def test_a_write_on_the_primary_is_on_the_target_within_the_rpo(tmp_path, request, kind, followed, primary_server,
                                                                replica_server, replica, primary):
@@ -190,6 +191,7 @@ def test_restore_to_a_transaction_in_the_middle_of_a_segment_and_to_a_time(tmp_p
     assert f"{prefix}r41" not in {d.name for d in replica.list_databases()}
 
 
+@pytest.mark.faults
 def test_a_tampered_segment_is_refused_naming_the_transaction(tmp_path, followed, primary_server, replica_server,
                                                               replica):
     prefix, name = followed(12)
@@ -226,6 +228,7 @@ def test_a_tampered_segment_is_refused_naming_the_transaction(tmp_path, followed
     assert f"{prefix}before" not in {d.name for d in replica.list_databases()}
 
 
+@pytest.mark.faults
 def test_segments_lost_on_the_target_are_exported_again(tmp_path, followed, primary_server, replica, request):
     prefix, name = followed(0)
     target_cfg = target_config("file", tmp_path, request)
@@ -254,6 +257,7 @@ def test_segments_lost_on_the_target_are_exported_again(tmp_path, followed, prim
     assert_whole(target_cfg, name, tx_id)
 
 
+@pytest.mark.faults
 def test_the_replicator_killed_mid_segment_resumes_with_no_gap_or_duplicate(tmp_path, followed, primary_server,
                                                                             replica_server, replica):
     prefix, name = followed(5)
@@ -287,6 +291,7 @@ def test_the_replicator_killed_mid_segment_resumes_with_no_gap_or_duplicate(tmp_
     assert not list((tmp_path / "spool" / name).iterdir())  # nothing left waiting
 
 
+@pytest.mark.faults
 def test_a_target_stopped_mid_upload_resumes_with_no_gap_or_duplicate(tmp_path, followed, primary_server, replica,
                                                                       sftp_server):
     prefix, name = followed(3)
@@ -339,6 +344,7 @@ def test_list_journal_shows_each_database(tmp_path, followed, primary_server, re
     assert "1-4" in line and "complete from transaction 1" in line
 
 
+@pytest.mark.faults
 def test_a_database_loaded_again_is_followed_at_once_even_after_failures(tmp_path, followed, primary_server,
                                                                        replica_server, replica, monkeypatch):
     """While a snapshot backup has the database unloaded, the journal's calls
@@ -369,6 +375,7 @@ def test_a_database_loaded_again_is_followed_at_once_even_after_failures(tmp_pat
         j.stop()
 
 
+@pytest.mark.faults
 def test_a_snapshot_backup_of_a_journaled_database_leaves_the_journal_whole(tmp_path, followed, primary_server,
                                                                             replica_server, replica):
     """The backup unloads the database under the journal's waiting export
@@ -424,6 +431,7 @@ def test_reloads_start_and_stop_the_journal(tmp_path, followed, primary_server, 
     assert segments_on(TargetConfig("local", "file", target["path"]), name)[-1].last_tx == 3
 
 
+@pytest.mark.faults
 def test_a_snapshot_archive_is_a_base_and_retention_keeps_only_what_bases_need(tmp_path, followed, primary_server,
                                                                                 replica_server, replica, immudb_build):
     prefix, name = followed(6)
@@ -543,6 +551,7 @@ def test_defaultdbs_replica_is_journaled_like_any_other(tmp_path, pair):
 
 
 
+@pytest.mark.faults
 def test_history_truncated_on_the_replica_goes_on_from_the_next_snapshot_base(tmp_path, followed, primary_server,
                                                                            replica_server, replica, immudb_build):
     """When the replica exports a transaction without its values (immudb's
@@ -588,6 +597,7 @@ def test_history_truncated_on_the_replica_goes_on_from_the_next_snapshot_base(tm
         assert immudb_data.state(check, "again") == want
 
 
+@pytest.mark.faults
 def test_a_truncated_transaction_stops_the_journal_until_a_base(tmp_path, followed, replica, monkeypatch):
     """The export of a transaction without values: state needs_base, an
     error naming the transaction and the target, nothing shipped; it asks

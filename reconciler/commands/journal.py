@@ -44,6 +44,7 @@ def _throwaway(cfg, args: argparse.Namespace, data_dir: Path):
     from dataclasses import replace
 
     from reconciler.backup.drill import immudb_binary, throwaway_immudb
+    from reconciler.state import SERVER_DATABASES
     drill_cfg = cfg.backup.drill
     if args.immudb_binary:
         drill_cfg = replace(drill_cfg, immudb_binary=args.immudb_binary)
@@ -57,7 +58,7 @@ def _throwaway(cfg, args: argparse.Namespace, data_dir: Path):
                 yield admin
     finally:
         for entry in data_dir.iterdir():
-            if entry.name not in before and entry.name in ("systemdb", "defaultdb", "immudb.identifier", "immulog"):
+            if entry.name not in before and entry.name in SERVER_DATABASES | {"immudb.identifier", "immulog"}:
                 shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
 
 
