@@ -383,18 +383,23 @@ class Service:
 
 class _BackupHolds:
     """What a backup holds: passes leave the database alone (the
-    reconciler's holds); when released (loaded again) its journal follows
-    again at once."""
+    reconciler's holds) and its journal lets go of it before it is
+    unloaded (Journal.pause: immudb defers the close of a database in use);
+    when released (loaded again) its journal follows again at once."""
 
     def __init__(self, reconciler: Reconciler, journals: Journals):
         self.reconciler, self.journals = reconciler, journals
 
     def hold(self, database: str) -> None:
         self.reconciler.hold(database)
+        if not self.journals.pause(database):
+            event(log, "journal_not_paused", logging.WARNING, database=database,
+                  note="its journal did not let go of the database in time: immudb closes it when the journal's "
+                       "call returns")
 
     def release(self, database: str) -> None:
         self.reconciler.release(database)
-        self.journals.kick(database)
+        self.journals.resume(database)
 
 
 def _file_hash(path: str | None) -> str | None:

@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -623,3 +624,89 @@ def test_a_truncated_transaction_stops_the_journal_until_a_base(tmp_path, follow
         assert status["shipped_tx"] == 0 and segments_on(target_cfg, name) == []
     finally:
         j.stop()
+
+
+class _InFlight:
+    """The journal's replica admin, counting its calls in flight (an export
+    feed counts from its first request until it has ended)."""
+
+    def __init__(self, admin):
+        self.admin, self.now, self.started = admin, 0, 0
+        self.lock = threading.Lock()
+
+    def _enter(self) -> None:
+        with self.lock:
+            self.now += 1
+            self.started += 1
+
+    def _leave(self) -> None:
+        with self.lock:
+            self.now -= 1
+
+    def follow(self, *args, **kwargs):
+        feed, watch = self.admin.follow(*args, **kwargs), self
+
+        class Watched:
+            def cancel(self):
+                feed.cancel()
+
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc):
+                feed.cancel()
+
+            def __iter__(self):
+                watch._enter()
+                try:
+                    yield from feed
+                finally:
+                    watch._leave()
+
+        return Watched()
+
+    def state(self, *args, **kwargs):
+        self._enter()
+        try:
+            return self.admin.state(*args, **kwargs)
+        finally:
+            self._leave()
+
+    def __getattr__(self, name):
+        return getattr(self.admin, name)
+
+
+@pytest.mark.faults
+def test_a_paused_journal_has_no_call_on_the_database_a_backup_unloads(tmp_path, followed, primary_server,
+                                                                       replica_server, replica, request):
+    """immudb 1.11.1 closes an unloaded database only when the last call
+    using it returns, and the journal's export call waits up to FEED_WAIT:
+    a backup would copy the files of a store still open, and the load after
+    it would open a second one on them ("ahtree: data log is corrupted",
+    then "unable to get state" until immudb restarts; seen in CI). Paused,
+    the journal has no call in flight and starts none until resumed; then
+    it follows again, nothing missing."""
+    prefix, name = followed(4)
+    target_cfg = target_config("file", tmp_path, request)
+    watched = _InFlight(replica)
+    j = journal(watched, name, target_cfg, tmp_path)
+    j.start()
+    try:
+        wait_for(lambda: j.snapshot()["shipped_tx"] >= 4 and watched.now > 0, 60,
+                 "the journal to ship and wait in an export call")
+        assert j.pause()
+        assert watched.now == 0
+        started = watched.started
+        immudb_data.write(primary_server, name, 3, prefix="paused")
+        tx_id = immudb_data.state(primary_server, name)[0]
+        wait_for(lambda: immudb_data.state(replica_server, name)[0] >= tx_id, 60, "the replica to catch up")
+        replica.unload(name)
+        replica.load(name)
+        assert watched.started == started and watched.now == 0  # nothing asked while paused
+        j.resume()
+        wait_for(lambda: j.snapshot()["shipped_tx"] >= tx_id, 60, "the journal to follow again")
+        assert j.snapshot()["state"] == "shipping"
+    finally:
+        j.stop()
+    assert_whole(target_cfg, name, tx_id)
+    assert immudb_data.state(replica_server, name)[0] == tx_id  # the database answers

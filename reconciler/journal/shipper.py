@@ -60,6 +60,7 @@ FEED_WAIT = 10.0          # an idle feed asks again this often; a database unloa
 COMMIT_POLL = 0.2         # how often to ask whether held (precommitted) transactions have committed
 RETRY_FIRST = 1.0         # a failed export is tried again after this, doubling up to RETRY_MAX
 RETRY_MAX = 30.0
+PAUSE_TIMEOUT = 15.0      # how long a backup waits for the journal to let go of a database (pause)
 
 
 @dataclass
@@ -270,6 +271,8 @@ class Journal:
         self.status = JournalStatus(database, target_name)
         self._stop = threading.Event()
         self._wake = threading.Event()  # set by kick(): a builder waiting to retry tries again now
+        self._pause = threading.Event()   # set by pause(): let go of the replica's database
+        self._parked = threading.Event()  # set by the builder: paused, no call to the database in flight
         self._lock = threading.Lock()
         self._target_failed = False  # the last failure recorded was the target's (TargetError)
         self._feed = None
@@ -305,6 +308,41 @@ class Journal:
         feed = self._feed
         if feed is not None:
             feed.cancel()
+
+    def pause(self, timeout: float = PAUSE_TIMEOUT) -> bool:
+        """Let go of the replica's database: a snapshot backup is about to
+        unload it. immudb 1.11.1 defers the close of an unloaded database
+        until the last call using it returns, and a waiting export call
+        returns only after FEED_WAIT: the backup would copy the files of a
+        store still open, and the load after it would open a second store
+        on them (found as "ahtree: data log is corrupted" and a database
+        that answers "unable to get state" until immudb restarts). The
+        builder cancels its feed and parks outside any call; True once it
+        has (a builder that is not running counts as parked)."""
+        self._pause.set()
+        self._wake.set()
+        feed = self._feed
+        if feed is not None:
+            feed.cancel()
+        if not any(t.is_alive() for t in self._threads if t.name.startswith("journal-builder-")):
+            return True
+        return self._parked.wait(timeout)
+
+    def resume(self) -> None:
+        """The database is loaded again: follow it again at once."""
+        self._pause.clear()
+        self.kick()
+
+    def _park_while_paused(self) -> None:
+        if not self._pause.is_set():
+            return
+        self._parked.set()
+        try:
+            while self._pause.is_set() and not self._stop.is_set():
+                self._wake.wait(1.0)
+                self._wake.clear()
+        finally:
+            self._parked.clear()
 
     def stop(self, timeout: float = 10.0) -> None:
         self.request_stop()
@@ -451,6 +489,9 @@ class Journal:
         delay = RETRY_FIRST
         cleaned = False
         while not self._stop.is_set():
+            self._park_while_paused()
+            if self._stop.is_set():
+                break
             try:
                 with self._store_factory() as store:
                     if not cleaned:  # what an upload killed with us left (a partial file, a multipart upload)
@@ -460,7 +501,7 @@ class Journal:
                 for first, last, before in fills:
                     self._ship(first, before, last)
                 self._set(state="shipping", error=None, exported_tx=next_tx - 1)
-                while not self._stop.is_set():
+                while not self._stop.is_set() and not self._pause.is_set():
                     next_tx, prev_alh = self._ship(next_tx, prev_alh, None)
                 delay = RETRY_FIRST
             except HistoryTruncated as exc:  # until a snapshot backup gives a base after it
@@ -470,7 +511,8 @@ class Journal:
                 self._wake.clear()
             except SpoolFull as exc:
                 self._fail("spool_full", exc, "spooling")
-                while not self._stop.is_set() and self.spool.bytes > self.settings.spool_max_bytes // 2:
+                while (not self._stop.is_set() and not self._pause.is_set()
+                       and self.spool.bytes > self.settings.spool_max_bytes // 2):
                     self.spool.wait(1.0)
             except (ImmudbError, TargetError, JournalError, OSError) as exc:
                 self._fail("error", exc, "exporting")
