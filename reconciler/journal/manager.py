@@ -97,26 +97,21 @@ class Journals:
         return Witnesses(database, lambda tx_id: primary.signed_state(primary_name, tx_id), public_key(self.cfg),
                          checkpoints(self.cfg), target_cfg, primary_name)
 
+    def _journal(self, database: str) -> Journal | None:
+        with self._lock:
+            return self._journals.get(database)
+
     def pause(self, database: str) -> bool:
         """A backup is about to unload `database`: its journal lets go of it
         (Journal.pause). True when it has, or when it has no journal."""
-        with self._lock:
-            journal = self._journals.get(database)
+        journal = self._journal(database)
         return journal is None or journal.pause()
 
     def resume(self, database: str) -> None:
         """`database` was loaded again: its journal follows it again at once."""
-        with self._lock:
-            journal = self._journals.get(database)
+        journal = self._journal(database)
         if journal is not None:
             journal.resume()
-
-    def kick(self, database: str) -> None:
-        """`database` was loaded again: its journal follows again at once."""
-        with self._lock:
-            journal = self._journals.get(database)
-        if journal is not None:
-            journal.kick()
 
     def _stop_all(self) -> None:
         journals, self._journals = list(self._journals.values()), {}

@@ -277,6 +277,7 @@ class Journal:
         self._target_failed = False  # the last failure recorded was the target's (TargetError)
         self._feed = None
         self._threads: list[threading.Thread] = []
+        self._builder: threading.Thread | None = None
         self._arrivals: dict[int, float] = {}   # first tx of each segment not yet shipped -> when it arrived
         self._open_since: float | None = None
         self._unshipped_since: float | None = None  # when the oldest committed tx not on the target was seen
@@ -288,6 +289,7 @@ class Journal:
             thread = threading.Thread(target=run, name=f"journal-{name}-{self.database}", daemon=True)
             thread.start()
             self._threads.append(thread)
+        self._builder = self._threads[0]
 
     def request_stop(self) -> None:
         """Ask the threads to stop (at once: a feed waiting on immudb is cancelled)."""
@@ -320,11 +322,8 @@ class Journal:
         builder cancels its feed and parks outside any call; True once it
         has (a builder that is not running counts as parked)."""
         self._pause.set()
-        self._wake.set()
-        feed = self._feed
-        if feed is not None:
-            feed.cancel()
-        if not any(t.is_alive() for t in self._threads if t.name.startswith("journal-builder-")):
+        self.kick()
+        if self._builder is None or not self._builder.is_alive():
             return True
         return self._parked.wait(timeout)
 
@@ -369,9 +368,9 @@ class Journal:
 
     def _fail(self, state: str, exc: Exception, what: str) -> None:
         message = redact(str(exc))
-        # which side failed, as state: an upload that succeeds clears a failure of the target only
-        self._target_failed = isinstance(exc, TargetError)
         with self._lock:
+            # which side failed, as state: an upload that succeeds clears a failure of the target only
+            self._target_failed = isinstance(exc, TargetError)
             if state == "target_down" and self.status.state == "spool_full":
                 state = "spool_full"  # the journal has stopped: that says more than why
             changed = self.status.error != message or self.status.state != state

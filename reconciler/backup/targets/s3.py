@@ -126,7 +126,6 @@ class S3Upload(Upload):
         self.part_size = target.part_size
         self.number = 0
         self.parts: list[dict] = []
-        self.sizes: dict[int, int] = {}
         self.pending: list[Future] = []
         self.pool = ThreadPoolExecutor(max_workers=IN_FLIGHT, thread_name_prefix="s3-part")
         self.done = False
@@ -148,12 +147,12 @@ class S3Upload(Upload):
         # the part's SHA-256 goes with it: the service refuses a part that does not match (BadDigest), keeps
         # it, and answers the object's composite checksum later (check_stored: nothing to download)
         digest = hashlib.sha256(chunk).digest()
+        checksum = base64.b64encode(digest).decode()
         r = self.target.client.upload_part(Bucket=self.target.bucket, Key=self.key, UploadId=self.upload_id,
                                            PartNumber=number, Body=chunk, ChecksumAlgorithm="SHA256",
-                                           ChecksumSHA256=base64.b64encode(digest).decode())
-        self.sizes[number] = len(chunk)
-        return {"PartNumber": number, "ETag": r["ETag"], "ChecksumSHA256": base64.b64encode(digest).decode(),
-                "_digest": digest}
+                                           ChecksumSHA256=checksum)
+        return {"PartNumber": number, "ETag": r["ETag"], "ChecksumSHA256": checksum,
+                "_digest": digest, "_size": len(chunk)}
 
     def _drain(self, block_until: int = 0) -> None:
         while len(self.pending) > block_until:
@@ -176,7 +175,7 @@ class S3Upload(Upload):
                 Bucket=self.target.bucket, Key=self.key, UploadId=self.upload_id,
                 MultipartUpload={"Parts": [{k: v for k, v in p.items() if not k.startswith("_")} for p in parts]})
             composite = base64.b64encode(hashlib.sha256(b"".join(p["_digest"] for p in parts)).digest()).decode()
-            self.target.committed[self.key] = (f"{composite}-{len(parts)}", sum(self.sizes.values()))
+            self.target.committed[self.key] = (f"{composite}-{len(parts)}", sum(p["_size"] for p in parts))
         except TargetError:
             self.abort()
             raise
