@@ -43,7 +43,7 @@ class GoReplicator:
         self.log = log
         self.proc: subprocess.Popen | None = None
 
-    def start(self) -> "GoReplicator":
+    def start(self) -> GoReplicator:
         with socket.socket() as s:
             if s.connect_ex(("127.0.0.1", GO_PORT)) == 0:
                 raise RuntimeError(f"port {GO_PORT} is taken: the Go tool always listens there")
@@ -118,7 +118,7 @@ class UnloadWatch:
                     self.windows[d.name] = max(self.windows.get(d.name, 0.0), now - since.pop(d.name))
             time.sleep(self.interval)
 
-    def __enter__(self) -> "UnloadWatch":
+    def __enter__(self) -> UnloadWatch:
         self._thread.start()
         return self
 
@@ -210,8 +210,7 @@ def compare_bring_up(root: Path, binary: str, results: dict, count: int = 20) ->
 
     from bench.common import write_config
     from tests.support import immudb_data
-    from tests.support.servers import admin_for
-    from tests.support.servers import ImmudbServer
+    from tests.support.servers import ImmudbServer, admin_for
     rows = {}
     for who in ("go", "ours"):
         p = ImmudbServer(f"p-{who}", root / f"bring-{who}-p").start()
@@ -254,8 +253,7 @@ def compare_faults(root: Path, binary: str, results: dict) -> None:
 
     from bench.common import write_config
     from reconciler.secret import Secret
-    from tests.support.servers import admin_for
-    from tests.support.servers import ImmudbServer
+    from tests.support.servers import ImmudbServer, admin_for
     p = ImmudbServer("p-faults", root / "faults-p").start()
     r = ImmudbServer("r-faults", root / "faults-r").start()
     found: dict[str, dict] = {}

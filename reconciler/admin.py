@@ -29,9 +29,10 @@ import struct
 import sys
 import threading
 import types
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 
 def _namespace_google() -> None:
@@ -193,13 +194,13 @@ class ImmudbAdmin:
         old.close()
 
     @classmethod
-    def from_config(cls, name: str, server: ServerConfig) -> "ImmudbAdmin":
+    def from_config(cls, name: str, server: ServerConfig) -> ImmudbAdmin:
         return cls(name, server.host, server.port, server.username, server.password, server.timeout)
 
     def close(self) -> None:
         self._channel.close()
 
-    def __enter__(self) -> "ImmudbAdmin":
+    def __enter__(self) -> ImmudbAdmin:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -431,7 +432,7 @@ class ImmudbAdmin:
     # ------------------------------------------------------------------
     # transactions (the journal)
 
-    def follow(self, name: str, first_tx: int, wait: float = 30.0) -> "TxFeed":
+    def follow(self, name: str, first_tx: int, wait: float = 30.0) -> TxFeed:
         """Transactions of database `name` from `first_tx` on, as immudb
         exports them, waiting up to `wait` s for new ones (see TxFeed)."""
         return TxFeed(self, name, first_tx, wait)
@@ -804,7 +805,7 @@ class TxFeed:
             raise ImmudbError(f"{self.admin.name} ({self.admin.address})", f"export from {self.name}",
                               "the server's message is incomplete", temporary=True)
 
-    def __enter__(self) -> "TxFeed":
+    def __enter__(self) -> TxFeed:
         return self
 
     def __exit__(self, *exc) -> None:

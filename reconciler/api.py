@@ -26,7 +26,6 @@ from reconciler.log import event
 from reconciler.secret import redact
 from reconciler.status import DatabaseStatus, ServiceStats
 
-
 log = logging.getLogger(__name__)
 OPEN_PATHS = frozenset({"/", "/livez", "/readyz", "/metrics"})
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})

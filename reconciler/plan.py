@@ -8,15 +8,13 @@ gives no actions (idempotent).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
-from typing import Iterable
 
 from reconciler.config.model import Config
 from reconciler.secret import Secret
-from reconciler.state import (SERVER_DATABASES, SYSTEM_DATABASE, DatabaseInfo, ReplicationSettings, StoreLimits,
-                              UserInfo)
-from reconciler.status import (BUSY, CONFLICT, DRIFT, IN_SYNC, MISSING, ORPHAN, UNLOADED,  # noqa: F401 (vocabulary)
-                               DatabaseStatus)
+from reconciler.state import SERVER_DATABASES, SYSTEM_DATABASE, DatabaseInfo, ReplicationSettings, StoreLimits, UserInfo
+from reconciler.status import BUSY, CONFLICT, DRIFT, IN_SYNC, MISSING, ORPHAN, UNLOADED, DatabaseStatus
 
 # from this many replica databases on, warn about the primary's session limit
 SESSION_WARNING = 90
@@ -171,7 +169,7 @@ def plan(cfg: Config, observed: Observed, follower_password: Secret,
     return Plan(tuple(draft.actions), tuple(draft.findings), tuple(_with_notes(draft)), waiting, limit)
 
 
-def _with_notes(draft: "_Draft") -> list[DatabaseStatus]:
+def _with_notes(draft: _Draft) -> list[DatabaseStatus]:
     """Each database's note: what an operator must know about it, else
     what the plan will do to it."""
     notes = {a.database: a.description for a in draft.actions if a.database}

@@ -13,8 +13,8 @@ import dataclasses
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from reconciler.admin import AlreadyLoaded, DatabaseClosed, ImmudbAdmin, ImmudbError, NotLoaded, Unreachable
 from reconciler.config.model import Config
@@ -101,7 +101,7 @@ class Reconciler:
         self.closed = False  # set by close(): a pass still running is being cut short
 
     @classmethod
-    def from_config(cls, cfg: Config) -> "Reconciler":
+    def from_config(cls, cfg: Config) -> Reconciler:
         return cls(cfg, ImmudbAdmin.from_config("primary", cfg.primary), ImmudbAdmin.from_config("replica", cfg.replica))
 
     def close(self, wait: float = 0) -> None:

@@ -3,8 +3,8 @@ client (which observes and changes the servers) and the pure planner."""
 from __future__ import annotations
 
 import unicodedata
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
 
 from reconciler.secret import Secret
 
@@ -72,7 +72,7 @@ class StoreLimits:
     write_tx_header_version: int = 0
     embedded_values: bool | None = None
 
-    def accepts(self, primary: "StoreLimits") -> bool:
+    def accepts(self, primary: StoreLimits) -> bool:
         """True when a replica with these limits can take every transaction
         of a primary with `primary`'s (zero means unknown: no objection)."""
         pairs = ((self.max_key_len, primary.max_key_len), (self.max_value_len, primary.max_value_len),

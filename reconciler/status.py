@@ -41,7 +41,7 @@ class DatabaseStatus:
     def as_dict(self) -> dict:
         return {**dataclasses.asdict(self), "lag": self.lag}
 
-    def with_(self, **changes) -> "DatabaseStatus":
+    def with_(self, **changes) -> DatabaseStatus:
         return dataclasses.replace(self, **changes)
 
 

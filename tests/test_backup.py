@@ -362,6 +362,7 @@ def test_verify_and_restore_remote_archives_through_the_configured_target(kind, 
 
 def test_progress_bar_on_a_terminal(tmp_path):
     import io
+
     from reconciler.backup.progress import TerminalBar
 
     class Tty(io.StringIO):

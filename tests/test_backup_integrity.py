@@ -6,9 +6,9 @@ a real immudb, a target that loses bytes."""
 from __future__ import annotations
 
 import os
-import time
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -24,9 +24,9 @@ from reconciler.state import is_database_name
 from tests.support import immudb_data
 from tests.support.checks import assert_all_loaded
 from tests.support.configs import unique_name, write_config
+from tests.support.servers import ImmudbServer
 from tests.support.targets import target_dict
 from tests.support.waiting import wait_for
-from tests.support.servers import ImmudbServer
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.faults

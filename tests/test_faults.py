@@ -360,6 +360,7 @@ def test_passes_every_second_during_a_backup_of_200_databases(tmp_path, pair, sf
     pass leaves it alone (busy). At the end the backup is whole, no pass
     acted on any database while the backup ran, none is left unloaded."""
     import json
+
     from reconciler.backup.archive import verify
     p, r = pair()
     prefix = "l_"
@@ -462,6 +463,7 @@ def test_slow_clients_do_not_stop_the_api(tmp_path, primary_server, replica_serv
     than its Content-Length) and then wait: the API still answers everyone
     else at once; the stalled requests never reach a handler."""
     import socket
+
     from tests.support.daemon import TOKEN
     d = Daemon(tmp_path, primary_server, replica_server, unique_name("sl") + "_").start()
     stalled = []

@@ -148,6 +148,7 @@ def test_status_says_moving_only_of_replicas_that_lag(tmp_path, primary_server, 
     """MOVING (progressing in --json) is whether a lagging replica's count
     moved between status's two looks; `-` (null) for one that does not lag."""
     import json
+
     from tests.support.servers import free_port
     create_with_data(primary, primary_server, f"{prefix}live")
     create_with_data(primary, primary_server, f"{prefix}stuck")

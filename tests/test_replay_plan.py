@@ -12,7 +12,7 @@ from reconciler.journal.replay import Point, ReplayError, plan
 from reconciler.journal.store import JournalStore
 from reconciler.trust.anchors import Anchors
 from reconciler.trust.signed import TrustError
-from tests.support.exported import History, reseal, open_segment, segment
+from tests.support.exported import History, open_segment, reseal, segment
 
 T0 = 1_795_000_000
 

@@ -178,6 +178,7 @@ def test_check_stored_proves_length_and_bytes_on_every_kind(target):
     bytes as written pass; a length or a digest that differs is a
     StoredMismatch naming the archive; a missing archive is a TargetError."""
     import hashlib
+
     from reconciler.backup.targets import StoredMismatch
     data = os.urandom(11 * MiB + 7)
     name = target.archive_name(1_800_000_000)

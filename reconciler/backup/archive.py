@@ -22,10 +22,11 @@ import threading
 import unicodedata
 import zlib
 from collections import deque
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO, Callable, Iterator, Protocol
+from typing import BinaryIO, Protocol
 
 from reconciler.errors import ReplicatorError
 from reconciler.state import is_database_name
@@ -98,7 +99,7 @@ class _ReadAhead(io.RawIOBase):
     def __init__(self, source: BinaryIO, depth: int = 8):
         import queue
         self.source = source
-        self.chunks: "queue.Queue" = queue.Queue(maxsize=depth)
+        self.chunks: queue.Queue = queue.Queue(maxsize=depth)
         self.pending = b""
         self.done = False
         self.stopping = threading.Event()
@@ -527,7 +528,7 @@ def iterate(stream: BinaryIO) -> Iterator[tuple[tarfile.TarInfo, BinaryIO | None
 
 
 def hash_stream(f: BinaryIO, sink: Callable[[bytes], None] | None = None,
-                on_bytes: Callable[[int], None] = lambda n: None, hasher: "_Hasher | None" = None) -> tuple[int, str]:
+                on_bytes: Callable[[int], None] = lambda n: None, hasher: _Hasher | None = None) -> tuple[int, str]:
     """(size, sha256) of what `f` holds, handing each chunk to `sink`;
     hashed in `hasher`'s thread when given."""
     sha, size = hashlib.sha256(), 0

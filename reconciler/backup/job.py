@@ -29,10 +29,10 @@ from reconciler import __version__
 from reconciler.admin import AlreadyLoaded, ImmudbAdmin, ImmudbError
 from reconciler.backup import archive, retention, targets
 from reconciler.backup.archive import ArchiveWriter, Cancelled, SourceError
-from reconciler.holds import BackupLock, Holder
 from reconciler.backup.progress import Progress
 from reconciler.config.model import Config, TargetConfig
 from reconciler.errors import ReplicatorError
+from reconciler.holds import BackupLock, Holder
 from reconciler.log import event
 from reconciler.secret import redact
 from reconciler.state import SERVER_DATABASES, DatabaseInfo
@@ -250,7 +250,7 @@ class Backups:
             if staging_root is not None:
                 shutil.rmtree(staging_root, ignore_errors=True)
 
-    def _checkpoint(self, target_cfg: TargetConfig, name: str, written: "_Digesting", states: list[dict]) -> None:
+    def _checkpoint(self, target_cfg: TargetConfig, name: str, written: _Digesting, states: list[dict]) -> None:
         """The local checkpoint of the archive just committed: its bytes'
         SHA-256 and size, and the states it holds (reconciler/trust). A
         failure is logged: the archive is good, only this anchor is missing."""
@@ -306,7 +306,7 @@ class Backups:
             return
         event(log, "journal_bases_recorded", target=target_cfg.name, archive=name, databases=len(recorded))
 
-    def _check_stored(self, target, name: str, written: "_Digesting", result: BackupResult) -> None:
+    def _check_stored(self, target, name: str, written: _Digesting, result: BackupResult) -> None:
         """The target holds exactly the bytes written (their length and
         SHA-256, computed as they were written; every file in them was
         checked against the manifest then): read back and hashed, or the
@@ -319,7 +319,7 @@ class Backups:
             problem = str(exc)
         self._discard_unproven(target, name, result, [problem])
 
-    def _check_size(self, target, name: str, written: "_Digesting", result: BackupResult) -> None:
+    def _check_size(self, target, name: str, written: _Digesting, result: BackupResult) -> None:
         """verify_after_upload: false: the target lists the archive with the
         length written (nothing is read back: other bytes of that length
         pass)."""
@@ -344,7 +344,7 @@ class Backups:
         raise BackupError(f"the archive written to {result.location} does not read back whole: {problems[0]}"
                           + (f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else "") + f"; {what}")
 
-    def _verify_uploaded(self, target, name: str, written: "_Digesting", result: BackupResult) -> None:
+    def _verify_uploaded(self, target, name: str, written: _Digesting, result: BackupResult) -> None:
         """Read the committed archive back from the target with the reader
         restore uses; raises BackupError (after deleting it) unless it is
         whole, matches its manifest, is this backup's, and is byte for byte

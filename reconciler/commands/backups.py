@@ -134,6 +134,7 @@ def restore(args: argparse.Namespace) -> int:
 
 def list_archives(args: argparse.Namespace) -> int:
     import datetime
+
     from reconciler.backup import targets
     from reconciler.backup.locate import target_named
     if args.journal:

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 from reconciler.config import go_flags
 from reconciler.config.environment import interpolate

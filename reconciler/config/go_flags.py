@@ -8,8 +8,9 @@ like the Go replicator. Passwords may also come from a file named by
 from __future__ import annotations
 
 import argparse
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from reconciler.config.model import SECRET_KEYS
 

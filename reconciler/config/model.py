@@ -9,10 +9,11 @@ import dataclasses
 import fnmatch
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any
 
 from reconciler.secret import Secret
 from reconciler.state import ReplicationSettings
@@ -53,7 +54,7 @@ class ServerConfig:
         return f"{self.host}:{self.port}"
 
     @classmethod
-    def from_dict(cls, d: dict, origin: str, aes_key: Secret | None = None) -> "ServerConfig":
+    def from_dict(cls, d: dict, origin: str, aes_key: Secret | None = None) -> ServerConfig:
         return cls(d["host"], d["port"], d["username"], _password(d, origin, aes_key), float(d["timeout"]))
 
 
@@ -62,7 +63,7 @@ class ReplicaConfig(ServerConfig):
     data_dir: Path = Path("/var/lib/immudb")
 
     @classmethod
-    def from_dict(cls, d: dict, origin: str, aes_key: Secret | None = None) -> "ReplicaConfig":
+    def from_dict(cls, d: dict, origin: str, aes_key: Secret | None = None) -> ReplicaConfig:
         base = ServerConfig.from_dict(d, origin, aes_key)
         return cls(base.host, base.port, base.username, base.password, base.timeout, Path(d["data_dir"]))
 
@@ -86,7 +87,7 @@ class Selection:
             fnmatch.fnmatchcase(name, p) for p in self.exclude)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Selection":
+    def from_dict(cls, d: dict) -> Selection:
         return cls(tuple(d["include"]), tuple(d["exclude"]))
 
 
@@ -122,7 +123,7 @@ class Retention:
     max_age_seconds: int | None = None
 
     @classmethod
-    def from_dict(cls, d: dict | None) -> "Retention | None":
+    def from_dict(cls, d: dict | None) -> Retention | None:
         if not d:
             return None
         age = d.get("max_age")
@@ -144,7 +145,7 @@ class TargetConfig:
     retention: Retention | None = None
 
     @classmethod
-    def from_dict(cls, name: str, d: dict) -> "TargetConfig":
+    def from_dict(cls, name: str, d: dict) -> TargetConfig:
         origin = f"backup.targets.{name}"
         options: dict[str, Any] = {k: v for k, v in d.items() if k not in ("type", "path", "retention")
                                    and k.removesuffix("_file") not in SECRET_KEYS}
@@ -180,8 +181,8 @@ class BackupConfig:
     schedules: tuple[Schedule, ...]
     verify_after_upload: str = "bytes"   # bytes (true) | full | off (false): what proves the stored archive
     drill: DrillConfig = DrillConfig()
-    continuous: "ContinuousConfig | None" = None   # None: off
-    trust: "TrustConfig" = None  # type: ignore[assignment]  # filled by __post_init__
+    continuous: ContinuousConfig | None = None   # None: off
+    trust: TrustConfig = None  # type: ignore[assignment]  # filled by __post_init__
 
     def __post_init__(self) -> None:
         if self.trust is None:
@@ -200,7 +201,7 @@ class ContinuousConfig:
     spool_max_bytes: int = 1024 * 1024 * 1024
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ContinuousConfig | None":
+    def from_dict(cls, d: dict) -> ContinuousConfig | None:
         if not d.get("target"):
             return None
         return cls(d["target"], Selection.from_dict(d["databases"]), float(d["segment_max_seconds"]),
@@ -228,7 +229,7 @@ class TrustConfig:
         return Path(given) if given else DEFAULT_STATE_DIR
 
     @classmethod
-    def from_dict(cls, d: dict) -> "TrustConfig":
+    def from_dict(cls, d: dict) -> TrustConfig:
         return cls(Path(d["state_dir"]) if d["state_dir"] else None, _secret(d, "hmac_key", "backup.trust"),
                    Path(d["public_key_file"]) if d["public_key_file"] else None)
 
@@ -295,7 +296,7 @@ class Config:
     digest: str = ""  # sha256 of the effective settings, secrets as digests
 
     @classmethod
-    def from_dict(cls, d: dict, source: str) -> "Config":
+    def from_dict(cls, d: dict, source: str) -> Config:
         rec, rep = d["reconcile"], d["reconcile"]["replication"]
         aes_key = _secret(d["secrets"], "aes_key", "secrets")
         primary = ServerConfig.from_dict(d["primary"], "primary", aes_key)

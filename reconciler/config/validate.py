@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import copy
 import difflib
-from functools import lru_cache
 import json
 import os
+from collections.abc import Iterable
+from functools import cache
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import jsonschema
 from jsonschema import Draft202012Validator
@@ -28,7 +29,7 @@ from reconciler.state import SERVER_DATABASES
 LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1", "[::1]", "0.0.0.0"})
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_schema(name: str = "replicator.schema.json") -> dict:
     """A schema shipped in the package (`reconciler/schemas/`), with what the
     target kinds hold (reconciler/backup/targets/*.py) put in: their names,

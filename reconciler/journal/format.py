@@ -36,12 +36,22 @@ import io
 import json
 import re
 import struct
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator
 
+from reconciler.journal.exported import (
+    DEFAULT_LIMITS,
+    GENESIS_ALH,
+    ExportedTx,
+    JournalError,
+    Successor,
+    TxHeader,
+    TxLimits,
+    entries_hash,
+    parse_header,
+    parse_tx,
+)
 from reconciler.trust.signed import SignedState
-from reconciler.journal.exported import (DEFAULT_LIMITS, GENESIS_ALH, ExportedTx, JournalError, Successor, TxHeader,
-                                         TxLimits, entries_hash, parse_header, parse_tx)
 
 __all__ = ["GENESIS_ALH", "ExportedTx", "JournalError", "TxHeader", "TxLimits", "entries_hash", "parse_header",
            "parse_tx"]
@@ -96,7 +106,7 @@ class SegmentInfo:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "SegmentInfo":
+    def from_dict(cls, d: dict) -> SegmentInfo:
         try:
             fmt = d.get("format")
             if fmt not in READABLE_FORMATS or d.get("compression") != "zstd":

@@ -26,8 +26,8 @@ from __future__ import annotations
 import datetime
 import math
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
 
 from reconciler.admin import AlreadyExists, ImmudbAdmin, ImmudbError
 from reconciler.errors import ReplicatorError

@@ -37,17 +37,25 @@ import os
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from reconciler.admin import ImmudbAdmin, ImmudbError
 from reconciler.backup.targets import TargetError
 from reconciler.config.model import ContinuousConfig
 from reconciler.errors import ReplicatorError
 from reconciler.journal.exported import UNBOUNDED
-from reconciler.journal.format import (GENESIS_ALH, ExportedTx, JournalError, SegmentName, encode_segment, parse_name,
-                                       parse_tx, read_header)
+from reconciler.journal.format import (
+    GENESIS_ALH,
+    ExportedTx,
+    JournalError,
+    SegmentName,
+    encode_segment,
+    parse_name,
+    parse_tx,
+    read_header,
+)
 from reconciler.journal.store import JournalStore, chain_to, newest
 from reconciler.log import event
 from reconciler.secret import redact

@@ -115,7 +115,7 @@ class JournalStore:
     def close(self) -> None:
         self.target.close()
 
-    def __enter__(self) -> "JournalStore":
+    def __enter__(self) -> JournalStore:
         return self
 
     def __exit__(self, *exc) -> None:

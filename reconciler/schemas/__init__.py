@@ -5,7 +5,7 @@ link to this folder."""
 from __future__ import annotations
 
 import json
-from functools import lru_cache
+from functools import cache
 from importlib import resources
 
 
@@ -14,7 +14,7 @@ def text(name: str) -> str:
     return resources.files(__name__).joinpath(name).read_text(encoding="utf-8")
 
 
-@lru_cache(maxsize=None)
+@cache
 def load(name: str) -> dict:
     """A JSON Schema by file name, parsed once per process."""
     return json.loads(text(name))

@@ -17,8 +17,8 @@ not, so the output says what the result was checked against.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from reconciler.trust.signed import PublicKey, SignedState, TrustError
 
@@ -48,7 +48,7 @@ class LiveServer:
 
     label: str
     database: str
-    header: Callable[[int], "tuple[bytes, int] | None"]
+    header: Callable[[int], tuple[bytes, int] | None]
     last: Callable[[], int]
 
 
@@ -59,7 +59,7 @@ class Anchors:
     live: list[LiveServer] = field(default_factory=list)
     key: PublicKey | None = None
     signed_database: str = ""          # the database as the primary names it (what its signatures name)
-    checkpoint: "tuple[int, bytes, str] | None" = None   # (tx id, Alh, where) of the local checkpoint
+    checkpoint: tuple[int, bytes, str] | None = None   # (tx id, Alh, where) of the local checkpoint
     checkpoint_source: str = ""
     unanchored: bool = False            # the operator trusts the target alone
     allow_rollback: bool = False        # restoring short of what an anchor holds is intended

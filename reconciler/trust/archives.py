@@ -17,7 +17,8 @@ every transaction exported and chained up to that Alh)."""
 from __future__ import annotations
 
 import hashlib
-from typing import BinaryIO, Callable
+from collections.abc import Callable
+from typing import BinaryIO
 
 from reconciler.trust.anchors import Anchors, LiveServer, Verdict, conclude
 from reconciler.trust.checkpoints import ArchiveCheckpoint

@@ -22,9 +22,9 @@ import logging
 import os
 import stat
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
 
 from reconciler.errors import ReplicatorError
 from reconciler.trust.signed import TrustError

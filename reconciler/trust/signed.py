@@ -43,7 +43,7 @@ class SignedState:
                 "signature": self.signature.hex()}
 
     @classmethod
-    def from_dict(cls, d) -> "SignedState":
+    def from_dict(cls, d) -> SignedState:
         """Raises ValueError for anything but the shape as_dict writes."""
         if not isinstance(d, dict) or set(d) != {"database", "tx_id", "alh", "signature"}:
             raise ValueError("a signed state has database, tx_id, alh and signature")
@@ -54,7 +54,7 @@ class SignedState:
             raise ValueError("a signed state's alh or signature has the wrong length")
         return cls(d["database"], d["tx_id"], alh, signature)
 
-    def check(self, key: "PublicKey", database: str, tx_id: int, alh: bytes, what: str) -> None:
+    def check(self, key: PublicKey, database: str, tx_id: int, alh: bytes, what: str) -> None:
         """That this is the primary's signature of (database, tx_id, alh).
         Raises TrustError saying which part differs."""
         if (self.database, self.tx_id) != (database, tx_id):

@@ -3,7 +3,7 @@ the primary's public key, and its running servers."""
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from collections.abc import Iterator
 
 from reconciler.trust.anchors import Anchors, LiveServer
 from reconciler.trust.checkpoints import Checkpoints

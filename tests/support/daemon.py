@@ -18,7 +18,7 @@ from tests.support.waiting import patient, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]  # the repository
 TOKEN = "Api-token-for-tests-123"
-STARTED: list["Daemon"] = []  # every daemon started, so a failing test's report can show their logs (conftest)
+STARTED: list[Daemon] = []  # every daemon started, so a failing test's report can show their logs (conftest)
 
 
 class Daemon:
@@ -47,7 +47,7 @@ class Daemon:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, wait_ready: bool = True) -> "Daemon":
+    def start(self, wait_ready: bool = True) -> Daemon:
         self.log = open(self.log_path, "wb")
         STARTED.append(self)
         self.proc = subprocess.Popen([sys.executable, "-m", "reconciler", "run", "-c", str(self.config_path)],

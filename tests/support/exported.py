@@ -111,12 +111,12 @@ class History:
 
     @classmethod
     def of(cls, n: int, start_ts: int = 1_795_000_000, key: str = "k", value: str = "value",
-           version: int = 1) -> "History":
+           version: int = 1) -> History:
         h = cls([Tx(i, GENESIS, [Entry(f"{key}{i}".encode(), f"{value} {i}".encode() * i)], ts=start_ts + i,
                     version=version) for i in range(1, n + 1)])
         return h.rebuild()
 
-    def rebuild(self) -> "History":
+    def rebuild(self) -> History:
         alhs: list[bytes] = []
         prev = GENESIS
         for tx in self.txs:
@@ -130,7 +130,7 @@ class History:
     def alh(self, tx_id: int) -> bytes:
         return self.txs[tx_id - 1].alh() if tx_id else GENESIS
 
-    def copy(self) -> "History":
+    def copy(self) -> History:
         return History([replace(t, entries=[replace(e) for e in t.entries]) for t in self.txs])
 
 

@@ -94,7 +94,7 @@ class ImmudbVerdicts:
             self.process.kill()
             self.process.wait()
 
-    def __enter__(self) -> "ImmudbVerdicts":
+    def __enter__(self) -> ImmudbVerdicts:
         return self
 
     def __exit__(self, *exc) -> None:

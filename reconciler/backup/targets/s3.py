@@ -19,8 +19,18 @@ from pathlib import Path
 from typing import BinaryIO
 from urllib.parse import urlparse
 
-from reconciler.backup.targets.base import (ArchiveExists, ArchiveInfo, InlinePolicy, RequestRefused, StoredMismatch,
-                                            Target, TargetError, Upload, lazy_import, sort_key)
+from reconciler.backup.targets.base import (
+    ArchiveExists,
+    ArchiveInfo,
+    InlinePolicy,
+    RequestRefused,
+    StoredMismatch,
+    Target,
+    TargetError,
+    Upload,
+    lazy_import,
+    sort_key,
+)
 from reconciler.config.model import TargetConfig
 from reconciler.log import event
 from reconciler.secret import Secret
@@ -96,7 +106,7 @@ def target_for_url(url, configured: list[TargetConfig]) -> TargetConfig:
     return TargetConfig(name="s3", kind="s3", path=url.geturl())
 
 
-def build(cfg: TargetConfig) -> "S3Target":
+def build(cfg: TargetConfig) -> S3Target:
     return S3Target(cfg.name, cfg.path, **cfg.options)
 
 log = logging.getLogger(__name__)
@@ -108,7 +118,7 @@ ABORT_RETRY_SECONDS = 60
 
 
 class S3Upload(Upload):
-    def __init__(self, target: "S3Target", key: str):
+    def __init__(self, target: S3Target, key: str):
         self.target, self.key = target, key
         extra = {}
         if target.sse:

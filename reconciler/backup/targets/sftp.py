@@ -12,7 +12,6 @@ import base64
 import dataclasses
 import hashlib
 import posixpath
-import socket
 import stat
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
@@ -20,8 +19,18 @@ from typing import TYPE_CHECKING, BinaryIO
 if TYPE_CHECKING:
     import paramiko as _paramiko
 
-from reconciler.backup.targets.base import (PARTIAL_SUFFIX, ArchiveExists, ArchiveInfo, InlinePolicy,
-                                            RequestRefused, Target, TargetError, Upload, lazy_import, sort_key)
+from reconciler.backup.targets.base import (
+    PARTIAL_SUFFIX,
+    ArchiveExists,
+    ArchiveInfo,
+    InlinePolicy,
+    RequestRefused,
+    Target,
+    TargetError,
+    Upload,
+    lazy_import,
+    sort_key,
+)
 from reconciler.config.model import TargetConfig
 from reconciler.secret import Secret
 
@@ -101,7 +110,7 @@ def target_for_url(url, configured: list[TargetConfig]) -> TargetConfig:
                       f"name one with --target")
 
 
-def build(cfg: TargetConfig) -> "SftpTarget":
+def build(cfg: TargetConfig) -> SftpTarget:
     return SftpTarget(cfg.name, cfg.path, **cfg.options)
 
 
@@ -144,7 +153,7 @@ class SftpUpload(Upload):
 
     IN_FLIGHT = 32  # writes of up to 32 KiB: 1 MiB unanswered at most
 
-    def __init__(self, target: "SftpTarget", final: str):
+    def __init__(self, target: SftpTarget, final: str):
         self.target, self.final = target, final
         self.partial = posixpath.join(posixpath.dirname(final), "." + posixpath.basename(final) + PARTIAL_SUFFIX)
         self.sent = 0
@@ -275,7 +284,7 @@ class SftpTarget(Target):
             client.close()
             raise TargetError(f"target {self.name}: {self.username}@{self.host}:{self.port} refused the "
                               f"credentials") from None
-        except (paramiko.SSHException, OSError, socket.timeout, EOFError, ValueError) as exc:
+        except (paramiko.SSHException, OSError, TimeoutError, EOFError, ValueError) as exc:
             client.close()
             text = str(exc)
             if "not found in known_hosts" in text or "does not match the pinned" in text:
