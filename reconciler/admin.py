@@ -81,11 +81,11 @@ from google.protobuf import empty_pb2, message_factory  # noqa: E402
 pb = _immudb_schema()
 _SERVICE = pb.DESCRIPTOR.services_by_name["ImmuService"]
 
-from reconciler.config.model import ServerConfig
-from reconciler.errors import ReplicatorError
-from reconciler.log import event
-from reconciler.secret import Secret
-from reconciler.state import DatabaseInfo, ReplicationSettings, StoreLimits, UserInfo
+from reconciler.config.model import ServerConfig  # noqa: E402
+from reconciler.errors import ReplicatorError  # noqa: E402
+from reconciler.log import event  # noqa: E402
+from reconciler.secret import Secret  # noqa: E402
+from reconciler.state import DatabaseInfo, ReplicationSettings, StoreLimits, UserInfo  # noqa: E402
 
 log = logging.getLogger(__name__)
 

@@ -129,7 +129,7 @@ def test_a_replay_immudb_refuses_names_the_refused_transaction_not_the_oldest_in
     from tests.support.exported import History
     h = History.of(6)
     h.txs[3].bl_root = bytes(32)
-    for before, tx in zip(h.txs[3:], h.txs[4:]):
+    for before, tx in zip(h.txs[3:], h.txs[4:], strict=False):
         tx.prev_alh = before.alh()
     name = unique_name("refused")
     replica.create_restore_database(name)

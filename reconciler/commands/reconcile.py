@@ -98,6 +98,6 @@ def _print_table(databases: list[DatabaseStatus]) -> None:
                                             d.progressing, d.note)] for d in databases]
     widths = [max(len(row[i]) for row in table) for i in range(len(header) - 1)]
     for row in table:
-        print("  ".join(c.ljust(w) for c, w in zip(row, widths)) + "  " + row[-1])
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)) + "  " + row[-1])
     if not databases:
         print("(no replica databases)")

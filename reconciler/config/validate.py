@@ -203,7 +203,7 @@ def logic_problems(data: dict, lines: Lines) -> list[str]:
             problems.append(f"{at(('reconcile', 'rename', source), lines)}: '{source}' and '{targets[target]}' "
                             f"would both be replicated into '{target}'")
         targets[target] = source
-    for i, pattern in enumerate(rec["databases"]["include"] + rec["databases"]["exclude"]):
+    for pattern in rec["databases"]["include"] + rec["databases"]["exclude"]:
         if pattern.strip() != pattern:
             problems.append(f"{at(('reconcile', 'databases'), lines)}: pattern {pattern!r} has surrounding spaces")
     if "sync_replication" in rec["replication"]:
@@ -300,7 +300,7 @@ def cron_problem(expression: str, timezone: str | None) -> str | None:
         CronTrigger.from_crontab(expression, timezone=timezone)
     except (ValueError, LookupError) as exc:
         return f"invalid cron expression {expression!r}: {exc}"
-    except Exception as exc:  # unknown time zone names raise the zoneinfo library's own errors
+    except Exception as exc:  # noqa: BLE001 - unknown time zone names raise the zoneinfo library's own errors
         return f"invalid time zone {timezone!r}: {type(exc).__name__}"
     return None
 

@@ -548,7 +548,7 @@ class Journal:
                     if last is not None and exported.tx_id >= last:
                         break
                 arrived.put(done)
-            except BaseException as exc:  # handed to the builder
+            except BaseException as exc:  # noqa: BLE001 - handed to the builder
                 arrived.put(exc)
 
         pumper = threading.Thread(target=pump, name=f"journal-feed-{self.database}", daemon=True)

@@ -573,14 +573,18 @@ def _up(args) -> int:
     root = Path(tempfile.mkdtemp(prefix="immudb-replicator-servers-"))
     started = []
     try:
-        primary = ImmudbServer("primary", root / "primary", daemon=True, metrics=True).start(); started.append(primary)
-        replica = ImmudbServer("replica", root / "replica", daemon=True, metrics=True).start(); started.append(replica)
+        primary = ImmudbServer("primary", root / "primary", daemon=True, metrics=True).start()
+        started.append(primary)
+        replica = ImmudbServer("replica", root / "replica", daemon=True, metrics=True).start()
+        started.append(replica)
         info = {"root": str(root), "immudb_version": IMMUDB_VERSION,
                 "primary": {"address": primary.address, "pid": primary.process.pid, "data_dir": str(primary.data_dir)},
                 "replica": {"address": replica.address, "pid": replica.process.pid, "data_dir": str(replica.data_dir)}}
         if not args.immudb_only:
-            sftp = SftpServer(root / "sftp", daemon=True).start(); started.append(sftp)
-            s3 = S3Server(root / "s3", daemon=True).start(); started.append(s3)
+            sftp = SftpServer(root / "sftp", daemon=True).start()
+            started.append(sftp)
+            s3 = S3Server(root / "s3", daemon=True).start()
+            started.append(s3)
             info["sftp"] = {"address": f"127.0.0.1:{sftp.port}", "pid": sftp.process.pid, "user": sftp.username,
                             "key": str(sftp.client_key), "known_hosts": str(sftp.known_hosts),
                             "upload_dir": str(sftp.upload_dir)}

@@ -123,7 +123,7 @@ class Upload(ABC):
     def writable(self) -> bool:
         return True
 
-    def flush(self) -> None:
+    def flush(self) -> None:  # noqa: B027 - deliberately empty: what was written is kept until commit()
         pass
 
 
@@ -220,7 +220,7 @@ class Target(ABC):
         files, pending multipart uploads); the names removed."""
         return []
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - deliberately empty: only targets holding a connection override it
         pass
 
     def __enter__(self):
