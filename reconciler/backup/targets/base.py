@@ -31,6 +31,7 @@ costs nothing.
 """
 from __future__ import annotations
 
+import builtins
 import calendar
 import importlib
 import re
@@ -171,7 +172,7 @@ class Target(ABC):
     def delete(self, name: str) -> None: ...
 
     @abstractmethod
-    def folders(self) -> list[str]:
+    def folders(self) -> builtins.list[str]:
         """The names of the folders (S3: common prefixes) in the target's
         directory: the journal's databases under `journal/`."""
 
@@ -215,7 +216,7 @@ class Target(ABC):
                                  f"(SHA-256 differs)")
         return f"read back, {size} bytes, SHA-256 as written"
 
-    def cleanup_partial(self) -> list[str]:
+    def cleanup_partial(self) -> builtins.list[str]:
         """Remove what an interrupted earlier run of ours left (temporary
         files, pending multipart uploads); the names removed."""
         return []

@@ -7,6 +7,7 @@ archive or none.
 """
 from __future__ import annotations
 
+import builtins
 import errno
 import os
 import threading
@@ -242,7 +243,7 @@ class FileTarget(Target):
                 found.append(ArchiveInfo(entry.name, st.st_size, st.st_mtime, str(self.dir / entry.name)))
         return sorted(found, key=sort_key)
 
-    def folders(self) -> list[str]:
+    def folders(self) -> builtins.list[str]:
         try:
             return sorted(e.name for e in os.scandir(self.dir) if e.is_dir(follow_symlinks=False))
         except FileNotFoundError:
@@ -256,7 +257,7 @@ class FileTarget(Target):
         except OSError as exc:
             raise _os_error(self.name, f"cannot delete {self.dir / name}", exc) from None
 
-    def cleanup_partial(self) -> list[str]:
+    def cleanup_partial(self) -> builtins.list[str]:
         removed = []
         try:
             entries = list(os.scandir(self.dir))

@@ -10,6 +10,7 @@ earlier, interrupted run of ours left pending.
 from __future__ import annotations
 
 import base64
+import builtins
 import dataclasses
 import hashlib
 import logging
@@ -355,7 +356,7 @@ class S3Target(Target):
             raise self.error("cannot list archives", exc) from None
         return sorted(found, key=sort_key)
 
-    def folders(self) -> list[str]:
+    def folders(self) -> builtins.list[str]:
         found = []
         try:
             for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self.prefix,
@@ -371,7 +372,7 @@ class S3Target(Target):
         except (boto_errors.ClientError, boto_errors.BotoCoreError) as exc:
             raise self.error(f"cannot delete {self.prefix + name}", exc) from None
 
-    def pending_uploads(self) -> list[tuple[str, str]]:
+    def pending_uploads(self) -> builtins.list[tuple[str, str]]:
         """(key, upload id) of pending multipart uploads of our archive names."""
         out = []
         paginator = self.client.get_paginator("list_multipart_uploads")
@@ -382,7 +383,7 @@ class S3Target(Target):
                     out.append((up["Key"], up["UploadId"]))
         return out
 
-    def cleanup_partial(self) -> list[str]:
+    def cleanup_partial(self) -> builtins.list[str]:
         try:
             pending = self.pending_uploads()
         except (boto_errors.ClientError, boto_errors.BotoCoreError):

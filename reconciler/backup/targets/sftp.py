@@ -9,6 +9,7 @@ rename refuses to replace an existing file); abort removes the partial file.
 from __future__ import annotations
 
 import base64
+import builtins
 import dataclasses
 import hashlib
 import posixpath
@@ -368,7 +369,7 @@ class SftpTarget(Target):
                  for e in self._entries() if stat.S_ISREG(e.st_mode or 0) and self.owns(e.filename)]
         return sorted(found, key=sort_key)
 
-    def folders(self) -> list[str]:
+    def folders(self) -> builtins.list[str]:
         return sorted(e.filename for e in self._entries() if stat.S_ISDIR(e.st_mode or 0))
 
     def delete(self, name: str) -> None:
@@ -378,7 +379,7 @@ class SftpTarget(Target):
         except (OSError, paramiko.SSHException) as exc:
             raise self.error(f"cannot delete {path}", exc) from None
 
-    def cleanup_partial(self) -> list[str]:
+    def cleanup_partial(self) -> builtins.list[str]:
         removed = []
         try:
             entries = self.sftp.listdir(self.directory or ".")
