@@ -34,19 +34,20 @@ class TextFormatter(logging.Formatter):
         fields = getattr(record, "fields", {})
         parts = [stamp, record.levelname.lower(), record.getMessage()]
         parts += [f"{k}={_text_value(v)}" for k, v in fields.items() if v is not None]
-        if record.exc_info and record.levelno >= logging.ERROR:
+        if record.exc_info and record.exc_info[0] is not None and record.levelno >= logging.ERROR:
             parts.append("error=" + _text_value(f"{record.exc_info[0].__name__}: {record.exc_info[1]}"))
         return redact(" ".join(parts))
 
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any]
         out = {"ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
                "level": record.levelname.lower(), "logger": record.name, "event": record.getMessage()}
         for key, value in getattr(record, "fields", {}).items():
             if value is not None:
                 out[key] = value if isinstance(value, (int, float, bool)) else str(value)
-        if record.exc_info and record.levelno >= logging.ERROR:
+        if record.exc_info and record.exc_info[0] is not None and record.levelno >= logging.ERROR:
             out["error"] = f"{record.exc_info[0].__name__}: {record.exc_info[1]}"
         return redact(json.dumps(out, default=str))
 
