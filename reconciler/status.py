@@ -7,7 +7,9 @@ Pure: no I/O, nothing imported from the rest of the program but plain values.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 # per replica database, as `status` shows them
 IN_SYNC, MISSING, DRIFT, UNLOADED, CONFLICT, ORPHAN, BUSY, ERROR = (
@@ -41,7 +43,7 @@ class DatabaseStatus:
     def as_dict(self) -> dict:
         return {**dataclasses.asdict(self), "lag": self.lag}
 
-    def with_(self, **changes) -> DatabaseStatus:
+    def with_(self, **changes: Any) -> DatabaseStatus:
         return dataclasses.replace(self, **changes)
 
 
@@ -86,7 +88,7 @@ class ServiceStats:
         return self.targets.setdefault(name, TargetStats())
 
     def record_pass(self, ok: bool, started: float | None = None, finished: float | None = None,
-                    action_results: list[str] = ()) -> None:
+                    action_results: Iterable[str] = ()) -> None:
         """A pass ended (`started`/`finished` unknown when it crashed), with
         the result of each action it took."""
         for result in action_results:

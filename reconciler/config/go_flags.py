@@ -8,7 +8,7 @@ like the Go replicator. Passwords may also come from a file named by
 from __future__ import annotations
 
 import argparse
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,7 +28,7 @@ class Override:
     flag: str            # without dashes, as the Go tool spells it
     env: str | None      # the Go tool's variable, if it had one
     path: tuple[str, ...]
-    kind: type = str
+    kind: Callable[[str], Any] = str  # a type, or go_bool
     secret: bool = False
     help: str = ""
     file_env: str | None = None  # the variable naming a file with the value (default: env + "_FILE")
@@ -129,7 +129,7 @@ def collect(args: argparse.Namespace | None, env: Mapping[str, str]) -> tuple[li
 def given(args: argparse.Namespace | None, env: Mapping[str, str]) -> bool:
     """True when any of the Go tool's flags or variables is set: then a
     configuration without a YAML file is meant (the API token alone is not)."""
-    go = [o for o in collect(args, env)[0] if o[2] not in (API_TOKEN.env, API_TOKEN.env + "_FILE")]
+    go = [o for o in collect(args, env)[0] if o[2] not in (API_TOKEN.env, *API_TOKEN.file_envs)]
     return bool(go)
 
 

@@ -9,7 +9,7 @@ import dataclasses
 import fnmatch
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -23,7 +23,7 @@ from reconciler.state import ReplicationSettings
 SECRET_KEYS = frozenset({"password", "token", "secret_key", "passphrase", "access_key", "aes_key", "hmac_key"})
 
 
-def _secret(section: dict, key: str, origin: str, decode=None) -> Secret | None:
+def _secret(section: dict, key: str, origin: str, decode: Callable[[str], str] | None = None) -> Secret | None:
     if key in section:
         return Secret(str(section[key]), origin=f"{origin}.{key}", decode=decode)
     if f"{key}_file" in section:
@@ -31,14 +31,16 @@ def _secret(section: dict, key: str, origin: str, decode=None) -> Secret | None:
     return None
 
 
-def _password(section: dict, origin: str, aes_key: Secret | None) -> Secret | None:
+def _password(section: dict, origin: str, aes_key: Secret | None) -> Secret:
     """One of the three passwords the Go tool let be `enc:<hex>` (inline or
     in its file): decrypted with the AES key each time it is read."""
     from reconciler.config.encrypted import decrypt
     key_origin = "password" if "password" in section else "password_file"
     field = f"{origin}.{key_origin}"
-    return _secret(section, "password", origin, decode=lambda given: decrypt(
+    password = _secret(section, "password", origin, decode=lambda given: decrypt(
         given, aes_key.reveal().encode() if aes_key is not None else None, field))
+    assert password is not None, f"{origin}: validation requires password or password_file"
+    return password
 
 
 @dataclass(frozen=True)

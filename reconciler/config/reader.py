@@ -72,7 +72,7 @@ def parse_yaml(text: str, source: str) -> tuple[dict[str, Any], Lines]:
     except Exception as exc:  # noqa: BLE001 - a constructor's own error (`!!int x`, a 5000-digit number)
         raise ConfigError(f"{source}: invalid YAML: a value cannot be converted to its type ({type(exc).__name__}): "
                           f"a number too long, or a tag such as !!int on a value that is not one") from None
-    if data is None:
+    if data is None or node is None:  # an empty document (node is None only when data is too)
         return {}, {}
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: the top level must be a mapping of sections (primary:, replica:, ...)")

@@ -11,10 +11,10 @@ import copy
 import difflib
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import jsonschema
 from jsonschema import Draft202012Validator
@@ -52,10 +52,10 @@ def load_schema(name: str = "replicator.schema.json") -> dict:
     return schema
 
 
-def _with_defaults(cls):
+def _with_defaults(cls: Any) -> Any:
     validate_properties = cls.VALIDATORS["properties"]
 
-    def properties(validator, props, instance, schema):
+    def properties(validator: Any, props: dict, instance: Any, schema: dict) -> Iterator[jsonschema.ValidationError]:
         if isinstance(instance, dict):
             for name, sub in props.items():
                 if isinstance(sub, dict) and "default" in sub and name not in instance:
@@ -119,7 +119,8 @@ def _allowed_keys(schema_part: dict, root: dict) -> list[str]:
 
 def _describe(error: jsonschema.ValidationError, root: dict) -> tuple[tuple, str]:
     """(extra path below error.path, message) for one schema error."""
-    kind, expected, value = error.validator, error.validator_value, error.instance
+    kind, value = error.validator, error.instance
+    expected: Any = error.validator_value
     secret = any(str(p) in SECRET_KEYS for p in error.absolute_path)
     shown = "the value" if secret or isinstance(value, (dict, list)) else repr(value)
     if kind == "type":
@@ -131,7 +132,7 @@ def _describe(error: jsonschema.ValidationError, root: dict) -> tuple[tuple, str
         name = error.message.split("'")[1] if error.message.count("'") >= 2 else "?"
         return (name,), "required, missing"
     if kind in ("additionalProperties", "unevaluatedProperties"):
-        allowed = _allowed_keys(error.schema, root)
+        allowed = _allowed_keys(cast(dict, error.schema), root)
         extras = [k for k in value if k not in allowed] if isinstance(value, dict) else []
         if len(extras) == 1:
             close = difflib.get_close_matches(str(extras[0]), allowed, n=1)
@@ -241,11 +242,11 @@ def _backup_problems(data: dict, lines: Lines) -> list[str]:
                         f"{data_dir}: immudb loads every folder there as a database")
     from reconciler.backup import targets
     for name, target in backup["targets"].items():
-        path = ("backup", "targets", name)
+        path: tuple = ("backup", "targets", name)
         for key in sorted(SECRET_KEYS):
             problems += _secret_problems(target, path, lines, key, required=False)
-        for key, message in targets.config_problems(target, Path(data_dir)):
-            problems.append(f"{at(path + ((key,) if key else ()), lines)}: {message}")
+        for option, message in targets.config_problems(target, Path(data_dir)):
+            problems.append(f"{at(path + ((option,) if option else ()), lines)}: {message}")
     for i, schedule in enumerate(backup["schedules"]):
         path = ("backup", "schedules", i)
         if schedule["target"] not in backup["targets"]:

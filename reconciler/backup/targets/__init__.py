@@ -9,7 +9,8 @@ from collections.abc import Mapping
 from functools import cache
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
+from urllib.parse import ParseResult
 
 from reconciler.backup.targets.base import (
     ArchiveExists,
@@ -22,6 +23,9 @@ from reconciler.backup.targets.base import (
     Upload,
 )
 from reconciler.config.model import TargetConfig
+
+if TYPE_CHECKING:
+    import jsonschema
 
 __all__ = ["ArchiveExists", "ArchiveInfo", "InlinePolicy", "RequestRefused", "StoredMismatch", "Target", "TargetError",
            "Upload",
@@ -78,7 +82,7 @@ def _check_request(module: ModuleType, body: Mapping[str, Any]) -> None:
         raise refusal(error)
 
 
-def refusal(error) -> RequestRefused:
+def refusal(error: jsonschema.ValidationError) -> RequestRefused:
     """A request's schema error (jsonschema's ValidationError) as a 400 that
     names the field, never echoing a password or a username (for s3 it is
     the access key)."""
@@ -87,13 +91,14 @@ def refusal(error) -> RequestRefused:
         field = error.message.split("'")[1]
         return RequestRefused(400, f"missing field '{field}'", field)
     if error.validator == "additionalProperties":
-        extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
+        instance, schema = cast(dict, error.instance), cast(dict, error.schema)  # an object, and its schema
+        extra = sorted(set(instance) - set(schema.get("properties", {})))
         return RequestRefused(400, f"unknown field '{extra[0]}'", extra[0])
     shown = "" if field in ("password", "username") else f": {error.message}"
     return RequestRefused(400, f"invalid field '{field}'{shown}", field)
 
 
-def for_url(configured: list[TargetConfig], url) -> TargetConfig:
+def for_url(configured: list[TargetConfig], url: ParseResult) -> TargetConfig:
     """The configured target whose credentials serve archive location `url`
     (urllib's parse result), with the location's folder. Raises TargetError."""
     for module in kinds().values():

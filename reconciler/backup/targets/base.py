@@ -39,7 +39,7 @@ import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO, TypeVar
 
 from reconciler.errors import ReplicatorError
 
@@ -54,7 +54,7 @@ class lazy_import:  # noqa: N801 - used as `paramiko = lazy_import("paramiko")`,
     def __init__(self, name: str):
         self._name = name
 
-    def __getattr__(self, attribute: str):
+    def __getattr__(self, attribute: str) -> Any:
         return getattr(importlib.import_module(self._name), attribute)
 
 
@@ -126,6 +126,9 @@ class Upload(ABC):
 
     def flush(self) -> None:  # noqa: B027 - deliberately empty: what was written is kept until commit()
         pass
+
+
+_T = TypeVar("_T", bound="Target")
 
 
 class Target(ABC):
@@ -224,10 +227,10 @@ class Target(ABC):
     def close(self) -> None:  # noqa: B027 - deliberately empty: only targets holding a connection override it
         pass
 
-    def __enter__(self):
+    def __enter__(self: _T) -> _T:
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def __repr__(self) -> str:

@@ -13,6 +13,7 @@ import os
 import threading
 from pathlib import Path
 from typing import BinaryIO
+from urllib.parse import ParseResult
 
 from reconciler.backup.targets.base import (
     PARTIAL_SUFFIX,
@@ -78,7 +79,7 @@ def _check_path(path: str, policy: InlinePolicy) -> None:
                                   f"({', '.join(str(d) for d in policy.file_target_dirs)})", "path")
 
 
-def target_for_url(url, configured: list[TargetConfig]) -> TargetConfig:
+def target_for_url(url: ParseResult, configured: list[TargetConfig]) -> TargetConfig:
     raise TargetError("a file archive is named by its path")
 
 
@@ -87,8 +88,9 @@ def build(cfg: TargetConfig) -> FileTarget:
 
 
 def _os_error(target: str, what: str, exc: OSError) -> TargetError:
-    reason = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
-              errno.EACCES: "permission denied", errno.EROFS: "read-only file system"}.get(exc.errno)
+    reasons: dict[int | None, str] = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
+                                      errno.EACCES: "permission denied", errno.EROFS: "read-only file system"}
+    reason = reasons.get(exc.errno)
     return TargetError(f"target {target}: {what}: {reason or exc.strerror or exc}")
 
 
@@ -182,7 +184,7 @@ class FileUpload(Upload):
             pass
 
 
-def _create_private(path: Path):
+def _create_private(path: Path) -> BinaryIO:
     """A new file only its owner may read, whatever the umask: an archive
     holds whole databases."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -258,7 +260,7 @@ class FileTarget(Target):
             raise _os_error(self.name, f"cannot delete {self.dir / name}", exc) from None
 
     def cleanup_partial(self) -> builtins.list[str]:
-        removed = []
+        removed: list[str] = []
         try:
             entries = list(os.scandir(self.dir))
         except OSError:

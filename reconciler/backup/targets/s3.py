@@ -18,7 +18,7 @@ import time
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import BinaryIO
-from urllib.parse import urlparse
+from urllib.parse import ParseResult, urlparse
 
 from reconciler.backup.targets.base import (
     ArchiveExists,
@@ -98,7 +98,7 @@ def options_from_request(body: dict, policy: InlinePolicy | None) -> dict:
     return options
 
 
-def target_for_url(url, configured: list[TargetConfig]) -> TargetConfig:
+def target_for_url(url: ParseResult, configured: list[TargetConfig]) -> TargetConfig:
     """The configured target for the location's bucket (its credentials),
     else the standard AWS credential chain; the location as its path."""
     for t in configured:

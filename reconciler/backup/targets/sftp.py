@@ -16,6 +16,7 @@ import posixpath
 import stat
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
+from urllib.parse import ParseResult
 
 if TYPE_CHECKING:
     import paramiko as _paramiko
@@ -101,7 +102,7 @@ def options_from_request(body: dict, policy: InlinePolicy | None) -> dict:
     return options
 
 
-def target_for_url(url, configured: list[TargetConfig]) -> TargetConfig:
+def target_for_url(url: ParseResult, configured: list[TargetConfig]) -> TargetConfig:
     """The configured target for the location's host and port, in the
     location's folder."""
     for t in configured:
@@ -115,7 +116,7 @@ def build(cfg: TargetConfig) -> SftpTarget:
     return SftpTarget(cfg.name, cfg.path, **cfg.options)
 
 
-def fingerprint(key) -> str:
+def fingerprint(key: _paramiko.PKey) -> str:
     return "SHA256:" + base64.b64encode(hashlib.sha256(key.asbytes()).digest()).decode().rstrip("=")
 
 
@@ -126,7 +127,7 @@ class _PinnedKey:
     def __init__(self, expected: str):
         self.expected = expected.rstrip("=")
 
-    def missing_host_key(self, client, hostname, key):
+    def missing_host_key(self, client: _paramiko.SSHClient, hostname: str, key: _paramiko.PKey) -> None:
         seen = fingerprint(key)
         if seen != self.expected:
             raise paramiko.SSHException(f"host key {seen} does not match the pinned {self.expected}")
@@ -138,7 +139,7 @@ class _AcceptNew:
     def __init__(self, known_hosts: Path):
         self.known_hosts = known_hosts
 
-    def missing_host_key(self, client, hostname, key):
+    def missing_host_key(self, client: _paramiko.SSHClient, hostname: str, key: _paramiko.PKey) -> None:
         self.known_hosts.parent.mkdir(parents=True, exist_ok=True)
         with open(self.known_hosts, "a") as out:
             out.write(f"{hostname} {key.get_name()} {key.get_base64()}\n")
@@ -174,9 +175,9 @@ class SftpUpload(Upload):
         unanswered. Raises OSError for a refused write. (paramiko keeps the
         unanswered writes in SFTPFile._reqs; its _read_response raises for
         an error status.)"""
-        pending = self.file._reqs
+        pending = self.file._reqs  # type: ignore[attr-defined]
         while len(pending) > keep:
-            self.file.sftp._read_response(pending.popleft())
+            self.file.sftp._read_response(pending.popleft())  # type: ignore[attr-defined]
 
     def write(self, data: bytes) -> None:
         try:
@@ -275,7 +276,7 @@ class SftpTarget(Target):
                            timeout=self.timeout, banner_timeout=self.timeout, auth_timeout=self.timeout,
                            allow_agent=False, look_for_keys=False)
             self._sftp = client.open_sftp()
-            self._sftp.get_channel().settimeout(self.timeout)
+            self._sftp.get_channel().settimeout(self.timeout)  # type: ignore[union-attr]  # open_sftp() made it
         except paramiko.BadHostKeyException as exc:
             client.close()
             raise TargetError(f"target {self.name}: the host key of {self.host}:{self.port} "
@@ -320,7 +321,7 @@ class SftpTarget(Target):
     def _ensure_dir(self) -> None:
         directory = self.directory or "."
         try:
-            if stat.S_ISDIR(self.sftp.stat(directory).st_mode):
+            if stat.S_ISDIR(self.sftp.stat(directory).st_mode):  # type: ignore[arg-type]  # None: the server sent no mode
                 return
             raise TargetError(f"target {self.name}: {directory} on {self.host} is not a directory")
         except FileNotFoundError:
@@ -380,7 +381,7 @@ class SftpTarget(Target):
             raise self.error(f"cannot delete {path}", exc) from None
 
     def cleanup_partial(self) -> builtins.list[str]:
-        removed = []
+        removed: list[str] = []
         try:
             entries = self.sftp.listdir(self.directory or ".")
         except (OSError, paramiko.SSHException):
