@@ -248,7 +248,7 @@ class ApiServer:
     def __init__(self, service: Service):
         import waitress
         host, port = service.cfg.api.host_port
-        self.server = waitress.create_server(
+        self.server = waitress.create_server(  # type: ignore[attr-defined]  # re-exported by waitress, not by its stubs
             build_app(service), host=host, port=port, threads=8, ident="immudb-replicator",
             # above api.max_body_bytes our handler answers 413 in JSON; waitress itself
             # (plain text) only cuts bodies far beyond it

@@ -23,6 +23,7 @@ import threading
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
@@ -37,6 +38,9 @@ from reconciler.log import event
 from reconciler.notify import Notifier
 from reconciler.reconcile import Reconciler
 from reconciler.status import DatabaseStatus, ServiceStats
+
+if TYPE_CHECKING:
+    from reconciler.api import ApiServer
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +64,7 @@ class Service:
             # a pass that could not start on time runs as soon as possible rather than being dropped
             "misfire_grace_time": None,
         })
-        self.api = None
+        self.api: ApiServer | None = None
         self.stopping = threading.Event()
         self._recovered = False  # leftovers of a killed backup removed (first reconcile job)
         self._reload_requested = threading.Event()

@@ -13,7 +13,7 @@ import dataclasses
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from reconciler.admin import AlreadyLoaded, DatabaseClosed, ImmudbAdmin, ImmudbError, NotLoaded, Unreachable
@@ -140,6 +140,7 @@ class Reconciler:
         if self.cfg.reconcile.on_primary_removed == "unload":
             self._check_unload_is_supported()
         primary_dbs = tuple(self.primary.list_databases())
+        replica_dbs: Sequence[DatabaseInfo]
         try:
             replica_dbs = tuple(self.replica.list_databases())
         except DatabaseClosed as exc:

@@ -340,7 +340,7 @@ class ArchiveWriter:
             raise SourceError(f"cannot read {path}: {exc.strerror or exc}") from None
         with f:
             reader = _HashingReader(f, self.hasher, self.on_bytes, self.cancel)
-            self.tar.addfile(info, reader)  # type: ignore[arg-type]
+            self.tar.addfile(info, reader)
         entry = FileEntry(arcname, reader.size, reader.hexdigest())
         self.files.append(entry)
         return entry
@@ -475,9 +475,9 @@ class _TarReader:
         self.skip_to(self.offset)
         try:
             return tarfile.TarInfo.fromtarfile(self)
-        except tarfile.EOFHeaderError:
+        except tarfile.EOFHeaderError:  # type: ignore[attr-defined]  # undocumented, and raised by fromtarfile
             return None  # a block of zeros: the end
-        except tarfile.EmptyHeaderError:
+        except tarfile.EmptyHeaderError:  # type: ignore[attr-defined]
             raise ArchiveError("archive is truncated or corrupt: it ends without the end-of-archive blocks") from None
         except tarfile.HeaderError as exc:
             raise ArchiveError(f"archive is truncated or corrupt: {exc}") from None

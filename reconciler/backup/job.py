@@ -466,7 +466,7 @@ class Backups:
 
     def _remove_staging_leftovers(self) -> list[str]:
         root = self.cfg.backup.staging_dir
-        removed = []
+        removed: list[str] = []
         if root is None or not root.is_dir():
             return removed
         for leftover in root.glob(STAGING_PREFIX + "*"):  # a crashed run's copy

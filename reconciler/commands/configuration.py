@@ -54,7 +54,7 @@ def from_go(args: argparse.Namespace, env=None) -> str:
         out += lines
         encrypted |= enc
         if section == "replica":
-            path = ("replica", "data_dir")
+            path: tuple = ("replica", "data_dir")
             out.append(f"  data_dir: {_scalar(value(path, '/var/lib/immudb'))}{origin(path)}")
         out.append("")
     path = ("follower", "username")

@@ -26,7 +26,7 @@ from __future__ import annotations
 import datetime
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from reconciler.admin import AlreadyExists, ImmudbAdmin, ImmudbError
@@ -183,7 +183,7 @@ def _time_hint(store: JournalStore, segs: list[SegmentName], when: float) -> int
     return found
 
 
-def plan(store: JournalStore, point: Point, bases: list[Base] = (), snapshots: bool = False,
+def plan(store: JournalStore, point: Point, bases: Iterable[Base] = (), snapshots: bool = False,
          anchors: Anchors | None = None, limits: TxLimits = DEFAULT_LIMITS) -> ReplayPlan:
     """Choose the base and segments for `point`, and prove them (see the
     module's docstring). Snapshot bases (`bases`) are used only when

@@ -31,6 +31,7 @@ again after a snapshot backup) ends the backoff and any waiting call.
 """
 from __future__ import annotations
 
+import builtins
 import io
 import logging
 import os
@@ -216,7 +217,7 @@ class Spool:
                 pass
         return total
 
-    def put(self, name: str, blob: bytes) -> None:
+    def put(self, name: str, blob: builtins.bytes) -> None:
         """Raises SpoolFull when segments wait already and this one would
         pass the limit (an empty spool takes any one segment: a limit below
         one segment's size must not stop the journal for good)."""
@@ -237,7 +238,7 @@ class Spool:
         with self._changed:
             self._changed.notify_all()
 
-    def read(self, name: str) -> bytes:
+    def read(self, name: str) -> builtins.bytes:
         return (self.directory / name).read_bytes()
 
     def remove(self, name: str) -> None:
