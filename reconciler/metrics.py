@@ -8,7 +8,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from reconciler.status import STATES, DatabaseStatus, ServiceStats
+from reconciler.status import STATES, DatabaseStatus, JournalState, ServiceStats
 
 
 class Source(Protocol):
@@ -119,7 +119,6 @@ _JOURNAL = (
     ("replicator_journal_gaps_filled", "Holes in the target's journal exported again from the replica.",
      CounterMetricFamily, "gaps_filled"),
 )
-JOURNAL_STATES = ("starting", "shipping", "spool_full", "target_down", "needs_base", "error", "stopped")
 
 
 def _journal_families(journals: list[dict]):
@@ -130,7 +129,7 @@ def _journal_families(journals: list[dict]):
         for family, key in families:
             if j.get(key) is not None:
                 family.add_metric([j["database"]], j[key])
-        for s in JOURNAL_STATES:
+        for s in JournalState:
             state.add_metric([j["database"], s], 1 if j["state"] == s else 0)
     yield from (family for family, _ in families)
     yield state

@@ -14,16 +14,38 @@ from dataclasses import dataclass, field, fields
 from reconciler.config.model import Config
 from reconciler.secret import Secret
 from reconciler.state import SERVER_DATABASES, SYSTEM_DATABASE, DatabaseInfo, ReplicationSettings, StoreLimits, UserInfo
-from reconciler.status import BUSY, CONFLICT, DRIFT, IN_SYNC, MISSING, ORPHAN, UNLOADED, DatabaseStatus
+from reconciler.status import BUSY, CONFLICT, DRIFT, IN_SYNC, MISSING, ORPHAN, UNLOADED, DatabaseStatus, Word
 
 # from this many replica databases on, warn about the primary's session limit
 SESSION_WARNING = 90
 
-# what each kind of action does to what exists
-CHANGES = {"create_follower": "add", "grant": "add", "create_replica": "add",
-           "activate_follower": "change", "change_follower_password": "change", "update_replica": "change",
-           "adopt": "change", "load": "change", "promote": "change",
-           "unload": "remove", "delete": "remove"}
+class ActionKind(Word):
+    """What an action does. Its `change` is what it does to what exists:
+    add, change or remove (the +, ~ or - of its description). Each kind
+    has one executor in reconcile.EXECUTORS (a test checks that every kind
+    has one)."""
+
+    CREATE_FOLLOWER = "create_follower"
+    GRANT = "grant"
+    CREATE_REPLICA = "create_replica"
+    ACTIVATE_FOLLOWER = "activate_follower"
+    CHANGE_FOLLOWER_PASSWORD = "change_follower_password"
+    UPDATE_REPLICA = "update_replica"
+    ADOPT = "adopt"
+    LOAD = "load"
+    PROMOTE = "promote"
+    UNLOAD = "unload"
+    DELETE = "delete"
+
+    @property
+    def change(self) -> str:
+        return _CHANGES[self]
+
+
+_CHANGES = {ActionKind.CREATE_FOLLOWER: "add", ActionKind.GRANT: "add", ActionKind.CREATE_REPLICA: "add",
+            ActionKind.ACTIVATE_FOLLOWER: "change", ActionKind.CHANGE_FOLLOWER_PASSWORD: "change",
+            ActionKind.UPDATE_REPLICA: "change", ActionKind.ADOPT: "change", ActionKind.LOAD: "change",
+            ActionKind.PROMOTE: "change", ActionKind.UNLOAD: "remove", ActionKind.DELETE: "remove"}
 
 
 @dataclass(frozen=True)
@@ -41,7 +63,7 @@ class Action:
     """One change. `server` is where it happens; `requires` names the keys of
     actions that must succeed first (apply skips this one otherwise)."""
 
-    kind: str
+    kind: ActionKind
     server: str
     database: str | None
     description: str
@@ -58,7 +80,7 @@ class Action:
     def change(self) -> str:
         """add, change or remove: what the action does to what exists (the
         +, ~ or - of its description)."""
-        return CHANGES[self.kind]
+        return self.kind.change
 
 
 @dataclass(frozen=True)
@@ -196,25 +218,25 @@ def _plan_follower(cfg: Config, observed: Observed, wanted: dict[str, DatabaseIn
     ready: tuple[str, ...] = ()
     if observed.follower is None:
         first = next(iter(wanted_now.values())).name
-        a = Action("create_follower", "primary", None, f"+ create user {follower} on primary (Admin on {first})",
-                   primary_database=first)
+        a = Action(ActionKind.CREATE_FOLLOWER, "primary", None,
+                   f"+ create user {follower} on primary (Admin on {first})", primary_database=first)
         draft.actions.append(a)
         ready = (a.key,)
         granted = {first}
     else:
         granted = {d.name for d in wanted.values() if observed.follower.may_export(d.name)}
         if not observed.follower.active:
-            a = Action("activate_follower", "primary", None, f"~ activate user {follower} on primary")
+            a = Action(ActionKind.ACTIVATE_FOLLOWER, "primary", None, f"~ activate user {follower} on primary")
             draft.actions.append(a)
             ready += (a.key,)
         if not observed.follower_password_ok:
-            a = Action("change_follower_password", "primary", None,
+            a = Action(ActionKind.CHANGE_FOLLOWER_PASSWORD, "primary", None,
                        f"~ change password of {follower} on primary (then on every replica database)")
             draft.actions.append(a)
             ready += (a.key,)
     for source in wanted_now.values():
         if source.name not in granted:
-            draft.actions.append(Action("grant", "primary", source.name,
+            draft.actions.append(Action(ActionKind.GRANT, "primary", source.name,
                                         f"+ grant Admin on {source.name} to {follower} on primary",
                                         primary_database=source.name, requires=ready))
     return ready
@@ -229,7 +251,7 @@ def _plan_replicas(cfg: Config, wanted: dict[str, DatabaseInfo], replica: dict[s
     for name, source in wanted.items():
         want = desired_replication(cfg, source, follower_password)
         needs = follower_ready + tuple(a.key for a in draft.actions
-                                       if a.kind == "grant" and a.database == source.name)
+                                       if a.kind is ActionKind.GRANT and a.database == source.name)
         have = replica.get(name)
         refusal = sync_finding(cfg, name, source)
         if refusal is not None:
@@ -245,7 +267,7 @@ def _plan_replicas(cfg: Config, wanted: dict[str, DatabaseInfo], replica: dict[s
                                              have.tx_count if have else None))
             continue
         if have is None:
-            draft.actions.append(Action("create_replica", "replica", name,
+            draft.actions.append(Action(ActionKind.CREATE_REPLICA, "replica", name,
                                         f"+ create replica {name} <- {primary_addr}/{source.name}",
                                         primary_database=source.name, settings=want, limits=source.limits,
                                         requires=needs))
@@ -254,7 +276,7 @@ def _plan_replicas(cfg: Config, wanted: dict[str, DatabaseInfo], replica: dict[s
         state = IN_SYNC
         if not have.is_replica:
             if cfg.reconcile.adopt_existing:
-                draft.actions.append(Action("adopt", "replica", name,
+                draft.actions.append(Action(ActionKind.ADOPT, "replica", name,
                                             f"~ adopt {name} as replica of {primary_addr}/{source.name} "
                                             f"(reconcile.adopt_existing)", primary_database=source.name,
                                             settings=want, requires=needs))
@@ -267,7 +289,7 @@ def _plan_replicas(cfg: Config, wanted: dict[str, DatabaseInfo], replica: dict[s
         else:
             diff = replication_differences(have.replication, want)
             if diff:
-                draft.actions.append(Action("update_replica", "replica", name,
+                draft.actions.append(Action(ActionKind.UPDATE_REPLICA, "replica", name,
                                             f"~ update replica {name}: {', '.join(diff)}",
                                             primary_database=source.name, settings=want, requires=needs))
                 state = DRIFT
@@ -276,7 +298,7 @@ def _plan_replicas(cfg: Config, wanted: dict[str, DatabaseInfo], replica: dict[s
                                               f"{source.name} on the primary; transactions beyond them cannot "
                                               f"replicate (recreate the replica database)"))
         if not have.loaded and state != CONFLICT:
-            draft.actions.append(Action("load", "replica", name, f"~ load {name} (it is unloaded)"))
+            draft.actions.append(Action(ActionKind.LOAD, "replica", name, f"~ load {name} (it is unloaded)"))
             state = UNLOADED if state == IN_SYNC else state
         draft.states.append(DatabaseStatus(name, source.name, state, source.tx_count, have.tx_count))
 
@@ -301,9 +323,9 @@ def _plan_orphans(cfg: Config, observed: Observed, wanted: dict[str, DatabaseInf
         if policy == "ignore":
             draft.findings.append(Finding(ORPHAN, name, f"! orphan {name}: {gone} (on_primary_removed: ignore)"))
         elif policy == "unload" and have.loaded:
-            draft.actions.append(Action("unload", "replica", name, f"- unload {name}: {gone}"))
+            draft.actions.append(Action(ActionKind.UNLOAD, "replica", name, f"- unload {name}: {gone}"))
         elif policy == "promote":
-            draft.actions.append(Action("promote", "replica", name, f"~ promote {name} to a writable database: "
-                                        f"{gone}"))
+            draft.actions.append(Action(ActionKind.PROMOTE, "replica", name,
+                                        f"~ promote {name} to a writable database: {gone}"))
         elif policy == "delete":
-            draft.actions.append(Action("delete", "replica", name, f"- delete {name} and its data: {gone}"))
+            draft.actions.append(Action(ActionKind.DELETE, "replica", name, f"- delete {name} and its data: {gone}"))

@@ -20,7 +20,7 @@ from reconciler.admin import AlreadyLoaded, DatabaseClosed, ImmudbAdmin, ImmudbE
 from reconciler.config.model import Config
 from reconciler.holds import Holds, backup_running
 from reconciler.log import event
-from reconciler.plan import Action, Observed, Plan, plan, selected_databases
+from reconciler.plan import Action, ActionKind, Observed, Plan, plan, selected_databases
 from reconciler.secret import Secret
 from reconciler.state import PERMISSION_ADMIN, SERVER_DATABASES, DatabaseInfo
 from reconciler.status import DRIFT, ERROR, IN_SYNC, MISSING, UNLOADED, DatabaseStatus, moved
@@ -276,37 +276,7 @@ class Reconciler:
         self._backoff[key] = _Backoff(failures, now + delay, action.description, self.cfg.digest, str(exc), self._wall())
 
     def _execute(self, action: Action, password: Secret) -> None:
-        follower = self.cfg.follower.username
-        kind, db = action.kind, action.database
-        if kind == "create_follower":
-            self.primary.create_user(follower, password, PERMISSION_ADMIN, action.primary_database)
-        elif kind == "activate_follower":
-            self.primary.set_active(follower, True)
-        elif kind == "change_follower_password":
-            self.primary.change_password(follower, password)
-        elif kind == "grant":
-            self.primary.grant(follower, db, PERMISSION_ADMIN)
-        elif kind == "create_replica":
-            self.replica.create_replica(db, action.settings, action.limits)
-        elif kind in ("update_replica", "adopt"):
-            self.replica.update_replication(db, action.settings)
-        elif kind == "load":
-            try:
-                self.replica.load(db)
-            except AlreadyLoaded:
-                pass  # loaded meanwhile (a backup ending between observing and acting): the goal is reached
-        elif kind == "unload":
-            self.replica.unload(db)
-        elif kind == "promote":
-            self.replica.promote(db)
-        elif kind == "delete":
-            try:
-                self.replica.unload(db)  # immudb deletes only unloaded databases
-            except (DatabaseClosed, NotLoaded):
-                pass  # unloaded already
-            self.replica.delete(db)
-        else:
-            raise AssertionError(f"unknown action {kind}")
+        EXECUTORS[action.kind](self, action, password)
 
     # ------------------------------------------------------------------
 
@@ -371,3 +341,76 @@ class Reconciler:
 
     def statuses(self) -> list[DatabaseStatus]:
         return [self._states[k] for k in sorted(self._states)]
+
+
+# ---------------------------------------------------------------------- executors
+# one per action kind: what apply does for it (tests check that every kind has one)
+
+def _create_follower(r: Reconciler, a: Action, password: Secret) -> None:
+    r.primary.create_user(r.cfg.follower.username, password, PERMISSION_ADMIN, a.primary_database)
+
+
+def _activate_follower(r: Reconciler, a: Action, password: Secret) -> None:
+    r.primary.set_active(r.cfg.follower.username, True)
+
+
+def _change_follower_password(r: Reconciler, a: Action, password: Secret) -> None:
+    r.primary.change_password(r.cfg.follower.username, password)
+
+
+def _grant(r: Reconciler, a: Action, password: Secret) -> None:
+    r.primary.grant(r.cfg.follower.username, _named(a), PERMISSION_ADMIN)
+
+
+def _create_replica(r: Reconciler, a: Action, password: Secret) -> None:
+    r.replica.create_replica(_named(a), a.settings, a.limits)
+
+
+def _update_replication(r: Reconciler, a: Action, password: Secret) -> None:
+    r.replica.update_replication(_named(a), a.settings)
+
+
+def _load(r: Reconciler, a: Action, password: Secret) -> None:
+    try:
+        r.replica.load(_named(a))
+    except AlreadyLoaded:
+        pass  # loaded meanwhile (a backup ending between observing and acting): the goal is reached
+
+
+def _unload(r: Reconciler, a: Action, password: Secret) -> None:
+    r.replica.unload(_named(a))
+
+
+def _promote(r: Reconciler, a: Action, password: Secret) -> None:
+    r.replica.promote(_named(a))
+
+
+def _delete(r: Reconciler, a: Action, password: Secret) -> None:
+    name = _named(a)
+    try:
+        r.replica.unload(name)  # immudb deletes only unloaded databases
+    except (DatabaseClosed, NotLoaded):
+        pass  # unloaded already
+    r.replica.delete(name)
+
+
+def _named(a: Action) -> str:
+    if a.database is None:
+        raise AssertionError(f"{a.kind} needs a database")
+    return a.database
+
+
+Executor = Callable[[Reconciler, Action, Secret], None]
+EXECUTORS: dict[ActionKind, Executor] = {
+    ActionKind.CREATE_FOLLOWER: _create_follower,
+    ActionKind.ACTIVATE_FOLLOWER: _activate_follower,
+    ActionKind.CHANGE_FOLLOWER_PASSWORD: _change_follower_password,
+    ActionKind.GRANT: _grant,
+    ActionKind.CREATE_REPLICA: _create_replica,
+    ActionKind.UPDATE_REPLICA: _update_replication,
+    ActionKind.ADOPT: _update_replication,
+    ActionKind.LOAD: _load,
+    ActionKind.UNLOAD: _unload,
+    ActionKind.PROMOTE: _promote,
+    ActionKind.DELETE: _delete,
+}

@@ -7,9 +7,36 @@ Pure: no I/O, nothing imported from the rest of the program but plain values.
 from __future__ import annotations
 
 import dataclasses
+import enum
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
+
+
+class Word(str, enum.Enum):  # noqa: UP042 - enum.StrEnum is 3.11+, and requires-python is >=3.10
+    """A word of the tool's vocabulary: compares, prints, formats and
+    serialises as its plain string (what logs, JSON and metrics carry), yet
+    is a closed set that the type checker and tests can see whole."""
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self.value), spec)
+
+class JournalState(Word):
+    """Where one database's journal is (journal/shipper.py sets it; /status,
+    /metrics and the OpenAPI file list exactly these)."""
+
+    STARTING = "starting"
+    SHIPPING = "shipping"
+    SPOOL_FULL = "spool_full"        # the spool is full: the journal has stopped taking transactions
+    TARGET_DOWN = "target_down"      # uploads fail; the spool holds what is not shipped
+    NEEDS_BASE = "needs_base"        # the replica's history is truncated: a snapshot backup to the target must follow
+    ERROR = "error"
+    STOPPED = "stopped"
+
 
 # per replica database, as `status` shows them
 IN_SYNC, MISSING, DRIFT, UNLOADED, CONFLICT, ORPHAN, BUSY, ERROR = (
@@ -115,3 +142,36 @@ class ServiceStats:
             stats.drill_success_at = finished
         else:
             stats.drill_failures += 1
+
+
+@dataclass
+class JournalStatus:
+    """What /status, /metrics and `replicator list` show for one database."""
+
+    database: str
+    target: str
+    state: JournalState = JournalState.STARTING
+    shipped_tx: int = 0         # the last transaction on the target
+    exported_tx: int = 0        # the last transaction taken from the replica (spooled or shipped)
+    replica_tx: int = 0         # the replica's last committed transaction, as last seen
+    lag_seconds: float = 0.0
+    last_upload_at: float | None = None
+    shipped_bytes: int = 0      # compressed bytes uploaded since start
+    shipped_transactions: int = 0
+    shipped_segments: int = 0
+    spool_bytes: int = 0
+    gaps_filled: int = 0
+    diverged: int = 0
+    error: str | None = None
+    since: float = field(default_factory=time.time)
+
+    @property
+    def lag_transactions(self) -> int:
+        return max(0, self.replica_tx - self.shipped_tx)
+
+    def as_dict(self) -> dict:
+        d = dict(self.__dict__)
+        d["lag_transactions"] = self.lag_transactions
+        d["lag_seconds"] = round(self.lag_seconds, 3)
+        return d
+

@@ -47,3 +47,17 @@ def test_spec_request_schema_is_the_one_the_server_validates_with():
     assert spec["InlineTarget"]["properties"] == {
         k: {**v, "type": "string"} if "enum" in v else v for k, v in served[1]["properties"].items()}
     assert spec["InlineTarget"]["required"] == served[1]["required"]
+
+
+def test_spec_lists_exactly_the_states_the_code_reports():
+    """The OpenAPI file's enums are the code's vocabulary: a state added to
+    status.py without the spec (or the reverse) fails here, not at a client."""
+    from reconciler.status import STATES, JournalState
+    status = yaml.safe_load((ROOT / "schemas" / "openapi.yaml").read_text())["paths"]["/status"]["get"]
+    body = status["responses"]["200"]["content"]["application/json"]["schema"]
+    if "$ref" in body:
+        body = yaml.safe_load((ROOT / "schemas" / "openapi.yaml").read_text())["components"]["schemas"][
+            body["$ref"].rsplit("/", 1)[-1]]
+    props = body["properties"]
+    assert props["databases"]["items"]["properties"]["state"]["enum"] == list(STATES)
+    assert props["journal"]["items"]["properties"]["state"]["enum"] == [s.value for s in JournalState]

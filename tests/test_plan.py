@@ -317,7 +317,7 @@ def test_orphans_outside_the_selection_are_not_ours():
 
 
 def test_every_action_kind_says_what_it_changes_as_its_description_shows():
-    from reconciler.plan import CHANGES, Action
+    from reconciler.plan import Action, ActionKind
     sign = {"add": "+", "change": "~", "remove": "-"}
     cfg = make_config(on_primary_removed="delete", adopt_existing=True)
     observed = Observed((primary_db("a"), primary_db("b"), primary_db("c")),
@@ -328,5 +328,36 @@ def test_every_action_kind_says_what_it_changes_as_its_description_shows():
     assert {a.kind for a in actions} >= {"activate_follower", "change_follower_password", "grant", "create_replica",
                                         "update_replica", "adopt", "load", "delete"}
     assert all(a.description[0] == sign[a.change] for a in actions)
-    assert set(CHANGES) == {a.kind for a in actions} | {"create_follower", "unload", "promote"}
-    assert Action("unload", "replica", "x", "- unload x").change == "remove"
+    assert {k.change for k in ActionKind} == {"add", "change", "remove"}
+    assert Action(ActionKind.UNLOAD, "replica", "x", "- unload x").change == "remove"
+
+
+def test_every_kind_the_planner_emits_has_an_executor():
+    """The planner's whole vocabulary, from plans that use every kind,
+    against the executor table apply dispatches on: a kind without an
+    executor would fail only when an operator's server first needs it."""
+    from reconciler.plan import ActionKind
+    from reconciler.reconcile import EXECUTORS
+    emitted = set()
+    for policy in ("delete", "unload", "promote"):
+        cfg = make_config(on_primary_removed=policy, adopt_existing=True)
+        for who in (None, follower("b", active=False)):
+            observed = Observed((primary_db("a"), primary_db("b"), primary_db("c")),
+                                (replica_of(cfg, "b", loaded=False, primary_port=1),
+                                 DatabaseInfo("c"), replica_of(cfg, "gone", "gone")),
+                                who, follower_password_ok=False)
+            emitted |= {a.kind for a in plan(cfg, observed, PASSWORD).actions}
+    assert all(isinstance(k, ActionKind) for k in emitted)
+    assert emitted == set(ActionKind), f"no plan here emits {set(ActionKind) - emitted}: extend the scenarios"
+    assert set(EXECUTORS) == set(ActionKind)
+    assert all(callable(EXECUTORS[k]) for k in ActionKind)
+
+
+def test_action_kinds_read_as_their_plain_names_in_logs_and_json():
+    import json
+
+    from reconciler.plan import ActionKind
+    kind = ActionKind.CREATE_REPLICA
+    assert (str(kind), f"{kind}", f"{kind:>16}", json.dumps(kind)) == (
+        "create_replica", "create_replica", "  create_replica", '"create_replica"')
+    assert kind == "create_replica" and ActionKind("create_replica") is kind

@@ -39,7 +39,6 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from reconciler.admin import ImmudbAdmin, ImmudbError
@@ -60,6 +59,7 @@ from reconciler.journal.format import (
 from reconciler.journal.store import JournalStore, chain_to, newest
 from reconciler.log import event
 from reconciler.secret import redact
+from reconciler.status import JournalState, JournalStatus
 from reconciler.trust.checkpoints import Checkpoints
 from reconciler.trust.signed import PublicKey, SignedState, TrustError
 
@@ -70,38 +70,6 @@ COMMIT_POLL = 0.2         # how often to ask whether held (precommitted) transac
 RETRY_FIRST = 1.0         # a failed export is tried again after this, doubling up to RETRY_MAX
 RETRY_MAX = 30.0
 PAUSE_TIMEOUT = 15.0      # how long a backup waits for the journal to let go of a database (pause)
-
-
-@dataclass
-class JournalStatus:
-    """What /status, /metrics and `replicator list` show for one database."""
-
-    database: str
-    target: str
-    state: str = "starting"     # starting | shipping | spool_full | target_down | error | stopped
-    shipped_tx: int = 0         # the last transaction on the target
-    exported_tx: int = 0        # the last transaction taken from the replica (spooled or shipped)
-    replica_tx: int = 0         # the replica's last committed transaction, as last seen
-    lag_seconds: float = 0.0
-    last_upload_at: float | None = None
-    shipped_bytes: int = 0      # compressed bytes uploaded since start
-    shipped_transactions: int = 0
-    shipped_segments: int = 0
-    spool_bytes: int = 0
-    gaps_filled: int = 0
-    diverged: int = 0
-    error: str | None = None
-    since: float = field(default_factory=time.time)
-
-    @property
-    def lag_transactions(self) -> int:
-        return max(0, self.replica_tx - self.shipped_tx)
-
-    def as_dict(self) -> dict:
-        d = {k: v for k, v in self.__dict__.items()}
-        d["lag_transactions"] = self.lag_transactions
-        d["lag_seconds"] = round(self.lag_seconds, 3)
-        return d
 
 
 class HistoryTruncated(JournalError):
@@ -357,7 +325,7 @@ class Journal:
         deadline = time.monotonic() + timeout
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
-        self._set(state="stopped")
+        self._set(state=JournalState.STOPPED)
 
     def snapshot(self) -> dict:
         with self._lock:
@@ -375,13 +343,13 @@ class Journal:
             self._unshipped_since = None
         s.lag_seconds = max(0.0, time.time() - self._unshipped_since) if self._unshipped_since else 0.0
 
-    def _fail(self, state: str, exc: Exception, what: str) -> None:
+    def _fail(self, state: JournalState, exc: Exception, what: str) -> None:
         message = redact(str(exc))
         with self._lock:
             # which side failed, as state: an upload that succeeds clears a failure of the target only
             self._target_failed = isinstance(exc, TargetError)
-            if state == "target_down" and self.status.state == "spool_full":
-                state = "spool_full"  # the journal has stopped: that says more than why
+            if state is JournalState.TARGET_DOWN and self.status.state is JournalState.SPOOL_FULL:
+                state = JournalState.SPOOL_FULL  # the journal has stopped: that says more than why
             changed = self.status.error != message or self.status.state != state
             self.status.state, self.status.error = state, message
         if changed:
@@ -508,22 +476,22 @@ class Journal:
                     next_tx, prev_alh, fills = self._resume_point(store)
                 for first, last, before in fills:
                     self._ship(first, before, last)
-                self._set(state="shipping", error=None, exported_tx=next_tx - 1)
+                self._set(state=JournalState.SHIPPING, error=None, exported_tx=next_tx - 1)
                 while not self._stop.is_set() and not self._pause.is_set():
                     next_tx, prev_alh = self._ship(next_tx, prev_alh, None)
                 delay = RETRY_FIRST
             except HistoryTruncated as exc:  # until a snapshot backup gives a base after it
                 self._truncated_at = exc.tx_id
-                self._fail("needs_base", exc, "exporting")
+                self._fail(JournalState.NEEDS_BASE, exc, "exporting")
                 self._wake.wait(RETRY_MAX)
                 self._wake.clear()
             except SpoolFull as exc:
-                self._fail("spool_full", exc, "spooling")
+                self._fail(JournalState.SPOOL_FULL, exc, "spooling")
                 while (not self._stop.is_set() and not self._pause.is_set()
                        and self.spool.bytes > self.settings.spool_max_bytes // 2):
                     self.spool.wait(1.0)
             except (ImmudbError, TargetError, JournalError, OSError) as exc:
-                self._fail("error", exc, "exporting")
+                self._fail(JournalState.ERROR, exc, "exporting")
                 if self._wake.wait(delay):  # kicked: the database is back, try again at once
                     delay = RETRY_FIRST
                 else:
@@ -531,7 +499,7 @@ class Journal:
                 self._wake.clear()
             except Exception as exc:  # a bug: say so, keep the daemon up, try again later
                 log.exception("journal of %s", self.database)
-                self._fail("error", exc, "exporting")
+                self._fail(JournalState.ERROR, exc, "exporting")
                 self._stop.wait(RETRY_MAX)
 
     def _ship(self, next_tx: int, prev_alh: bytes, last: int | None) -> tuple[int, bytes]:
@@ -654,14 +622,15 @@ class Journal:
                     else:  # the oldest still waiting arrived then (or is still on the replica: now)
                         waiting_since = [t for t in (self._open_since, *self._arrivals.values()) if t]
                         self._unshipped_since = min(waiting_since, default=now)
-                    if s.state in ("target_down", "spool_full") or (s.state == "error" and self._target_failed):
-                        s.state, s.error = "shipping", None
+                    if (s.state in (JournalState.TARGET_DOWN, JournalState.SPOOL_FULL)
+                            or (s.state is JournalState.ERROR and self._target_failed)):
+                        s.state, s.error = JournalState.SHIPPING, None
                         self._target_failed = False
                 delay = 1.0
             except FileNotFoundError:
                 continue  # removed meanwhile (another history)
             except (TargetError, OSError) as exc:
-                self._fail("target_down", exc, "uploading")
+                self._fail(JournalState.TARGET_DOWN, exc, "uploading")
                 if store is not None:
                     store.close()
                     store = None
@@ -669,7 +638,7 @@ class Journal:
                 delay = min(RETRY_MAX, delay * 2)
             except Exception as exc:
                 log.exception("journal upload of %s", self.database)
-                self._fail("target_down", exc, "uploading")
+                self._fail(JournalState.TARGET_DOWN, exc, "uploading")
                 self._stop.wait(RETRY_MAX)
         if store is not None:
             store.close()
