@@ -37,7 +37,15 @@ from reconciler.journal.manager import Journals
 from reconciler.log import event
 from reconciler.notify import Notifier
 from reconciler.reconcile import Reconciler
-from reconciler.status import DatabaseStatus, ServiceStats
+from reconciler.status import (
+    BackupStatus,
+    BackupSummary,
+    ConfigStatus,
+    DatabaseStatus,
+    PassStatus,
+    ServiceStats,
+    ServiceStatus,
+)
 
 if TYPE_CHECKING:
     from reconciler.api import ApiServer
@@ -244,43 +252,18 @@ class Service:
 
     def backup_status(self) -> dict:
         p = self.backups.progress
-        snap = p.snapshot() if p else {}
-        total, done = snap.get("databases_total") or 0, snap.get("databases_done") or 0
-        bytes_total = snap.get("bytes_total") or 0
         last = next((r for r in reversed(self.backups.history)), None)
-        running = self.backups.running
-        return {
-            # the Go tool's fields
-            "running": running,
-            # integer percent of databases done, as the Go tool (its clients decode an int)
-            "progress": (100 * done // total) if total else (100 if last and not running else 0),
-            "progress_bytes": round(min(1.0, (snap.get("bytes_done") or 0) / bytes_total), 4) if bytes_total else 0.0,
-            # ours
-            "backup_id": snap.get("backup_id") if running else (last.backup_id if last else None),
-            "target": snap.get("target"),
-            "started_at": snap.get("started_at"),
-            "phase": snap.get("phase"),
-            "current_database": snap.get("current_database"),
-            "databases_done": done, "databases_total": total,
-            "bytes_done": snap.get("bytes_done", 0), "bytes_total": bytes_total,
-            "bytes_written": snap.get("bytes_written", 0),
-            "rate_bytes_per_second": snap.get("rate_bytes_per_second", 0.0),
-            "last_result": _result_summary(last),
-        }
+        return BackupStatus.of(p.snapshot() if p else {}, self.backups.running, _result_summary(last)).as_dict()
 
     def status(self) -> dict:
         last = self.reconciler.last_result
-        return {
-            "config": {"source": self.cfg.source, "digest": self.cfg.digest, "loaded_at": self.config_loaded_at,
-                       "last_reload_error": self.last_reload_error},
-            "primary": self.cfg.primary.address, "replica": self.cfg.replica.address,
-            "last_pass": None if last is None else {"started_at": last.started, "finished_at": last.finished,
-                                                    "ok": last.ok, "error": last.error},
-            "databases": [s.as_dict() for s in self.databases()],
-            "backup_running": self.backups.running,
-            "drills": {target: r.as_dict() for target, r in sorted(self.drills.items())},
-            "journal": self.journal_statuses(),
-        }
+        return ServiceStatus(
+            config=ConfigStatus(self.cfg.source, self.cfg.digest, self.config_loaded_at, self.last_reload_error),
+            primary=self.cfg.primary.address, replica=self.cfg.replica.address,
+            last_pass=None if last is None else PassStatus(last.started, last.finished, last.ok, last.error),
+            databases=self.databases(), backup_running=self.backups.running,
+            drills={target: r.as_dict() for target, r in sorted(self.drills.items())},
+            journal=self.journal_statuses()).as_dict()
 
     def journal_statuses(self) -> list[dict]:
         """Continuous backup, per database (empty when it is off)."""
@@ -415,9 +398,9 @@ def _file_hash(path: str | None) -> str | None:
         return None
 
 
-def _result_summary(r: BackupResult | None) -> dict | None:
+def _result_summary(r: BackupResult | None) -> BackupSummary | None:
     if r is None:
         return None
-    return {"id": r.backup_id, "target": r.target, "result": "ok" if r.ok else "error", "error": r.error,
-            "started_at": r.started_at, "finished_at": r.finished_at, "location": r.location,
-            "databases": r.databases, "bytes_in": r.bytes_in, "bytes_out": r.bytes_out}
+    return BackupSummary(id=r.backup_id, target=r.target, result="ok" if r.ok else "error", error=r.error,
+                         started_at=r.started_at, finished_at=r.finished_at, location=r.location,
+                         databases=r.databases, bytes_in=r.bytes_in, bytes_out=r.bytes_out)

@@ -175,3 +175,101 @@ class JournalStatus:
         d["lag_seconds"] = round(self.lag_seconds, 3)
         return d
 
+
+# ---------------------------------------------------------------------- the daemon's answers
+
+@dataclass(frozen=True)
+class BackupSummary:
+    """The last backup, as /backup/status shows it."""
+
+    id: str
+    target: str
+    result: str                        # ok | error
+    error: str | None
+    started_at: float
+    finished_at: float | None
+    location: str | None
+    databases: list[str]
+    bytes_in: int
+    bytes_out: int
+
+
+@dataclass(frozen=True)
+class BackupStatus:
+    """`GET /backup/status`: the Go tool's fields first (its clients decode
+    `progress` as an integer percent of databases), then ours."""
+
+    running: bool
+    progress: int
+    progress_bytes: float
+    backup_id: str | None
+    target: str | None
+    started_at: float | None
+    phase: str | None
+    current_database: str | None
+    databases_done: int
+    databases_total: int
+    bytes_done: int
+    bytes_total: int
+    bytes_written: int
+    rate_bytes_per_second: float
+    last_result: BackupSummary | None
+
+    @classmethod
+    def of(cls, progress: dict, running: bool, last: BackupSummary | None) -> BackupStatus:
+        """From a progress snapshot (backup/progress.py; empty before the
+        first backup) and the last result."""
+        total, done = progress.get("databases_total") or 0, progress.get("databases_done") or 0
+        bytes_total = progress.get("bytes_total") or 0
+        return cls(
+            running=running,
+            progress=(100 * done // total) if total else (100 if last and not running else 0),
+            progress_bytes=round(min(1.0, (progress.get("bytes_done") or 0) / bytes_total), 4) if bytes_total else 0.0,
+            backup_id=progress.get("backup_id") if running else (last.id if last else None),
+            target=progress.get("target"), started_at=progress.get("started_at"), phase=progress.get("phase"),
+            current_database=progress.get("current_database"), databases_done=done, databases_total=total,
+            bytes_done=progress.get("bytes_done", 0), bytes_total=bytes_total,
+            bytes_written=progress.get("bytes_written", 0),
+            rate_bytes_per_second=progress.get("rate_bytes_per_second", 0.0), last_result=last)
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class ConfigStatus:
+    source: str | None
+    digest: str
+    loaded_at: float | None
+    last_reload_error: str | None
+
+
+@dataclass(frozen=True)
+class PassStatus:
+    """The last reconcile pass."""
+
+    started_at: float
+    finished_at: float | None
+    ok: bool
+    error: str | None
+
+
+@dataclass(frozen=True)
+class ServiceStatus:
+    """`GET /status`: the configuration in force, the last pass, every
+    replica database, the last drill per target and the journals."""
+
+    config: ConfigStatus
+    primary: str
+    replica: str
+    last_pass: PassStatus | None
+    databases: list[DatabaseStatus]
+    backup_running: bool
+    drills: dict[str, dict]            # per target, backup/drill.py's DrillResult.as_dict()
+    journal: list[dict]                # per database, JournalStatus.as_dict() (journal/shipper.py)
+
+    def as_dict(self) -> dict:
+        return {"config": dataclasses.asdict(self.config), "primary": self.primary, "replica": self.replica,
+                "last_pass": None if self.last_pass is None else dataclasses.asdict(self.last_pass),
+                "databases": [d.as_dict() for d in self.databases], "backup_running": self.backup_running,
+                "drills": self.drills, "journal": self.journal}
