@@ -523,10 +523,10 @@ class ImmudbAdmin:
                            f"{held} transactions", temporary=error.temporary)
 
     def tx_header(self, name: str, tx_id: int):
-        """The header (journal.exported.TxHeader: Alh, time) of committed
+        """The header (exported.TxHeader: Alh, time) of committed
         transaction `tx_id` of database `name`, from the server's own export
         of it; None when the database has not committed it."""
-        from reconciler.journal.exported import JournalError, parse_header
+        from reconciler.exported import JournalError, parse_header
         token = self._database_token(name)
         call = self._channel.unary_stream(
             f"/{_SERVICE.full_name}/exportTx", request_serializer=pb.ExportTxRequest.SerializeToString,
@@ -567,11 +567,11 @@ class ImmudbAdmin:
     def signed_state(self, name: str, tx_id: int):
         """The server's signed state of transaction `tx_id` of `name`
         (VerifiableTxById: immudb signs it when started with --signingKey),
-        as a trust.signed.SignedState; None when the server does not sign.
+        as a signed.SignedState; None when the server does not sign.
         The Alh is the one the signature covers, computed from the header
         the server sent."""
-        from reconciler.journal.exported import alh_of
-        from reconciler.trust.signed import SignedState
+        from reconciler.exported import alh_of
+        from reconciler.signed import SignedState
         token = self._database_token(name)
         vtx = self._call(f"signed state of {name} transaction {tx_id}", "VerifiableTxById",
                          pb.VerifiableTxRequest(tx=tx_id, proveSinceTx=tx_id), token=token)

@@ -17,8 +17,7 @@ from typing import Any, Protocol
 import bottle
 from jsonschema import Draft202012Validator
 
-from reconciler import __version__
-from reconciler.backup import targets
+from reconciler import __version__, targets
 from reconciler.backup.job import BackupAlreadyRunning
 from reconciler.config.model import Config, TargetConfig
 from reconciler.config.validate import load_schema

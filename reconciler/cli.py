@@ -23,7 +23,7 @@ def _config_args(parser: argparse.ArgumentParser) -> None:
 
 def _target_kinds() -> list[str]:
     """The target kinds, one module each (adding a kind is adding a module)."""
-    from reconciler.backup.targets import kinds
+    from reconciler.targets import kinds
     return sorted(kinds())
 
 

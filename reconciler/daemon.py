@@ -33,6 +33,7 @@ from reconciler.admin import AlreadyLoaded, ImmudbError
 from reconciler.backup.job import BackupAlreadyRunning, BackupResult, Backups
 from reconciler.config.model import Config, TargetConfig
 from reconciler.errors import ConfigError
+from reconciler.journal.bases import after_archive
 from reconciler.journal.manager import Journals
 from reconciler.log import event
 from reconciler.notify import Notifier
@@ -65,7 +66,7 @@ class Service:
         self.last_reload_error: str | None = None
         self.reconciler = Reconciler.from_config(cfg)
         self.journals = Journals(cfg)
-        self.backups = Backups(cfg, holder=_BackupHolds(self.reconciler, self.journals))
+        self.backups = Backups(cfg, holder=_BackupHolds(self.reconciler, self.journals), on_committed=after_archive)
         self.notifier = notifier or Notifier()
         self.scheduler = BackgroundScheduler(timezone=timezone.utc, job_defaults={
             "coalesce": True, "max_instances": 1,

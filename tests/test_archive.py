@@ -12,8 +12,8 @@ import pytest
 from reconciler.backup import archive
 from reconciler.backup.restore import RestoreError, restore
 from reconciler.backup.retention import expired
-from reconciler.backup.targets.base import ArchiveInfo
 from reconciler.config.model import Retention
+from reconciler.targets.base import ArchiveInfo
 
 
 class MemoryUpload:

@@ -14,9 +14,9 @@ from reconciler.admin import ImmudbError
 from reconciler.backup.archive import verify
 from reconciler.backup.job import BackupAlreadyRunning, Backups
 from reconciler.backup.progress import Progress
-from reconciler.backup.targets import build
 from reconciler.plan import BUSY
 from reconciler.reconcile import Reconciler
+from reconciler.targets import build
 from tests.support import immudb_data
 from tests.support.checks import assert_all_loaded, assert_restores, is_unloaded
 from tests.support.configs import unique_name, write_config

@@ -297,7 +297,7 @@ class _Lossy:
 @pytest.mark.parametrize("verify_after_upload", [True, "full", False])
 def test_an_archive_that_does_not_read_back_whole_is_not_a_success(verify_after_upload, tmp_path, monkeypatch,
                                                                    primary_server, replica_server, replicated):
-    from reconciler.backup.targets.file import FileTarget
+    from reconciler.targets.file import FileTarget
     prefix, _, _ = replicated
     out = tmp_path / "lossy"
     out.mkdir()
@@ -357,7 +357,7 @@ def test_a_stored_archive_changed_after_commit_is_caught_by_every_setting(kind, 
     full read-back both fail the backup, delete it, and retention keeps the
     previous archive; with the read-back off, a cut archive (its length)
     fails it too."""
-    from reconciler.backup import targets
+    from reconciler import targets
     prefix, _, _ = replicated
     target_yaml = target_dict(kind, tmp_path, request)
     target_yaml["retention"] = {"keep_last": 1}
@@ -409,7 +409,7 @@ class _Exploding:
 
 def test_an_unexpected_error_in_the_background_backup_is_recorded_as_a_failure(tmp_path, monkeypatch, primary_server,
                                                                               replica_server, replica, replicated):
-    from reconciler.backup.targets.file import FileTarget
+    from reconciler.targets.file import FileTarget
     prefix, names, _ = replicated
     cfg = config.load(env={}, path=write_config(tmp_path, primary_server, replica_server, prefix, compression="none",
                             targets={"t": {"type": "file", "path": str(tmp_path / "x" / "x-{timestamp}.tar")}}))

@@ -1,5 +1,5 @@
 """Our reader of exported transactions against immudb's own: every input,
-generated or mutated by Hypothesis, goes to reconciler/journal/exported.py
+generated or mutated by Hypothesis, goes to reconciler/exported.py
 and to ImmuStore.ReplicateTx of the immudb module the test servers are
 built from (tests/go/replicatetx, a fresh store each time one is taken).
 Both must give the same verdict, and the same Alh for what both take: then
@@ -20,7 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from reconciler.journal.exported import GENESIS_ALH, JournalError, Successor, TxLimits, _kv_metadata, parse_tx
+from reconciler.exported import GENESIS_ALH, JournalError, Successor, TxLimits, _kv_metadata, parse_tx
 from tests.support.exported import Entry, Tx, htree_root, sha
 from tests.support.replicatetx import ImmudbVerdicts, build
 

@@ -12,8 +12,8 @@ from dataclasses import replace
 
 import pytest
 
+from reconciler.exported import Successor
 from reconciler.journal import format as jf
-from reconciler.journal.exported import Successor
 from reconciler.journal.replay import ReplayError, parse_time
 from reconciler.journal.store import chain_to, newest
 from tests.support.exported import GENESIS, Entry, History, Tx, open_segment, seal, segment

@@ -10,8 +10,8 @@ import pytest
 from reconciler.config.model import TargetConfig
 from reconciler.journal.replay import Point, ReplayError, plan
 from reconciler.journal.store import JournalStore
+from reconciler.signed import TrustError
 from reconciler.trust.anchors import Anchors
-from reconciler.trust.signed import TrustError
 from tests.support.exported import History, open_segment, reseal, segment
 
 T0 = 1_795_000_000

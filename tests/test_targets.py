@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from reconciler.backup.targets import ArchiveExists, TargetError, build
+from reconciler.targets import ArchiveExists, TargetError, build
 from tests.support.targets import KINDS, target_config
 
 MiB = 1024 * 1024
@@ -100,9 +100,9 @@ def test_reading_a_missing_archive_is_a_target_error(target):
 
 
 def test_every_kind_is_one_module_holding_its_whole_contract():
-    """Adding a kind is adding a module to reconciler/backup/targets/ (and
+    """Adding a kind is adding a module to reconciler/targets/ (and
     its factory to KINDS above): the rest of the program finds it by name."""
-    from reconciler.backup import targets
+    from reconciler import targets
     from reconciler.config.validate import load_schema
     found = targets.kinds()
     assert set(found) == set(KINDS)
@@ -127,7 +127,7 @@ def test_an_inline_target_missing_what_its_kind_needs_is_refused_naming_the_fiel
     REQUEST_SCHEMA."""
     from jsonschema import Draft202012Validator
 
-    from reconciler.backup import targets
+    from reconciler import targets
     from reconciler.config.validate import load_schema
     with pytest.raises(targets.RequestRefused) as refused:
         targets.from_request(body)
@@ -141,7 +141,7 @@ def test_looking_kinds_up_loads_no_client_library():
     a backup to a file, never pays for them."""
     import subprocess
     import sys
-    code = ("import sys; from reconciler.backup import targets; from reconciler.config.validate import load_schema;"
+    code = ("import sys; from reconciler import targets; from reconciler.config.validate import load_schema;"
             "targets.kinds(); load_schema();"
             "print(sorted(m for m in ('paramiko.transport', 'boto3.session', 'botocore.client') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
@@ -179,7 +179,7 @@ def test_check_stored_proves_length_and_bytes_on_every_kind(target):
     StoredMismatch naming the archive; a missing archive is a TargetError."""
     import hashlib
 
-    from reconciler.backup.targets import StoredMismatch
+    from reconciler.targets import StoredMismatch
     data = os.urandom(11 * MiB + 7)
     name = target.archive_name(1_800_000_000)
     upload(target, name, data)
@@ -206,7 +206,7 @@ def test_a_write_back_error_of_a_file_target_fails_the_commit(tmp_path, monkeypa
     failing disk would make it; a real disk cannot be made to fail here.)"""
     import errno
 
-    from reconciler.backup.targets.file import FileUpload
+    from reconciler.targets.file import FileUpload
     monkeypatch.setattr(FileUpload, "WRITEBACK_EVERY", 1 * MiB)
     calls = []
 

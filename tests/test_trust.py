@@ -12,9 +12,9 @@ import pytest
 
 from reconciler.config.model import TargetConfig
 from reconciler.journal.replay import ReplayError, parse_time
+from reconciler.signed import PublicKey, SignedState, TrustError
 from reconciler.trust.anchors import Anchors, Verdict, conclude
 from reconciler.trust.checkpoints import Checkpoints, target_identity
-from reconciler.trust.signed import PublicKey, SignedState, TrustError
 
 TARGET = TargetConfig("local", "file", "/backups/immudb/immudb-{timestamp}.tar.gz")
 ALH = bytes(range(32))

@@ -69,7 +69,7 @@ def drill(stream: BinaryIO, location: str, cfg: DrillConfig,
     archive records against the anchors before anything is restored. The
     verdict is in the result; raises DrillError when the drill itself
     cannot run."""
-    from reconciler.trust.signed import TrustError
+    from reconciler.signed import TrustError
     result = DrillResult(location, time.time())
     binary = immudb_binary(cfg)
     if cfg.scratch_dir is not None:
@@ -111,7 +111,7 @@ def drill_archive(cfg, archive: str | None = None, target_name: str | None = Non
     against the anchors of `cfg` (trust/). `cfg` may be None for a local
     archive (then only `unanchored` lets it pass). Raises DrillError,
     ReplicatorError (no such archive or target)."""
-    from reconciler.backup import targets
+    from reconciler import targets
     from reconciler.backup.locate import archive_target, opened_archive, target_named
     from reconciler.trust.archives import HashingReader
     from reconciler.trust.sources import vouch_for_archive
@@ -188,7 +188,7 @@ def _whole_history(admin, name: str, want) -> str | None:
     BlRoot) from transaction 1 up to `want`. A file rewritten with its
     transaction's hashes but not the chain after it is caught here, which
     the state alone does not show. None, or what is wrong."""
-    from reconciler.journal.exported import UNBOUNDED, JournalError, Successor, parse_tx
+    from reconciler.exported import UNBOUNDED, JournalError, Successor, parse_tx
     successor = Successor()
     with admin.follow(name, 1, wait=5.0) as feed:
         for exported in feed:

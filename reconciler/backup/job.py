@@ -21,13 +21,14 @@ import stat
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from reconciler import __version__
+from reconciler import __version__, targets
 from reconciler.admin import AlreadyLoaded, ImmudbAdmin, ImmudbError
-from reconciler.backup import archive, retention, targets
+from reconciler.backup import archive, retention
 from reconciler.backup.archive import ArchiveWriter, Cancelled, SourceError
 from reconciler.backup.progress import Progress
 from reconciler.config.model import Config, TargetConfig
@@ -40,6 +41,12 @@ from reconciler.state import SERVER_DATABASES, DatabaseInfo
 log = logging.getLogger(__name__)
 
 STAGING_PREFIX = ".replicator-staging-"
+
+
+# called once an archive is committed and proven on its target: (configuration, target, archive name,
+# manifest with backup_id and databases). The journal records its bases this way (journal/bases.py's
+# after_archive), so that backup/ does not import journal/. It must not raise.
+ArchiveCommitted = Callable[[Config, TargetConfig, str, dict], None]
 
 
 class BackupError(ReplicatorError):
@@ -82,8 +89,10 @@ class BackupResult:
 class Backups:
     """Runs backups one at a time; keeps the progress and the last results."""
 
-    def __init__(self, cfg: Config, replica: ImmudbAdmin | None = None, holder: Holder | None = None):
+    def __init__(self, cfg: Config, replica: ImmudbAdmin | None = None, holder: Holder | None = None,
+                 on_committed: ArchiveCommitted | None = None):
         self.cfg = cfg
+        self.on_committed = on_committed
         self.replica = replica or ImmudbAdmin.from_config("replica", cfg.replica)
         self.holder = holder or _NoHolder()
         self._lock = threading.Lock()
@@ -241,9 +250,8 @@ class Backups:
                   seconds=round(time.time() - result.started_at, 1))
             progress.update(phase="retention")
             result.deleted = self._apply_retention(target, target_cfg, name)
-            continuous = self.cfg.backup.continuous
-            if continuous is not None and continuous.target == target_cfg.name:
-                self._journal_bases(target_cfg, name, {"backup_id": result.backup_id, "databases": states})
+            if self.on_committed is not None:
+                self.on_committed(self.cfg, target_cfg, name, {"backup_id": result.backup_id, "databases": states})
         finally:
             self._signing.shutdown(wait=True, cancel_futures=True)
             target.close()
@@ -268,7 +276,7 @@ class Backups:
         answer (logged: the archive is made anyway, without that anchor)."""
         from dataclasses import replace
 
-        from reconciler.trust.signed import TrustError
+        from reconciler.signed import TrustError
         from reconciler.trust.sources import public_key
         primary_name = self.cfg.reconcile.primary_name(name)
         try:
@@ -290,21 +298,6 @@ class Backups:
             event(log, "backup_unsigned", logging.WARNING, database=name, error=str(exc),
                   detail="the archive holds no signed state of it")
             return None
-
-    def _journal_bases(self, target_cfg: TargetConfig, name: str, manifest: dict) -> None:
-        """The archive is a base of the journal at the same target: record
-        it, then let the journal's retention drop what no base needs. A
-        failure here leaves the archive as good as it is: logged, not fatal."""
-        from reconciler.journal import bases
-        try:
-            recorded = bases.record(target_cfg, name, manifest)
-            if target_cfg.retention is not None:  # archives are deleted: segments only their bases needed may go
-                bases.prune(target_cfg)
-        except (targets.TargetError, OSError) as exc:
-            event(log, "journal_bases_failed", logging.WARNING, target=target_cfg.name, archive=name,
-                  error=str(exc))
-            return
-        event(log, "journal_bases_recorded", target=target_cfg.name, archive=name, databases=len(recorded))
 
     def _check_stored(self, target, name: str, written: _Digesting, result: BackupResult) -> None:
         """The target holds exactly the bytes written (their length and

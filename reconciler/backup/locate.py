@@ -8,7 +8,7 @@ import posixpath
 from typing import BinaryIO
 from urllib.parse import urlparse
 
-from reconciler.backup import targets
+from reconciler import targets
 from reconciler.config.model import Config, TargetConfig
 from reconciler.errors import ReplicatorError
 

@@ -7,8 +7,7 @@ always kept.
 """
 from __future__ import annotations
 
-from reconciler.backup.targets.base import ArchiveInfo, sort_key
-from reconciler.config.model import Retention
+from reconciler.targets.base import ArchiveInfo, Retention, sort_key
 
 
 def expired(archives: list[ArchiveInfo], policy: Retention | None, now: float, just_written: str) -> list[ArchiveInfo]:

@@ -9,7 +9,7 @@ from reconciler.errors import ReplicatorError
 
 
 def _inline_target(args: argparse.Namespace):
-    from reconciler.backup import targets
+    from reconciler import targets
     if not args.path:
         raise ReplicatorError("--type needs --path")
     body = {"type": args.type, "path": args.path}
@@ -30,6 +30,7 @@ def backup(args: argparse.Namespace) -> int:
     from reconciler.backup.job import Backups
     from reconciler.backup.locate import target_named
     from reconciler.backup.progress import Progress, TerminalBar
+    from reconciler.journal.bases import after_archive
     cfg = load_config(args)
     if bool(args.target) == bool(args.type):
         raise ReplicatorError("name a configured target with --target, or give one inline with --type/--path")
@@ -37,7 +38,7 @@ def backup(args: argparse.Namespace) -> int:
     progress = Progress()
     bar = TerminalBar(progress)
     try:
-        result = Backups(cfg).run(target_cfg, progress=progress)
+        result = Backups(cfg, on_committed=after_archive).run(target_cfg, progress=progress)
     finally:
         bar.close()
     if not result.ok:
@@ -102,8 +103,8 @@ def restore(args: argparse.Namespace) -> int:
             raise ReplicatorError(f"{flag} is for replaying a journal (--to-tx, --to-time, --to-end)")
     from reconciler.backup.locate import archive_target, opened_archive
     from reconciler.backup.restore import restore as restore_archive
+    from reconciler.signed import TrustError
     from reconciler.trust.archives import HashingReader
-    from reconciler.trust.signed import TrustError
     from reconciler.trust.sources import vouch_for_archive
     cfg = _optional_config(args)
     target_cfg, name = archive_target(cfg, args.archive, args.target)
@@ -135,12 +136,12 @@ def restore(args: argparse.Namespace) -> int:
 def list_archives(args: argparse.Namespace) -> int:
     import datetime
 
-    from reconciler.backup import targets
+    from reconciler import targets
     from reconciler.backup.locate import target_named
     if args.journal:
         from reconciler.commands.journal import list_journal
         return list_journal(args)
-    from reconciler.trust.signed import TrustError
+    from reconciler.signed import TrustError
     from reconciler.trust.sources import checkpoints
     cfg = load_config(args)
     target_cfg = target_named(cfg, args.target)

@@ -132,7 +132,7 @@ def _limits(anchors, cfg, database: str):
     replica when it answers), which the restored one gets too; immudb's
     defaults otherwise."""
     from reconciler.admin import ImmudbAdmin, ImmudbError
-    from reconciler.journal.exported import DEFAULT_LIMITS, TxLimits
+    from reconciler.exported import DEFAULT_LIMITS, TxLimits
     if not anchors.live:
         return DEFAULT_LIMITS
     try:
@@ -172,7 +172,7 @@ def _new_folder(data_dir: Path):
 def _restore_base(cfg, target_cfg, base, data_dir: Path, restore_as: str) -> None:
     """The snapshot base's database, extracted (checked) into `data_dir`
     under the restored name."""
-    from reconciler.backup import targets
+    from reconciler import targets
     from reconciler.backup.restore import restore as restore_archive
     with targets.build(target_cfg) as target:
         with target.read(base.archive) as stream:
@@ -206,7 +206,7 @@ def list_journal(args: argparse.Namespace) -> int:
     from reconciler.backup.locate import target_named
     from reconciler.journal.bases import bases
     from reconciler.journal.store import JournalStore, chain_to
-    from reconciler.trust.signed import TrustError
+    from reconciler.signed import TrustError
     from reconciler.trust.sources import checkpoints
     cfg = load_config(args, setup_logging=False)
     target_cfg = target_named(cfg, args.target)
@@ -256,7 +256,7 @@ def list_journal(args: argparse.Namespace) -> int:
 
 def _journal_databases(target_cfg) -> list[str]:
     """The databases with a journal folder at the target."""
-    from reconciler.backup import targets
+    from reconciler import targets
     from reconciler.journal.store import journal_root
     from reconciler.state import is_database_name
     with targets.build(journal_root(target_cfg)) as target:

@@ -10,13 +10,14 @@ import fnmatch
 import hashlib
 import json
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
 from reconciler.secret import Secret
 from reconciler.state import ReplicationSettings
+from reconciler.targets.base import Retention, TargetConfig  # the storage layer's own records (re-exported)
 
 # every key whose value is a secret (each may be given as KEY_file instead): never printed,
 # never in a message, only hashed into the configuration's digest
@@ -119,42 +120,26 @@ class ReconcileConfig:
         return replica_name
 
 
-@dataclass(frozen=True)
-class Retention:
-    keep_last: int | None = None
-    max_age_seconds: int | None = None
-
-    @classmethod
-    def from_dict(cls, d: dict | None) -> Retention | None:
-        if not d:
-            return None
-        age = d.get("max_age")
-        seconds = None
-        if age:
-            seconds = int(age[:-1]) * {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[age[-1]]
-        return cls(d.get("keep_last"), seconds)
+def _retention(d: dict | None) -> Retention | None:
+    if not d:
+        return None
+    age = d.get("max_age")
+    seconds = None
+    if age:
+        seconds = int(age[:-1]) * {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[age[-1]]
+    return Retention(d.get("keep_last"), seconds)
 
 
-@dataclass(frozen=True)
-class TargetConfig:
-    """One named backup target. `options` holds the kind's other fields,
-    with every secret as a `Secret`."""
-
-    name: str
-    kind: str
-    path: str
-    options: Mapping[str, Any] = field(default_factory=dict)
-    retention: Retention | None = None
-
-    @classmethod
-    def from_dict(cls, name: str, d: dict) -> TargetConfig:
-        origin = f"backup.targets.{name}"
-        options: dict[str, Any] = {k: v for k, v in d.items() if k not in ("type", "path", "retention")
-                                   and k.removesuffix("_file") not in SECRET_KEYS}
-        for key in sorted(SECRET_KEYS):
-            if (secret := _secret(d, key, origin)) is not None:
-                options[key] = secret
-        return cls(name, d["type"], d["path"], MappingProxyType(options), Retention.from_dict(d.get("retention")))
+def _target(name: str, d: dict) -> TargetConfig:
+    """backup.targets.NAME as the storage layer takes it (targets/base.py):
+    the kind's other fields as options, every secret as a `Secret`."""
+    origin = f"backup.targets.{name}"
+    options: dict[str, Any] = {k: v for k, v in d.items() if k not in ("type", "path", "retention")
+                               and k.removesuffix("_file") not in SECRET_KEYS}
+    for key in sorted(SECRET_KEYS):
+        if (secret := _secret(d, key, origin)) is not None:
+            options[key] = secret
+    return TargetConfig(name, d["type"], d["path"], MappingProxyType(options), _retention(d.get("retention")))
 
 
 @dataclass(frozen=True)
@@ -331,7 +316,7 @@ class Config:
                 compression=backup["compression"],
                 compression_level=backup["compression_level"],
                 staging_dir=Path(backup["staging_dir"]) if backup["staging_dir"] else None,
-                targets=MappingProxyType({n: TargetConfig.from_dict(n, t) for n, t in backup["targets"].items()}),
+                targets=MappingProxyType({n: _target(n, t) for n, t in backup["targets"].items()}),
                 schedules=tuple(Schedule(s["cron"], s["target"], s["timezone"], s["action"])
                                 for s in backup["schedules"]),
                 verify_after_upload={True: "bytes", False: "off"}.get(backup["verify_after_upload"], "full"),

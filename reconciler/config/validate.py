@@ -32,9 +32,9 @@ LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1", "[::1]", "0.0.0.0"})
 @cache
 def load_schema(name: str = "replicator.schema.json") -> dict:
     """A schema shipped in the package (`reconciler/schemas/`), with what the
-    target kinds hold (reconciler/backup/targets/*.py) put in: their names,
+    target kinds hold (reconciler/targets/*.py) put in: their names,
     and each one's own definition (of a configured target, of a request)."""
-    from reconciler.backup import targets
+    from reconciler import targets
     schema = copy.deepcopy(schemas.load(name))
     kinds = targets.kinds()
     if name == "replicator.schema.json":
@@ -240,7 +240,7 @@ def _backup_problems(data: dict, lines: Lines) -> list[str]:
     if backup["staging_dir"] and inside(backup["staging_dir"], data_dir):
         problems.append(f"{at(('backup', 'staging_dir'), lines)}: must be outside the replica's data_dir "
                         f"{data_dir}: immudb loads every folder there as a database")
-    from reconciler.backup import targets
+    from reconciler import targets
     for name, target in backup["targets"].items():
         path: tuple = ("backup", "targets", name)
         for key in sorted(SECRET_KEYS):
@@ -283,7 +283,7 @@ def _trust_problems(backup: dict, data_dir: str, lines: Lines) -> list[str]:
                 problems.append(f"{at(path + ('state_dir',), lines)}: is inside the folder of target {name}: a "
                                 f"checkpoint kept where the backups are is no anchor against whoever writes there")
     if trust["public_key_file"]:
-        from reconciler.trust.signed import PublicKey, TrustError
+        from reconciler.signed import PublicKey, TrustError
         try:
             PublicKey(trust["public_key_file"])
         except TrustError as exc:

@@ -20,15 +20,16 @@ import json
 import logging
 from dataclasses import dataclass
 
-from reconciler.backup import targets
-from reconciler.backup.targets import TargetError
-from reconciler.config.model import TargetConfig
+from reconciler import targets
+from reconciler.config.model import Config, TargetConfig
 from reconciler.journal.store import JournalStore, under
 from reconciler.log import event
+from reconciler.targets import TargetError
 
 log = logging.getLogger(__name__)
 
 BASE_TEMPLATE = "{base}.base"
+targets.register_placeholder("{base}", r"\d{20}-[0-9a-f]{8}")  # the base's transaction and a short hash
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,25 @@ class Base:
 
 def _base_target(cfg: TargetConfig, database: str):
     return targets.build(under(cfg, f"journal/{database}/{BASE_TEMPLATE}"))
+
+
+def after_archive(cfg: Config, target_cfg: TargetConfig, archive: str, manifest: dict) -> None:
+    """Backups' archive-committed hook: an archive at the journal's own
+    target is a base of the journal: record it, then let the journal's
+    retention drop what no base needs. A failure here leaves the archive as
+    good as it is: logged, not raised."""
+    continuous = cfg.backup.continuous
+    if continuous is None or continuous.target != target_cfg.name:
+        return
+    try:
+        recorded = record(target_cfg, archive, manifest)
+        if target_cfg.retention is not None:  # archives are deleted: segments only their bases needed may go
+            prune(target_cfg)
+    except (TargetError, OSError) as exc:
+        event(log, "journal_bases_failed", logging.WARNING, target=target_cfg.name, archive=archive,
+              error=str(exc))
+        return
+    event(log, "journal_bases_recorded", target=target_cfg.name, archive=archive, databases=len(recorded))
 
 
 def record(cfg: TargetConfig, archive: str, manifest: dict) -> list[str]:

@@ -1,5 +1,5 @@
 """The journal's segments: files on a target, each carrying a run of
-immudb's exported transactions (journal/exported.py reads those). Pure: no
+immudb's exported transactions (exported.py reads those). Pure: no
 I/O beyond the streams and byte strings given.
 
 A segment (format 2) is
@@ -39,7 +39,7 @@ import struct
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
-from reconciler.journal.exported import (
+from reconciler.exported import (
     DEFAULT_LIMITS,
     GENESIS_ALH,
     ExportedTx,
@@ -51,7 +51,7 @@ from reconciler.journal.exported import (
     parse_header,
     parse_tx,
 )
-from reconciler.trust.signed import SignedState
+from reconciler.signed import SignedState
 
 __all__ = ["GENESIS_ALH", "ExportedTx", "JournalError", "TxHeader", "TxLimits", "entries_hash", "parse_header",
            "parse_tx"]

@@ -31,13 +31,13 @@ from dataclasses import dataclass, field
 
 from reconciler.admin import AlreadyExists, ImmudbAdmin, ImmudbError
 from reconciler.errors import ReplicatorError
+from reconciler.exported import DEFAULT_LIMITS, GENESIS_ALH, Successor, TxLimits
 from reconciler.journal.bases import Base
-from reconciler.journal.exported import DEFAULT_LIMITS, GENESIS_ALH, Successor, TxLimits
 from reconciler.journal.format import JournalError, SegmentName, decode_segment
 from reconciler.journal.store import JournalStore, chain_to
+from reconciler.signed import TrustError
 from reconciler.state import StoreLimits
 from reconciler.trust.anchors import Anchors, Verdict, conclude
-from reconciler.trust.signed import TrustError
 
 
 class ReplayError(ReplicatorError):

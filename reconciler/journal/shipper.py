@@ -42,10 +42,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from reconciler.admin import ImmudbAdmin, ImmudbError
-from reconciler.backup.targets import TargetError
 from reconciler.config.model import ContinuousConfig
 from reconciler.errors import ReplicatorError
-from reconciler.journal.exported import UNBOUNDED
+from reconciler.exported import UNBOUNDED
 from reconciler.journal.format import (
     GENESIS_ALH,
     ExportedTx,
@@ -59,9 +58,10 @@ from reconciler.journal.format import (
 from reconciler.journal.store import JournalStore, chain_to, newest
 from reconciler.log import event
 from reconciler.secret import redact
+from reconciler.signed import PublicKey, SignedState, TrustError
 from reconciler.status import JournalState, JournalStatus
+from reconciler.targets import TargetError
 from reconciler.trust.checkpoints import Checkpoints
-from reconciler.trust.signed import PublicKey, SignedState, TrustError
 
 log = logging.getLogger(__name__)
 

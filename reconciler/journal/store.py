@@ -6,11 +6,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from reconciler.backup import targets
+from reconciler import targets
 from reconciler.config.model import TargetConfig
 from reconciler.journal.format import SUFFIX, SegmentInfo, SegmentName, parse_name, read_header
 
 SEGMENT_TEMPLATE = "{segment}" + SUFFIX
+# a segment's name without its suffix (format.py's _NAME): the targets list only names their template matches
+targets.register_placeholder("{segment}", r"\d{20}-\d{20}-[0-9a-f]{8}-[0-9a-f]{8}")
 
 
 def journal_target(cfg: TargetConfig, database: str) -> TargetConfig:

@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from reconciler.trust.signed import PublicKey, SignedState, TrustError
+from reconciler.signed import PublicKey, SignedState, TrustError
 
 
 @dataclass(frozen=True)

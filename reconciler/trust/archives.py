@@ -20,9 +20,9 @@ import hashlib
 from collections.abc import Callable
 from typing import BinaryIO
 
+from reconciler.signed import SignedState, TrustError
 from reconciler.trust.anchors import Anchors, LiveServer, Verdict, conclude
 from reconciler.trust.checkpoints import ArchiveCheckpoint
-from reconciler.trust.signed import SignedState, TrustError
 
 
 class HashingReader:

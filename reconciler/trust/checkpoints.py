@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from reconciler.errors import ReplicatorError
-from reconciler.trust.signed import TrustError
+from reconciler.signed import TrustError
 
 log = logging.getLogger(__name__)
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
+from reconciler.signed import PublicKey
 from reconciler.trust.anchors import Anchors, LiveServer
 from reconciler.trust.checkpoints import Checkpoints
-from reconciler.trust.signed import PublicKey
 
 
 def checkpoints(cfg) -> Checkpoints:

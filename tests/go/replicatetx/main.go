@@ -1,5 +1,5 @@
 // replicatetx: immudb's own verdict on exported transactions, for the
-// differential test of reconciler/journal/exported.py
+// differential test of reconciler/exported.py
 // (tests/test_exported_differential.py).
 //
 // It reads records from stdin (u32 big-endian length, bytes) and gives each

@@ -20,21 +20,21 @@ from pathlib import Path
 from typing import BinaryIO
 from urllib.parse import ParseResult, urlparse
 
-from reconciler.backup.targets.base import (
+from reconciler.log import event
+from reconciler.secret import Secret
+from reconciler.targets.base import (
     ArchiveExists,
     ArchiveInfo,
     InlinePolicy,
     RequestRefused,
     StoredMismatch,
     Target,
+    TargetConfig,
     TargetError,
     Upload,
     lazy_import,
     sort_key,
 )
-from reconciler.config.model import TargetConfig
-from reconciler.log import event
-from reconciler.secret import Secret
 
 boto3 = lazy_import("boto3")
 boto_errors = lazy_import("botocore.exceptions")  # ClientError, BotoCoreError, EndpointConnectionError

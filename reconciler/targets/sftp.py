@@ -21,20 +21,20 @@ from urllib.parse import ParseResult
 if TYPE_CHECKING:
     import paramiko as _paramiko
 
-from reconciler.backup.targets.base import (
+from reconciler.secret import Secret
+from reconciler.targets.base import (
     PARTIAL_SUFFIX,
     ArchiveExists,
     ArchiveInfo,
     InlinePolicy,
     RequestRefused,
     Target,
+    TargetConfig,
     TargetError,
     Upload,
     lazy_import,
     sort_key,
 )
-from reconciler.config.model import TargetConfig
-from reconciler.secret import Secret
 
 paramiko = lazy_import("paramiko")
 

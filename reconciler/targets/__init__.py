@@ -12,23 +12,24 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import ParseResult
 
-from reconciler.backup.targets.base import (
+from reconciler.targets.base import (
     ArchiveExists,
     ArchiveInfo,
     InlinePolicy,
     RequestRefused,
     StoredMismatch,
     Target,
+    TargetConfig,
     TargetError,
     Upload,
+    register_placeholder,
 )
-from reconciler.config.model import TargetConfig
 
 if TYPE_CHECKING:
     import jsonschema
 
 __all__ = ["ArchiveExists", "ArchiveInfo", "InlinePolicy", "RequestRefused", "StoredMismatch", "Target", "TargetError",
-           "Upload",
+           "Upload", "register_placeholder",
            "build", "from_request", "kind", "kinds", "for_url", "config_problems", "refusal"]
 
 

@@ -37,11 +37,33 @@ import importlib
 import re
 import time
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 
 from reconciler.errors import ReplicatorError
+
+
+@dataclass(frozen=True)
+class Retention:
+    """How many archives a target keeps (backup/retention.py applies it)."""
+
+    keep_last: int | None = None
+    max_age_seconds: int | None = None
+
+
+@dataclass(frozen=True)
+class TargetConfig:
+    """One named backup target, as configured (config/model.py builds it
+    from backup.targets.NAME) or asked for inline. `options` holds the
+    kind's other fields, with every secret as a `Secret`."""
+
+    name: str
+    kind: str
+    path: str
+    options: Mapping[str, Any] = field(default_factory=dict)
+    retention: Retention | None = None
 
 
 class lazy_import:  # noqa: N801 - used as `paramiko = lazy_import("paramiko")`, like the module it stands for
@@ -177,7 +199,7 @@ class Target(ABC):
     @abstractmethod
     def folders(self) -> builtins.list[str]:
         """The names of the folders (S3: common prefixes) in the target's
-        directory: the journal's databases under `journal/`."""
+        directory."""
 
     def check_stored(self, name: str, size: int, sha256: str) -> str:
         """That archive `name` holds exactly the `size` bytes whose SHA-256
@@ -237,13 +259,23 @@ class Target(ABC):
         return f"{type(self).__name__}({self.name})"
 
 
-# what each placeholder of a path template stands for; {segment} is the journal's (journal/format.py)
-_PLACEHOLDERS = {"{timestamp}": r"\d{8}T\d{6}Z", "{date}": r"\d{8}", "{segment}": r"\d{20}-\d{20}-[0-9a-f]{8}-[0-9a-f]{8}",
-                 "{base}": r"\d{20}-[0-9a-f]{8}"}
+# what each placeholder of a path template stands for: an archive's time here; the journal adds its
+# own names (register_placeholder), so that this layer knows nothing of what is stored with it
+_PLACEHOLDERS = {"{timestamp}": r"\d{8}T\d{6}Z", "{date}": r"\d{8}"}
+
+
+def register_placeholder(placeholder: str, regex: str) -> None:
+    """Let path templates hold `placeholder` (e.g. "{segment}"), standing
+    for names that fully match `regex`. Registering it again with another
+    regex is an error (two users would own one name)."""
+    if not re.fullmatch(r"\{[a-z_]+\}", placeholder):
+        raise ValueError(f"{placeholder!r} is not a placeholder")
+    if _PLACEHOLDERS.setdefault(placeholder, regex) != regex:
+        raise ValueError(f"{placeholder} stands for other names already")
 
 
 def template_pattern(template: str) -> re.Pattern:
-    parts = re.split(r"(\{timestamp\}|\{date\}|\{segment\}|\{base\})", template)
+    parts = re.split("(" + "|".join(re.escape(p) for p in _PLACEHOLDERS) + ")", template)
     regex = "".join(_PLACEHOLDERS[p] if p in _PLACEHOLDERS else re.escape(p) for p in parts)
     return re.compile(regex)
 

@@ -15,19 +15,19 @@ from pathlib import Path
 from typing import BinaryIO
 from urllib.parse import ParseResult
 
-from reconciler.backup.targets.base import (
+from reconciler.paths import inside
+from reconciler.targets.base import (
     PARTIAL_SUFFIX,
     ArchiveExists,
     ArchiveInfo,
     InlinePolicy,
     RequestRefused,
     Target,
+    TargetConfig,
     TargetError,
     Upload,
     sort_key,
 )
-from reconciler.config.model import TargetConfig
-from reconciler.paths import inside
 
 KIND = "file"
 URL_SCHEME = None  # archives here are local paths
