@@ -43,7 +43,7 @@ class SignedState:
                 "signature": self.signature.hex()}
 
     @classmethod
-    def from_dict(cls, d) -> SignedState:
+    def from_dict(cls, d: object) -> SignedState:
         """Raises ValueError for anything but the shape as_dict writes."""
         if not isinstance(d, dict) or set(d) != {"database", "tx_id", "alh", "signature"}:
             raise ValueError("a signed state has database, tx_id, alh and signature")

@@ -265,6 +265,8 @@ def decode_segment(stream, expected: SegmentName | None = None, until: int | Non
     if database is not None and info.database != database:
         raise JournalError(f"{where}: its header names database {info.database!r}, not {database!r}")
     if info.format >= 2:
+        if info.compressed_bytes is None:  # the header's parser sets it for format 2: never trust that silently
+            raise JournalError(f"{where}: its header gives no compressed length")
         body = _read_exactly(stream, info.compressed_bytes + 32)
         payload, trailer = body[:-32], body[-32:]
         whole = hashlib.sha256(head)

@@ -46,7 +46,6 @@ from reconciler.config.model import ContinuousConfig
 from reconciler.errors import ReplicatorError
 from reconciler.exported import UNBOUNDED
 from reconciler.journal.format import (
-    GENESIS_ALH,
     ExportedTx,
     JournalError,
     SegmentName,
@@ -55,7 +54,8 @@ from reconciler.journal.format import (
     parse_tx,
     read_header,
 )
-from reconciler.journal.store import JournalStore, chain_to, newest
+from reconciler.journal.resume import resume_point
+from reconciler.journal.store import JournalStore
 from reconciler.log import event
 from reconciler.secret import redact
 from reconciler.signed import PublicKey, SignedState, TrustError
@@ -359,99 +359,39 @@ class Journal:
     # -- where to start
     def _resume_point(self, store: JournalStore) -> tuple[int, bytes, list[tuple[int, int, bytes]]]:
         """(next transaction to export, Alh before it, ranges to fill first
-        as (first, last, Alh before first))."""
-        uploaded = store.segments()
-        spooled = self.spool.names()
-        every = uploaded + spooled
-        if self._truncated_at is not None:
-            rebased = self._rebase(store, every, self._truncated_at)
-            if rebased is not None:
-                return rebased
-        if not every:
-            return 1, GENESIS_ALH, []
-        replica_tx = self.replica.state(self.database).tx_id
-        tip, tip_alh = self._confirmed_tip(every, replica_tx)
-        if tip is None:
-            newest_tip = newest(every)
+        as (first, last, Alh before first)): journal/resume.py decides, this
+        logs it and acts on it."""
+        from reconciler.journal.bases import bases
+        spooled, truncated = self.spool.names(), self._truncated_at
+        point = resume_point(store.segments(), spooled, lambda: self.replica.state(self.database).tx_id,
+                             self._alh_of, lambda: bases(store.origin, self.database, store.archives()),
+                             truncated)
+        target = self.status.target
+        if point.rebased_on is not None:
+            self._truncated_at = None
+            base = point.rebased_on
+            event(log, "journal_rebased", database=self.database, target=target, base_tx=base.tx_id,
+                  archive=base.archive, truncated_tx=truncated,
+                  detail="the replica's history is truncated: the journal goes on from a snapshot base")
+        if point.diverged_from is not None:
             with self._lock:
                 self.status.diverged += 1
-            event(log, "journal_diverged", logging.WARNING, database=self.database, target=self.status.target,
-                  segment=newest_tip.name, replica_tx=replica_tx,
+            event(log, "journal_diverged", logging.WARNING, database=self.database, target=target,
+                  segment=point.diverged_from.name, replica_tx=point.replica_tx,
                   detail="the replica does not hold the journal's newest transactions with the same hash; "
                          "a new journal starts at transaction 1")
-            for s in spooled:  # of the other history, never uploaded: not worth keeping
-                self.spool.remove(s.name)
+            for segment in spooled:  # of the other history, never uploaded: not worth keeping
+                self.spool.remove(segment.name)
             self.witnesses.restarted()
-            return 1, GENESIS_ALH, []
-        chain = chain_to(every, tip)
-        fills = []
-        if chain.hole is not None and self._based(store, chain.first_tx - 1):
-            pass  # retention dropped what a snapshot archive (a base) holds: nothing to fill
-        elif chain.hole is not None:
-            first, last = chain.hole
-            prev = GENESIS_ALH
-            if chain.before_hole is not None and first > 1:
-                prev = self._alh_of(first - 1)
-                if prev.hex()[:8] != chain.before_hole.last:
-                    first, prev = 1, GENESIS_ALH
-            if first <= last:
-                fills.append((first, last, prev))
-                with self._lock:
-                    self.status.gaps_filled += 1
-                event(log, "journal_gap", logging.WARNING, database=self.database, target=self.status.target,
-                      first_tx=first, last_tx=last, detail="segments missing on the target: exported again "
-                                                            "from the replica")
-        shipped = max((s.last_tx for s in uploaded if s in chain.segments), default=0)
-        with self._lock:
-            self.status.shipped_tx = max(self.status.shipped_tx, shipped)
-        return tip.last_tx + 1, tip_alh, fills
-
-    def _confirmed_tip(self, segments: list[SegmentName], replica_tx: int,
-                       tries: int = 16) -> tuple[SegmentName | None, bytes]:
-        """The newest segment whose last transaction the replica holds with
-        the same hash, and that hash. Segments of another history (a
-        database of the same name created again) are passed over: up to
-        `tries` candidates are asked, newest first."""
-        seen = set()
-        for candidate in sorted(segments, key=lambda s: (s.last_tx, s.name), reverse=True):
-            if candidate.last_tx > replica_tx or (candidate.last_tx, candidate.last) in seen:
-                continue
-            seen.add((candidate.last_tx, candidate.last))
-            alh = self._alh_of(candidate.last_tx)
-            if alh.hex()[:8] == candidate.last:
-                return candidate, alh
-            if len(seen) >= tries:
-                break
-        return None, GENESIS_ALH
-
-    def _rebase(self, store: JournalStore, segments: list[SegmentName],
-                truncated_at: int) -> tuple[int, bytes, list] | None:
-        """Where to go on after history truncated at `truncated_at`: just
-        after the oldest snapshot base at or after `truncated_at - 1` (and
-        not behind what the journal holds) whose Alh the replica confirms;
-        None while there is no such base."""
-        from reconciler.journal.bases import bases
-        held = max((s.last_tx for s in segments), default=0)
-        replica_tx = self.replica.state(self.database).tx_id
-        for base in bases(store.origin, self.database, store.archives()):
-            if base.tx_id < max(truncated_at - 1, held) or base.tx_id > replica_tx:
-                continue
-            if self._alh_of(base.tx_id) != base.tx_hash:
-                continue  # a base of another history of this name
-            self._truncated_at = None
+        if point.gap is not None:
             with self._lock:
-                self.status.shipped_tx = max(self.status.shipped_tx, base.tx_id)
-            event(log, "journal_rebased", database=self.database, target=self.status.target, base_tx=base.tx_id,
-                  archive=base.archive, truncated_tx=truncated_at,
-                  detail="the replica's history is truncated: the journal goes on from a snapshot base")
-            return base.tx_id + 1, base.tx_hash, []
-        return None
-
-    def _based(self, store: JournalStore, tx_id: int) -> bool:
-        """True when a snapshot archive at the target holds the database at
-        transaction `tx_id` or later (a base for what follows)."""
-        from reconciler.journal.bases import bases
-        return any(b.tx_id >= tx_id for b in bases(store.origin, self.database, store.archives()))
+                self.status.gaps_filled += 1
+            event(log, "journal_gap", logging.WARNING, database=self.database, target=target,
+                  first_tx=point.gap[0], last_tx=point.gap[1],
+                  detail="segments missing on the target: exported again from the replica")
+        with self._lock:
+            self.status.shipped_tx = max(self.status.shipped_tx, point.shipped_tx)
+        return point.next_tx, point.prev_alh, list(point.fills)
 
     def _alh_of(self, tx_id: int) -> bytes:
         """The Alh of transaction `tx_id` of the replica's database."""
