@@ -264,7 +264,7 @@ def test_parse_time():
 
 def test_the_spool_is_bounded_and_private(tmp_path):
     from reconciler.errors import ReplicatorError
-    from reconciler.journal.shipper import Spool, SpoolFull
+    from reconciler.journal.spool import Spool, SpoolFull
     spool = Spool(tmp_path / "spool" / "db1", max_bytes=100)
     spool.put(jf.segment_name(1, 2, jf.GENESIS_ALH, bytes(32)), b"x" * 150)  # an empty spool takes any one segment
     with pytest.raises(SpoolFull):
