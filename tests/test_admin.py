@@ -109,7 +109,7 @@ def test_replication_settings_round_trip_through_immudbs_message_field_by_field(
     both ways: a field missing from it fails here."""
     import dataclasses
 
-    from reconciler.admin import _REPLICATION_FIELDS, _replication_message, _replication_settings
+    from reconciler.admin.convert import _REPLICATION_FIELDS, _replication_message, _replication_settings
     every = {f.name for f in dataclasses.fields(ReplicationSettings)}
     assert {mine for mine, _, _ in _REPLICATION_FIELDS} == every - {"primary_password"}
     settings = ReplicationSettings(replica=True, primary_database="shop", primary_host="10.0.0.5", primary_port=3323,

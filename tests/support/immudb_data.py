@@ -80,7 +80,7 @@ def create_small_database(admin, name: str) -> None:
     from immudb.grpc import schema_pb2 as pb
     settings = pb.DatabaseNullableSettings(maxKeyLen=pb.NullableUint32(value=256),
                                            maxTxEntries=pb.NullableUint32(value=64))
-    admin._call(f"create database {name}", "CreateDatabaseV2", pb.CreateDatabaseRequest(name=name, settings=settings))
+    admin.call(f"create database {name}", "CreateDatabaseV2", pb.CreateDatabaseRequest(name=name, settings=settings))
 
 
 def create_sync_database(admin, name: str, acks: int = 1) -> None:
@@ -90,7 +90,7 @@ def create_sync_database(admin, name: str, acks: int = 1) -> None:
     replication = pb.ReplicationNullableSettings(syncReplication=pb.NullableBool(value=True),
                                                  syncAcks=pb.NullableUint32(value=acks))
     settings = pb.DatabaseNullableSettings(replicationSettings=replication)
-    admin._call(f"create database {name}", "CreateDatabaseV2", pb.CreateDatabaseRequest(name=name, settings=settings))
+    admin.call(f"create database {name}", "CreateDatabaseV2", pb.CreateDatabaseRequest(name=name, settings=settings))
 
 
 def try_write(server, database: str, timeout: float) -> bool:
