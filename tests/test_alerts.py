@@ -6,12 +6,12 @@ expected annotations are the rule's own, with the alert's labels filled in
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
 import yaml
+
+from tests.support.cli import system_binary
 
 ROOT = Path(__file__).resolve().parent.parent
 RULES = ROOT / "examples" / "prometheus" / "alerts.yaml"
@@ -105,9 +105,9 @@ def test_every_rule_has_a_firing_and_a_quiet_case():
         assert any(fire for *_, fire in cases) and any(not fire for *_, fire in cases), alert
 
 
-@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool missing: scripts/bootstrap installs it")
 def test_promtool_checks_and_unit_tests_pass(tmp_path):
-    checked = subprocess.run(["promtool", "check", "rules", str(RULES)], capture_output=True, text=True)
+    promtool = system_binary("promtool", "prometheus")
+    checked = subprocess.run([promtool, "check", "rules", str(RULES)], capture_output=True, text=True)
     assert checked.returncode == 0, checked.stdout + checked.stderr
     tests = []
     for alert, cases in CASES.items():
@@ -122,6 +122,6 @@ def test_promtool_checks_and_unit_tests_pass(tmp_path):
     (tmp_path / "alerts.yaml").write_text(RULES.read_text())
     (tmp_path / "alerts.test.yaml").write_text(yaml.safe_dump({"rule_files": ["alerts.yaml"],
                                                                 "evaluation_interval": "1m", "tests": tests}))
-    done = subprocess.run(["promtool", "test", "rules", "alerts.test.yaml"], capture_output=True, text=True,
+    done = subprocess.run([promtool, "test", "rules", "alerts.test.yaml"], capture_output=True, text=True,
                           cwd=tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr

@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from reconciler.backup.archive import verify
+from tests.support.cli import replicator
 from tests.support.configs import unique_name
 from tests.support.daemon import TOKEN, Daemon
 from tests.support.waiting import wait_for
@@ -207,14 +208,12 @@ def test_a_non_loopback_listen_address_without_a_token_refuses_to_start(tmp_path
     path = tmp_path / "open.yaml"
     path.write_text(yaml.safe_dump(data))
     env = {k: v for k, v in os.environ.items() if not k.startswith("REPLICATOR_API_TOKEN")}
-    done = subprocess.run([sys.executable, "-m", "reconciler", "run", "-c", str(path)], capture_output=True, text=True,
-                          cwd=ROOT, env=env, timeout=60)
+    done = replicator("run", "-c", str(path), env=env, timeout=60)
     assert done.returncode == 2
     assert "api.token is not set" in done.stderr and "0.0.0.0:18081" in done.stderr
     data["api"]["token"] = "A-token-of-20-chars-x"
     path.write_text(yaml.safe_dump(data))
-    assert subprocess.run([sys.executable, "-m", "reconciler", "validate", "-c", str(path)], capture_output=True,
-                          cwd=ROOT, env=env, timeout=60).returncode == 0
+    assert replicator("validate", "-c", str(path), env=env, timeout=60).returncode == 0
 
 
 def test_uncaught_exceptions_in_any_thread_go_through_the_scrubbed_log(tmp_path):

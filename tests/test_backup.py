@@ -19,6 +19,7 @@ from reconciler.reconcile import Reconciler
 from reconciler.targets import build
 from tests.support import immudb_data
 from tests.support.checks import assert_all_loaded, assert_restores, is_unloaded
+from tests.support.cli import replicator
 from tests.support.configs import unique_name, write_config
 from tests.support.servers import IMMUDB_VERSION, LISTS_WHILE_UNLOADED
 from tests.support.targets import target_dict
@@ -248,8 +249,7 @@ def test_retention_keeps_exactly_the_newest(tmp_path, primary_server, replica_se
 # --------------------------------------------------------------------------- the commands
 
 def cli(*argv: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "reconciler", *argv], capture_output=True, text=True, cwd=ROOT,
-                          timeout=300)
+    return replicator(*argv, timeout=300)
 
 
 def test_backup_list_verify_restore_commands(tmp_path, primary_server, replica_server, replicated):

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from reconciler.backup.restore import restore
 from reconciler.state import is_database_name
 from tests.support import immudb_data
 from tests.support.checks import assert_all_loaded
+from tests.support.cli import replicator
 from tests.support.configs import unique_name, write_config
 from tests.support.servers import ImmudbServer
 from tests.support.targets import target_dict
@@ -32,11 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.faults
 
 
-def cli(*argv: str, prefix: list[str] | None = None, umask: str | None = None) -> subprocess.CompletedProcess:
-    command = (prefix or []) + [sys.executable, "-m", "reconciler", *argv]
-    if umask is not None:
-        command = ["sh", "-c", f'umask {umask}; exec "$@"', "sh"] + command
-    return subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=600)
+cli = replicator
 
 
 @pytest.fixture

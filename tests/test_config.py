@@ -1,8 +1,8 @@
 """The configuration file: schema, defaults, interpolation, overrides, secrets."""
 from __future__ import annotations
 
+import os
 import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -12,6 +12,7 @@ from reconciler import config
 from reconciler.cli import build_parser
 from reconciler.errors import ConfigError
 from reconciler.secret import Secret
+from tests.support.cli import replicator
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "replicator.yaml"
@@ -36,11 +37,9 @@ def problems(path, args=None, env=None) -> list[str]:
 
 
 def run_cli(*argv: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    import os
     full_env = {k: v for k, v in os.environ.items() if k not in ("MASTER_PASSWORD", "FOLLOWER_PASSWORD")}
     full_env.update(env or {})
-    return subprocess.run([sys.executable, "-m", "reconciler", *argv], capture_output=True, text=True,
-                          env=full_env, cwd=ROOT, timeout=60)
+    return replicator(*argv, env=full_env, timeout=60)
 
 
 # ---------------------------------------------------------------- example and defaults
@@ -301,8 +300,7 @@ def test_no_config_and_no_go_flags_says_the_same_for_every_command(command):
     env = {k: v for k, v in os.environ.items() if k != "REPLICATOR_CONFIG" and not k.startswith(
         ("MASTER_", "REPLICA_", "FOLLOWER_", "DATADIR"))}
     argv = [command] + (["--target", "x"] if command == "list" else [])
-    done = subprocess.run([sys.executable, "-m", "reconciler", *argv], capture_output=True, text=True, env=env,
-                          cwd=ROOT, timeout=60)
+    done = replicator(*argv, env=env, timeout=60)
     assert done.returncode == 2
     assert done.stderr.strip() == ("error: -c/--config FILE or $REPLICATOR_CONFIG is required (without a file, "
                                    "the Go tool's flags and environment variables work too: --master-addr or "
@@ -339,10 +337,9 @@ def test_config_from_go_gives_a_valid_file_with_references_instead_of_passwords(
     secret_file.write_text("Replica-file-pw-1")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MASTER_", "REPLICA_", "FOLLOWER_", "DATADIR"))}
     env.update(MASTER_PASSWORD="Env-master-pw-1", REPLICA_PASSWORD_FILE=str(secret_file), DATADIR="/data/immudb")
-    done = subprocess.run([sys.executable, "-m", "reconciler", "config", "from-go", "-master-addr", "10.0.0.5",
-                           "-replica-addr", "127.0.0.1", "-follower-pass", "Flag-follower-pw-1", "-delay", "600",
-                           "-replication-sync", "async"], capture_output=True, text=True, env=env, cwd=ROOT,
-                          timeout=60)
+    done = replicator("config", "from-go", "-master-addr", "10.0.0.5", "-replica-addr", "127.0.0.1",
+                      "-follower-pass", "Flag-follower-pw-1", "-delay", "600", "-replication-sync", "async",
+                      env=env, timeout=60)
     assert done.returncode == 0, done.stderr
     text = done.stdout
     for secret in ("Env-master-pw-1", "Flag-follower-pw-1", "Replica-file-pw-1"):

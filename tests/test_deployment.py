@@ -3,18 +3,16 @@ names. (No container runtime or cluster here: the manifests are checked
 against the program, not run; the systemd unit is checked by systemd.)"""
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import yaml
 
 from reconciler import config
 from reconciler.config.go_flags import ENV_ONLY, OVERRIDES
+from tests.support.cli import system_binary
 
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "examples" / "kubernetes"
@@ -120,11 +118,7 @@ UNIT = ROOT / "systemd" / "replicator.service"
 
 
 def test_systemd_unit_passes_systemd_analyze_verify(tmp_path):
-    analyze = shutil.which("systemd-analyze")
-    if analyze is None:
-        if os.environ.get("REPLICATOR_TESTS_UNIT_ONLY"):  # scripts/test --unit installs no Debian package
-            pytest.skip("systemd-analyze is missing (Debian package systemd; the whole scripts/test installs it)")
-        pytest.fail("systemd-analyze is missing: scripts/bootstrap installs it (Debian package systemd)")
+    analyze = system_binary("systemd-analyze", "systemd")
     unit = tmp_path / "immudb-replicator.service"
     # verify checks that ExecStart's binary exists: point it at this checkout's command
     replicator = Path(sys.executable).parent / "replicator"

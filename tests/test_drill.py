@@ -4,8 +4,6 @@ rewritten so consistently that `verify` passes, which the drill must fail."""
 from __future__ import annotations
 
 import io
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,14 +11,13 @@ import yaml
 
 from reconciler.backup import archive
 from reconciler.backup.restore import restore
+from tests.support.cli import replicator
 from tests.support.configs import unique_name, write_config
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def run(*argv: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "reconciler", *argv], capture_output=True, text=True, cwd=ROOT,
-                          timeout=600)
+run = replicator
 
 
 @pytest.fixture
@@ -116,8 +113,7 @@ def test_drill_fails_an_archive_whose_recorded_state_was_rewritten(backed_up, re
 
 def test_drill_without_an_immudb_binary_says_what_to_set(tmp_path, backed_up):
     path, made = backed_up
-    done = subprocess.run([sys.executable, "-m", "reconciler", "drill", str(made)], capture_output=True, text=True,
-                          cwd=ROOT, timeout=120, env={"PATH": "/nonexistent", "HOME": str(tmp_path)})
+    done = run("drill", str(made), timeout=120, env={"PATH": "/nonexistent", "HOME": str(tmp_path)})
     assert done.returncode == 1
     assert done.stderr.strip().endswith("set backup.drill.immudb_binary or give --immudb-binary")
     assert "Traceback" not in done.stderr

@@ -4,8 +4,6 @@ configured value, what the Go tool ends up using)."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +11,7 @@ import pytest
 from reconciler import config
 from reconciler.config.encrypted import decrypt
 from reconciler.errors import ConfigError
+from tests.support.cli import replicator
 
 ROOT = Path(__file__).resolve().parent.parent
 VECTORS = json.loads((Path(__file__).parent / "data" / "go-enc-vectors.json").read_text())
@@ -89,9 +88,8 @@ def test_validate_refuses_a_value_that_cannot_be_decrypted_naming_the_field_neve
     wrong_key = _vector("encrypted with another key")
     path = tmp_path / "replicator.yaml"
     path.write_text(MINIMAL.replace('"Replica-pw-1"', json.dumps(wrong_key["configured_value"])))
-    done = subprocess.run([sys.executable, "-m", "reconciler", "validate", "-c", str(path)], capture_output=True,
-                          text=True, cwd=ROOT, timeout=60, env={"REPLICATOR_AES_KEY": wrong_key["aes_key"],
-                                                                "PATH": "/usr/bin:/bin"})
+    done = replicator("validate", "-c", str(path), timeout=60,
+                      env={"REPLICATOR_AES_KEY": wrong_key["aes_key"], "PATH": "/usr/bin:/bin"})
     assert done.returncode == 2
     assert done.stderr.strip() == ("error: At 'replica.password': the enc: value does not decrypt with the AES key "
                                    "given (encrypted with another key?)")

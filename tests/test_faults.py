@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -17,6 +16,7 @@ from reconciler import config
 from reconciler.reconcile import Reconciler
 from tests.support import immudb_data
 from tests.support.checks import assert_all_loaded, is_unloaded
+from tests.support.cli import replicator
 from tests.support.configs import unique_name, write_config
 from tests.support.daemon import Daemon
 from tests.support.servers import LISTS_WHILE_UNLOADED, admin_for
@@ -442,8 +442,7 @@ def test_target_that_cannot_take_the_archive_fails_clearly(kind, case, says, tmp
     prefix, names, _ = replicated
     target = _misconfigured(kind, case, tmp_path, request)
     path = write_config(tmp_path, primary_server, replica_server, prefix, targets={"broken": target})
-    done = subprocess.run([sys.executable, "-m", "reconciler", "backup", "-c", str(path), "--target", "broken"],
-                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    done = replicator("backup", "-c", str(path), "--target", "broken", timeout=300)
     assert done.returncode == 1, done.stdout + done.stderr
     error = done.stderr.strip().splitlines()[-1]
     assert error.startswith("error: ") and "broken" in error and says in error, error

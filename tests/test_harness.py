@@ -10,7 +10,7 @@ import paramiko
 import pytest
 from botocore.exceptions import ClientError
 
-from tests.support.waiting import patient
+from tests.support.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -108,7 +108,6 @@ def test_servers_started_by_a_process_die_with_it(tmp_path, immudb_build):
     import signal
     import subprocess
     import sys
-    import time
     script = (f"import sys, time; sys.path.insert(0, {str(ROOT)!r});"
               f"from tests.support.servers import ImmudbServer;"
               f"s = ImmudbServer('orphan', __import__('pathlib').Path({str(tmp_path)!r}) / 's').start();"
@@ -117,10 +116,7 @@ def test_servers_started_by_a_process_die_with_it(tmp_path, immudb_build):
     child_pid = int(parent.stdout.readline())
     parent.send_signal(signal.SIGKILL)
     parent.wait()
-    deadline = time.monotonic() + patient(10)
-    while time.monotonic() < deadline and _alive(child_pid):
-        time.sleep(0.1)
-    assert not _alive(child_pid)
+    wait_for(lambda: not _alive(child_pid), 10, f"the orphaned child {child_pid} to be gone")
 
 
 def _alive(pid: int) -> bool:

@@ -28,7 +28,6 @@ import re
 import select
 import socket
 import subprocess
-import sys
 import urllib.parse
 from pathlib import Path
 
@@ -39,6 +38,8 @@ from hypothesis import strategies as st
 
 from reconciler import cli, secret
 from reconciler.config.validate import SECRET_KEYS, load_schema
+from tests.support.cli import argv as cli_argv
+from tests.support.cli import replicator
 
 pytestmark = pytest.mark.faults
 
@@ -596,9 +597,7 @@ def test_validate_and_run_processes_refuse_broken_files_without_connecting(tmp_p
     for name, raw in cases.items():
         path = write(tmp_path, raw)
         for command in ("validate", "run"):
-            done = subprocess.run([sys.executable, "-m", "reconciler", command, "-c", str(path)], cwd=ROOT, env=env,
-                                  capture_output=True, text=True, errors="replace", timeout=60,
-                                  stdin=subprocess.DEVNULL)
+            done = replicator(command, "-c", str(path), env=env, timeout=60)
             try:
                 assert done.returncode == 2, done.returncode
                 assert_refused_cleanly(done.returncode, done.stdout, done.stderr)
@@ -622,7 +621,7 @@ def test_run_process_with_a_valid_file_does_connect(tmp_path, listeners):
     }))
     (tmp_path / "data").mkdir()
     assert validate_in_process(path)[0] == 0
-    proc = subprocess.Popen([sys.executable, "-m", "reconciler", "run", "-c", str(path)], cwd=ROOT,
+    proc = subprocess.Popen(cli_argv("run", "-c", str(path)), cwd=ROOT,
                             env=_environment(tmp_path, False), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             stdin=subprocess.DEVNULL)
     try:

@@ -11,8 +11,6 @@ import contextlib
 import dataclasses
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -27,6 +25,7 @@ from reconciler.journal.shipper import Journal
 from reconciler.journal.store import JournalStore, newest
 from reconciler.reconcile import Reconciler
 from tests.support import immudb_data
+from tests.support.cli import replicator
 from tests.support.configs import unique_name, write_config
 from tests.support.daemon import Daemon
 from tests.support.exported import open_segment, reseal
@@ -38,9 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RPO = 1.0  # segment_max_seconds in these tests
 
 
-def run(*argv: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "reconciler", *argv], capture_output=True, text=True, cwd=ROOT,
-                          timeout=600)
+run = replicator
 
 
 def journal(replica, name: str, target_cfg, tmp_path: Path, **settings) -> Journal:

@@ -8,8 +8,6 @@ from __future__ import annotations
 import contextlib
 import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -20,9 +18,11 @@ from reconciler.secret import Secret
 from reconciler.state import PERMISSION_READ
 from tests.support import immudb_data
 from tests.support.checks import assert_follows
+from tests.support.cli import argv as cli_argv
+from tests.support.cli import replicator
 from tests.support.configs import unique_name, write_config
 from tests.support.servers import LISTS_WHILE_UNLOADED, ImmudbServer, admin_for
-from tests.support.waiting import patient
+from tests.support.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -42,23 +42,20 @@ def reconciler_for(path: Path) -> Reconciler:
 
 
 def run_cli(*argv: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "reconciler", *argv], capture_output=True, text=True,
-                          cwd=ROOT, timeout=120)
+    return replicator(*argv, timeout=120)
 
 
 def wait_on_replica(replica, names, timeout: float) -> None:
     """Until every one of `names` exists on the replica; asserts it."""
-    deadline = time.monotonic() + patient(timeout)
-    while time.monotonic() < deadline and not set(names) <= {d.name for d in replica.list_databases()}:
-        time.sleep(0.2)
-    assert set(names) <= {d.name for d in replica.list_databases()}
+    wait_for(lambda: set(names) <= {d.name for d in replica.list_databases()}, timeout,
+             f"{sorted(names)} on the replica", interval=0.2)
 
 
 @contextlib.contextmanager
 def running_daemon(path: Path):
     """`replicator run -c path` as a subprocess. Yields a dict that holds
     returncode, out and err once the block ends with SIGTERM."""
-    proc = subprocess.Popen([sys.executable, "-m", "reconciler", "run", "-c", str(path)], cwd=ROOT,
+    proc = subprocess.Popen(cli_argv("run", "-c", str(path)), cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     result: dict = {}
     try:

@@ -12,8 +12,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
-import time
 import urllib.parse
 from pathlib import Path
 
@@ -21,10 +19,11 @@ import pytest
 import yaml
 
 from reconciler.backup.archive import open_decompressor
+from tests.support.cli import replicator
 from tests.support.configs import unique_name, write_data
 from tests.support.daemon import Daemon
 from tests.support.servers import S3_ACCESS_KEY, S3_SECRET_KEY, SFTP_PASSWORD, ImmudbServer
-from tests.support.waiting import patient
+from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.faults, pytest.mark.servers]
 
@@ -168,9 +167,7 @@ def _env(tmp_path: Path, debug: bool) -> dict[str, str]:
 
 def cli(transcript: Transcript, tmp_path: Path, *argv: str, debug: bool = True, expect: int | None = 0,
         ) -> subprocess.CompletedProcess:
-    done = subprocess.run([sys.executable, "-m", "reconciler", *argv], capture_output=True, text=True,
-                          errors="replace", cwd=ROOT, env=_env(tmp_path, debug), timeout=300,
-                          stdin=subprocess.DEVNULL)
+    done = replicator(*argv, env=_env(tmp_path, debug), timeout=300)
     where = f"replicator {' '.join(argv)}{' (REPLICATOR_DEBUG=1)' if debug else ''} -> {done.returncode}"
     transcript.add(where, done.stdout + "\n" + done.stderr)
     assert "Traceback" not in done.stderr, f"{where}\n{done.stderr}"
@@ -293,23 +290,24 @@ def _call(transcript: Transcript, d: Daemon, method: str, path: str, body=None, 
 def _backup(transcript: Transcript, d: Daemon, body: dict) -> dict:
     status, answer = _call(transcript, d, "POST", "/backup/start", body)
     assert status == 202, answer
-    deadline = time.monotonic() + patient(180)
-    while time.monotonic() < deadline:
+    def finished():
         _, state = _call(transcript, d, "GET", "/backup/status")
-        if not state["running"] and state["last_result"] and state["last_result"]["id"] == answer["id"]:
-            return state["last_result"]
-        time.sleep(0.2)
-    raise AssertionError(f"backup {answer['id']} did not finish")
+        last = state["last_result"]
+        return last if not state["running"] and last and last["id"] == answer["id"] else None
+    return wait_for(finished, 180, f"backup {answer['id']} to finish", interval=0.2)
 
 
 def _wait_status(transcript: Transcript, d: Daemon, done) -> dict:
-    deadline = time.monotonic() + patient(60)
-    while time.monotonic() < deadline:
+    seen: list[dict] = []
+
+    def reached():
         _, status = _call(transcript, d, "GET", "/status")
-        if done(status):
-            return status
-        time.sleep(0.2)
-    raise AssertionError(f"status never reached the expected state: {status}")
+        seen[:] = [status]
+        return status if done(status) else None
+    try:
+        return wait_for(reached, 60, "the expected /status", interval=0.2)
+    except AssertionError:
+        raise AssertionError(f"status never reached the expected state: {seen}") from None
 
 
 @pytest.mark.parametrize("log_format", ["text", "json"])

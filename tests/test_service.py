@@ -197,15 +197,11 @@ def test_reload_on_file_change_and_refusal_of_a_broken_file(tmp_path, daemon_fac
     digest = d.request("GET", "/status")[1]["config"]["digest"]
     d.data["reconcile"]["interval"] = 1800
     d.write_config()
-    deadline = time.monotonic() + patient(10)
-    while time.monotonic() < deadline and d.request("GET", "/status")[1]["config"]["digest"] == digest:
-        time.sleep(0.2)
-    new_digest = d.request("GET", "/status")[1]["config"]["digest"]
-    assert new_digest != digest
+    new_digest = wait_for(lambda: (now := d.request("GET", "/status")[1]["config"]["digest"]) != digest and now,
+                          10, "the changed file to be loaded", interval=0.2)
     d.config_path.write_text("primary: [this is not a mapping\n")
-    deadline = time.monotonic() + patient(10)
-    while time.monotonic() < deadline and not d.request("GET", "/status")[1]["config"]["last_reload_error"]:
-        time.sleep(0.2)
+    wait_for(lambda: d.request("GET", "/status")[1]["config"]["last_reload_error"], 10, "the reload error",
+             interval=0.2)
     body = d.request("GET", "/status")[1]
     assert "invalid YAML" in body["config"]["last_reload_error"]
     assert body["config"]["digest"] == new_digest  # the previous configuration stays in force
@@ -220,10 +216,7 @@ def test_sighup_reloads(daemon_factory, replicated):
     d.data["reconcile"]["interval"] = 900
     d.config_path.write_text(__import__("yaml").safe_dump(d.data))
     d.proc.send_signal(signal.SIGHUP)
-    deadline = time.monotonic() + patient(10)
-    while time.monotonic() < deadline and "config_reloaded" not in d.output():
-        time.sleep(0.2)
-    assert "config_reloaded" in d.output()
+    wait_for(lambda: "config_reloaded" in d.output(), 10, "config_reloaded in the log", interval=0.2)
 
 
 @pytest.mark.faults
@@ -237,14 +230,10 @@ def test_sigterm_during_a_backup_loads_every_database_and_leaves_no_partial_arch
     # zstd's slowest level: a backup slow enough to be caught mid-way
     d = daemon_factory(prefix, backup={"compression": "zstd", "compression_level": 22, "targets": {"local": {
         "type": "file", "path": str(out / "s-{timestamp}.tar.gz")}}}).start()
-    deadline = time.monotonic() + patient(60)
-    while time.monotonic() < deadline and d.request("GET", "/status")[1]["databases"] == []:
-        time.sleep(0.2)
+    wait_for(lambda: d.request("GET", "/status")[1]["databases"], 60, "the first pass", interval=0.2)
     assert immudb_data.wait_caught_up(primary_server, replica_server, name, name, timeout=60)[1] is not None
     assert d.request("POST", "/backup/start", {"target": "local"})[0] == 202
-    deadline = time.monotonic() + patient(30)
-    while time.monotonic() < deadline and not d.request("GET", "/backup/status")[1]["bytes_done"]:
-        time.sleep(0.05)
+    wait_for(lambda: d.request("GET", "/backup/status")[1]["bytes_done"], 30, "the backup to read", interval=0.05)
     assert d.request("GET", "/backup/status")[1]["running"]
     assert d.stop(signal.SIGTERM) == 0
     assert "backup_cancelling" in d.output() and "stopped" in d.output()
@@ -284,12 +273,9 @@ def test_scheduled_backup_fires(tmp_path, daemon_factory, replicated):
     def archives():
         return [p for p in out.iterdir() if not p.name.startswith(".")] if out.exists() else []
 
-    deadline = time.monotonic() + patient(75)  # the next minute boundary
-    while time.monotonic() < deadline and not archives():
-        time.sleep(0.5)
-    archives = archives()
-    assert len(archives) == 1
-    assert verify(open(archives[0], "rb")).ok
+    made = wait_for(archives, 75, "the scheduled backup's archive (the next minute boundary)", interval=0.5)
+    assert len(made) == 1
+    assert verify(open(made[0], "rb")).ok
     status, history = d.request("GET", "/backups")
     assert history["backups"][0]["target"] == "local" and history["backups"][0]["ok"]
 
@@ -343,16 +329,13 @@ def test_sigterm_while_the_target_is_frozen_still_loads_the_database_and_exits(
               "create_dirs": True, "timeout": 120}
     d = daemon_factory(prefix, backup={"compression": "none", "targets": {"remote": target}},
                        daemon={"shutdown_grace": 2}).start()
-    deadline = time.monotonic() + patient(60)
-    while time.monotonic() < deadline and d.request("GET", "/status")[1]["databases"] == []:
-        time.sleep(0.2)
+    wait_for(lambda: d.request("GET", "/status")[1]["databases"], 60, "the first pass", interval=0.2)
     assert immudb_data.wait_caught_up(primary_server, replica_server, name, name, timeout=60)[1] is not None
     frozen = False
     try:
         assert d.request("POST", "/backup/start", {"target": "remote"})[0] == 202
-        deadline = time.monotonic() + patient(30)
-        while time.monotonic() < deadline and not d.request("GET", "/backup/status")[1]["bytes_done"]:
-            time.sleep(0.02)
+        wait_for(lambda: d.request("GET", "/backup/status")[1]["bytes_done"], 30, "the backup to send",
+                 interval=0.02)
         # the SFTP server stalls, as a network stall would: its session processes stop answering
         sp.run(["pkill", "-STOP", "-u", sftp_server.username], check=False)
         frozen = True

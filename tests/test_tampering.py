@@ -20,6 +20,8 @@ from reconciler.config.model import TargetConfig
 from reconciler.journal import format as jf
 from reconciler.journal.store import JournalStore
 from tests.support import immudb_data
+from tests.support.cli import argv as cli_argv
+from tests.support.cli import replicator
 from tests.support.configs import unique_name, write_config
 from tests.support.daemon import Daemon
 from tests.support.exported import Entry, History, Tx, open_segment, records, reseal, rewrite, seal
@@ -29,9 +31,7 @@ pytestmark = pytest.mark.faults
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def run(*argv: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "reconciler", *argv], capture_output=True, text=True, cwd=ROOT,
-                          timeout=timeout)
+run = replicator
 
 
 class Shipped:
@@ -300,8 +300,9 @@ def test_a_compression_bomb_is_refused_without_allocating_it(tmp_path, primary_s
          "sys.stderr.write(done.stderr)\n"
          "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n"
          "sys.exit(done.returncode)",
-         sys.executable, "-m", "reconciler", "restore", "-c", str(cfg), "--target", "local", "--database", name,
-         "--to-end", "--as", "boom", "--server", "replica"], capture_output=True, text=True, cwd=ROOT, timeout=600)
+         *cli_argv("restore", "-c", str(cfg), "--target", "local", "--database", name,
+                   "--to-end", "--as", "boom", "--server", "replica")], capture_output=True, text=True, cwd=ROOT,
+        timeout=600)
     assert measured.returncode == 1, measured.stderr
     assert "transaction 0 where 1 was expected" in measured.stderr, measured.stderr
     peak_kib = int(measured.stdout.strip().splitlines()[-1])

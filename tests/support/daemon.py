@@ -6,12 +6,12 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
+from tests.support.cli import argv as cli_argv
 from tests.support.configs import config_data, write_data
 from tests.support.servers import free_port
 from tests.support.waiting import patient, wait_for
@@ -50,7 +50,7 @@ class Daemon:
     def start(self, wait_ready: bool = True) -> Daemon:
         self.log = open(self.log_path, "wb")
         STARTED.append(self)
-        self.proc = subprocess.Popen([sys.executable, "-m", "reconciler", "run", "-c", str(self.config_path)],
+        self.proc = subprocess.Popen(cli_argv("run", "-c", str(self.config_path)),
                                      cwd=ROOT, env=self.env, stdout=self.log, stderr=subprocess.STDOUT)
         if wait_ready:
             deadline = time.monotonic() + patient(30)
