@@ -13,6 +13,7 @@ from reconciler.backup import archive
 from reconciler.backup.restore import RestoreError, restore
 from reconciler.backup.retention import expired
 from reconciler.config.model import Retention
+from reconciler.manifest import from_dict as manifest_from_dict
 from reconciler.targets.base import ArchiveInfo
 
 
@@ -62,7 +63,7 @@ def write_archive(tree: Path, compression: str = "gzip") -> bytes:
     writer = archive.ArchiveWriter(upload, compression)
     for db in ("alpha", "beta"):
         writer.add_tree(tree / db, db)
-    writer.finish(manifest_fields(writer, compression))
+    writer.finish(manifest_from_dict(manifest_fields(writer, compression)))
     return upload.buffer.getvalue()
 
 

@@ -52,10 +52,10 @@ def test_backup_verifies_and_restores_into_a_working_immudb(kind, tmp_path, requ
         check = verify(target.read(archives[0].name))
         assert check.ok, check.problems
         m = check.manifest
-        assert m["immudb_version"] == IMMUDB_VERSION and m["tool"] == "immudb-replicator"
-        states = {d["name"]: (d["tx_id"], d["tx_hash"]) for d in m["databases"]}
+        assert m.immudb_version == IMMUDB_VERSION and m.tool == "immudb-replicator"
+        states = {d.name: (d.tx_id, d.tx_hash.hex()) for d in m.databases}
         assert states == {n: (before[n][0], before[n][1].hex()) for n in names}
-        assert all(f["path"].split("/")[0] in names for f in m["files"])
+        assert all(f.path.split("/")[0] in names for f in m.files)
         assert_restores(tmp_path, target.read(archives[0].name), names, written, states)
 
 

@@ -19,6 +19,7 @@ from reconciler import config
 from reconciler.backup import archive
 from reconciler.backup.job import Backups
 from reconciler.backup.restore import restore
+from reconciler.manifest import from_dict as manifest_from_dict
 from reconciler.state import is_database_name
 from tests.support import immudb_data
 from tests.support.checks import assert_all_loaded
@@ -173,8 +174,9 @@ def test_writer_and_reader_accept_exactly_the_names_immudb_gives(tmp_path, name)
     assert written == is_database_name(name)
     if not written:
         return
-    writer.finish({"tool": "t", "backup_id": "b", "started_at": "s", "finished_at": "f", "compression": "none",
-                   "databases": [{"name": name, "tx_id": 1, "tx_hash": "0" * 64, "files": 1, "bytes": 4}]})
+    writer.finish(manifest_from_dict({
+        "tool": "t", "backup_id": "b", "started_at": "s", "finished_at": "f", "compression": "none",
+        "databases": [{"name": name, "tx_id": 1, "tx_hash": "0" * 64, "files": 1, "bytes": 4}]}))
     import io
     assert archive.verify(io.BytesIO(b"".join(out))).ok
     restored = restore(io.BytesIO(b"".join(out)), tmp_path / unique_name("r"))

@@ -11,6 +11,7 @@ import yaml
 
 from reconciler.backup import archive
 from reconciler.backup.restore import restore
+from reconciler.manifest import from_dict as manifest_from_dict
 from tests.support.cli import replicator
 from tests.support.configs import unique_name, write_config
 
@@ -40,7 +41,7 @@ def rewrite(original: Path, dest: Path, tmp_path: Path, change) -> Path:
     again with checksums that match: what `verify` accepts."""
     tree = tmp_path / unique_name("tree")
     with open(original, "rb") as stream:
-        manifest = restore(stream, tree).manifest
+        manifest = restore(stream, tree).manifest.as_dict()
     change(tree, manifest)
     out = io.BytesIO()
 
@@ -51,7 +52,7 @@ def rewrite(original: Path, dest: Path, tmp_path: Path, change) -> Path:
     writer = archive.ArchiveWriter(Memory(), "gzip")
     for db in manifest["databases"]:
         writer.add_tree(tree / db["name"], db["name"])
-    writer.finish({k: v for k, v in manifest.items() if k not in ("files", "format")})
+    writer.finish(manifest_from_dict({k: v for k, v in manifest.items() if k not in ("files", "format")}))
     dest.write_bytes(out.getvalue())
     with open(dest, "rb") as stream:
         assert archive.verify(stream).ok  # consistent with itself: verify cannot tell

@@ -19,6 +19,7 @@ import yaml
 from reconciler.config.model import TargetConfig
 from reconciler.journal import format as jf
 from reconciler.journal.store import JournalStore
+from reconciler.manifest import from_dict as manifest_from_dict
 from tests.support import immudb_data
 from tests.support.cli import argv as cli_argv
 from tests.support.cli import replicator
@@ -340,7 +341,7 @@ def rebuild_archive(original: Path, dest: Path, tmp_path: Path, change) -> Path:
     from reconciler.backup.restore import restore
     tree = tmp_path / unique_name("tree")
     with open(original, "rb") as stream:
-        manifest = restore(stream, tree).manifest
+        manifest = restore(stream, tree).manifest.as_dict()
     change(tree, manifest)
 
     class Memory(list):
@@ -351,7 +352,7 @@ def rebuild_archive(original: Path, dest: Path, tmp_path: Path, change) -> Path:
     writer = archive.ArchiveWriter(out, "gzip")
     for db in manifest["databases"]:
         writer.add_tree(tree / db["name"], db["name"])
-    writer.finish({k: v for k, v in manifest.items() if k not in ("files", "format")})
+    writer.finish(manifest_from_dict({k: v for k, v in manifest.items() if k not in ("files", "format")}))
     dest.write_bytes(b"".join(out))
     with open(dest, "rb") as stream:
         assert archive.verify(stream).ok

@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
-import json
 import os
 import stat
 import tarfile
@@ -29,10 +28,11 @@ from pathlib import Path, PurePosixPath
 from typing import BinaryIO, Protocol
 
 from reconciler.errors import ReplicatorError
+from reconciler.manifest import NAME as MANIFEST
+from reconciler.manifest import FileRecord, Manifest
+from reconciler.manifest import parse as parse_manifest
 from reconciler.state import is_database_name
 
-MANIFEST = "MANIFEST.json"
-FORMAT = 1
 CHUNK = 1024 * 1024
 GZIP_MAGIC, ZSTD_MAGIC = b"\x1f\x8b", b"\x28\xb5\x2f\xfd"
 
@@ -354,17 +354,18 @@ class ArchiveWriter:
             self.compressor.close()
         self.hasher.close()
 
-    def finish(self, manifest: dict) -> None:
-        """Append the manifest (with every file added) and close the streams."""
-        manifest = dict(manifest, format=FORMAT,
-                        files=[{"path": f.path, "size": f.size, "sha256": f.sha256} for f in self.files])
-        data = json.dumps(manifest, indent=1, sort_keys=True).encode()
+    def finish(self, manifest: Manifest) -> Manifest:
+        """Append the manifest (with every file added) and close the streams;
+        the manifest as written."""
+        manifest = manifest.with_files(FileRecord(f.path, f.size, f.sha256) for f in self.files)
+        data = manifest.encode()
         info = tarfile.TarInfo(MANIFEST)
-        info.size, info.mode, info.mtime = len(data), 0o644, int(manifest.get("finished_unix", 0))
+        info.size, info.mode, info.mtime = len(data), 0o644, int(manifest.finished_unix or 0)
         self.tar.addfile(info, io.BytesIO(data))
         self.tar.close()
         self.compressor.close()
         self.hasher.close()
+        return manifest
 
 
 # --------------------------------------------------------------------------- reading
@@ -405,7 +406,7 @@ class Verification:
     and sha256, and the problems (none: the archive is whole and matches its
     manifest)."""
 
-    manifest: dict | None = None
+    manifest: Manifest | None = None
     files: dict[str, FileEntry] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
     compression: str = ""
@@ -416,7 +417,7 @@ class Verification:
 
     @property
     def databases(self) -> list[str]:
-        return [d["name"] for d in (self.manifest or {}).get("databases", [])]
+        return self.manifest.names if self.manifest is not None else []
 
 
 @contextlib.contextmanager
@@ -554,23 +555,6 @@ class Store(Protocol):
     def file(self, path: str, size: int) -> BinaryIO: ...
 
 
-def _manifest_problems(raw: bytes) -> tuple[dict | None, list[str]]:
-    """The manifest, parsed, and what is wrong with it (JSON, then its schema)."""
-    try:
-        manifest = json.loads(raw)
-    except ValueError:
-        return None, [f"{MANIFEST} is not valid JSON"]
-    from jsonschema import Draft202012Validator
-
-    from reconciler import schemas
-    validator = Draft202012Validator(schemas.load("manifest.schema.json"))
-    errors = sorted(validator.iter_errors(manifest), key=lambda e: list(e.absolute_path))
-    if errors:
-        return None, [f"{MANIFEST} at '{'/'.join(map(str, e.absolute_path)) or '(top)'}': {e.message}"
-                      for e in errors[:5]]
-    return manifest, []
-
-
 def read(stream: BinaryIO, store: Store | None = None,
          on_bytes: Callable[[int], None] = lambda n: None) -> Verification:
     """Read the whole archive once: every member checked as it comes (see
@@ -595,7 +579,7 @@ def read(stream: BinaryIO, store: Store | None = None,
             seen.add(name)
             if name == MANIFEST:
                 manifest_read = True
-                result.manifest, problems = _manifest_problems(content.read())
+                result.manifest, problems = parse_manifest(content.read())
                 result.problems += problems
                 continue
             if member.isdir():
@@ -623,21 +607,21 @@ def read(stream: BinaryIO, store: Store | None = None,
 
 def compare(result: Verification) -> None:
     """Check what was read against the manifest; add problems to `result`."""
-    manifest = result.manifest or {}
-    databases = {d["name"]: d for d in manifest.get("databases", [])}
+    assert result.manifest is not None
+    databases = {d.name: d for d in result.manifest.databases}
     for name, entry in databases.items():
         if not is_database_name(name):
             result.problems.append(f"{MANIFEST}: {name!r} is not a name immudb gives databases")
-        elif entry.get("tx_id") and not entry.get("files"):
-            result.problems.append(f"{name}: {entry['tx_id']} transactions and no files")
-    expected = {f["path"]: f for f in manifest.get("files", [])}
+        elif entry.tx_id and not entry.files:
+            result.problems.append(f"{name}: {entry.tx_id} transactions and no files")
+    expected = {f.path: f for f in result.manifest.files}
     for path, want in sorted(expected.items()):
         got = result.files.get(path)
         if got is None:
             result.problems.append(f"{path}: listed in the manifest, missing from the archive")
-        elif got.size != want["size"]:
-            result.problems.append(f"{path}: {got.size} bytes, the manifest says {want['size']}")
-        elif got.sha256 != want["sha256"]:
+        elif got.size != want.size:
+            result.problems.append(f"{path}: {got.size} bytes, the manifest says {want.size}")
+        elif got.sha256 != want.sha256:
             result.problems.append(f"{path}: sha256 differs from the manifest (the file is damaged)")
     for path in sorted(set(result.files) - set(expected)):
         result.problems.append(f"{path}: in the archive, not in the manifest")

@@ -32,6 +32,7 @@ from reconciler.backup.restore import RestoreError, restore
 from reconciler.config.model import DrillConfig
 from reconciler.errors import ReplicatorError
 from reconciler.log import event
+from reconciler.manifest import DatabaseEntry, Manifest
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,7 @@ class DrillResult:
 
 def drill(stream: BinaryIO, location: str, cfg: DrillConfig,
           say: Callable[[str], None] = lambda line: None,
-          vouch: Callable[[dict], list] | None = None) -> DrillResult:
+          vouch: Callable[[Manifest], list] | None = None) -> DrillResult:
     """Restore the archive in `stream` and check it in a throwaway immudb;
     `vouch(manifest)` (trust/sources.vouch_for_archive) checks what the
     archive records against the anchors before anything is restored. The
@@ -86,12 +87,13 @@ def drill(stream: BinaryIO, location: str, cfg: DrillConfig,
         for line in result.anchors:
             say(f"  anchor {line}")
         manifest = restored.manifest
-        result.backup_id = manifest.get("backup_id")
+        assert manifest is not None  # restore() returns only what it read whole
+        result.backup_id = manifest.backup_id
         with throwaway_immudb(binary, scratch, cfg.start_timeout) as admin:
             say(f"immudb {admin.version() or '?'} opened it on {admin.address}")
             opened = {d.name for d in admin.list_databases()}
-            for entry in manifest.get("databases", []):
-                name = entry["name"]
+            for entry in manifest.databases:
+                name = entry.name
                 verdict = _check_database(admin, entry, opened, cfg.sample_keys)
                 result.databases[name] = verdict
                 if verdict.startswith("FAIL"):
@@ -149,15 +151,15 @@ def _missing_newest(cfg, target_cfg, present: set[str]) -> str | None:
     return None
 
 
-def _check_database(admin, entry: dict, opened: set[str], sample: int) -> str:
+def _check_database(admin, entry: DatabaseEntry, opened: set[str], sample: int) -> str:
     """'ok: ...' or 'FAIL: why' for one database of the manifest."""
     from reconciler.admin import DatabaseState, ImmudbError
-    name = entry["name"]
+    name = entry.name
     if name not in opened:
         return "FAIL: immudb did not open it"
-    if entry.get("tx_id") is None:
+    if entry.tx_id is None or entry.tx_hash is None:
         return "ok: opened (it was unloaded when backed up: no state was recorded to compare)"
-    want = DatabaseState(name, entry["tx_id"], bytes.fromhex(entry["tx_hash"]))
+    want = DatabaseState(name, entry.tx_id, entry.tx_hash)
     try:
         got = admin.state(name)
         if (got.tx_id, got.tx_hash) != (want.tx_id, want.tx_hash):

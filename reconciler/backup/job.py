@@ -35,6 +35,7 @@ from reconciler.config.model import Config, TargetConfig
 from reconciler.errors import ReplicatorError
 from reconciler.holds import BackupLock, Holder
 from reconciler.log import event
+from reconciler.manifest import DatabaseEntry, Manifest
 from reconciler.secret import redact
 from reconciler.state import SERVER_DATABASES, DatabaseInfo
 
@@ -44,9 +45,9 @@ STAGING_PREFIX = ".replicator-staging-"
 
 
 # called once an archive is committed and proven on its target: (configuration, target, archive name,
-# manifest with backup_id and databases). The journal records its bases this way (journal/bases.py's
+# the manifest as written). The journal records its bases this way (journal/bases.py's
 # after_archive), so that backup/ does not import journal/. It must not raise.
-ArchiveCommitted = Callable[[Config, TargetConfig, str, dict], None]
+ArchiveCommitted = Callable[[Config, TargetConfig, str, Manifest], None]
 
 
 class BackupError(ReplicatorError):
@@ -210,19 +211,18 @@ class Backups:
             try:
                 writer = ArchiveWriter(written, self.cfg.backup.compression, self.cfg.backup.compression_level,
                                        on_bytes=progress.add_bytes, cancel=self.cancel)
-                states = []
+                states: list[DatabaseEntry] = []
                 for db in chosen:
                     states.append(self._one(writer, db, staging_root, result))
                     progress.update(databases_done=progress.databases_done + 1, bytes_written=writer.bytes_written)
                 progress.update(phase="uploading", current_database=None)
                 result.finished_at = time.time()
-                writer.finish({
-                    "tool": "immudb-replicator", "tool_version": __version__, "immudb_version": immudb_version,
-                    "replica": self.cfg.replica.address, "backup_id": result.backup_id,
-                    "started_at": _iso(result.started_at), "finished_at": _iso(result.finished_at),
-                    "finished_unix": int(result.finished_at), "compression": self.cfg.backup.compression,
-                    "databases": states,
-                })
+                written_manifest = writer.finish(Manifest(
+                    backup_id=result.backup_id, started_at=_iso(result.started_at),
+                    finished_at=_iso(result.finished_at), compression=self.cfg.backup.compression,
+                    databases=tuple(states), tool="immudb-replicator", tool_version=__version__,
+                    immudb_version=immudb_version, replica=self.cfg.replica.address,
+                    finished_unix=int(result.finished_at)))
                 if self.cancel.is_set():  # the compressor's last flush can take a while: last safe point
                     raise Cancelled("cancelled")
                 result.location = upload.commit()
@@ -251,20 +251,20 @@ class Backups:
             progress.update(phase="retention")
             result.deleted = self._apply_retention(target, target_cfg, name)
             if self.on_committed is not None:
-                self.on_committed(self.cfg, target_cfg, name, {"backup_id": result.backup_id, "databases": states})
+                self.on_committed(self.cfg, target_cfg, name, written_manifest)
         finally:
             self._signing.shutdown(wait=True, cancel_futures=True)
             target.close()
             if staging_root is not None:
                 shutil.rmtree(staging_root, ignore_errors=True)
 
-    def _checkpoint(self, target_cfg: TargetConfig, name: str, written: _Digesting, states: list[dict]) -> None:
+    def _checkpoint(self, target_cfg: TargetConfig, name: str, written: _Digesting,
+                    states: list[DatabaseEntry]) -> None:
         """The local checkpoint of the archive just committed: its bytes'
         SHA-256 and size, and the states it holds (reconciler/trust). A
         failure is logged: the archive is good, only this anchor is missing."""
         from reconciler.trust.sources import checkpoints
-        recorded = {d["name"]: (d["tx_id"], bytes.fromhex(d["tx_hash"])) for d in states
-                    if d.get("tx_id") and d.get("tx_hash")}
+        recorded = {d.name: d.state for d in states if d.state is not None}
         try:
             checkpoints(self.cfg).record_archive(target_cfg, name, written.sha.hexdigest(), written.size, recorded)
         except ReplicatorError as exc:
@@ -348,8 +348,9 @@ class Backups:
                 checked = archive.read(stream)
                 stream.drain(written.size + 1 - stream.size)
             problems = checked.problems
-            if checked.ok and checked.manifest.get("backup_id") != result.backup_id:
-                problems = [f"it holds backup {checked.manifest.get('backup_id')}, not {result.backup_id}"]
+            got_id = checked.manifest.backup_id if checked.manifest is not None else None
+            if checked.ok and got_id != result.backup_id:
+                problems = [f"it holds backup {got_id}, not {result.backup_id}"]
             if not problems and (stream.size, stream.sha.hexdigest()) != (written.size, written.sha.hexdigest()):
                 problems = [f"it holds {stream.size} bytes, not the {written.size} bytes written" if
                             stream.size != written.size else "its bytes are not the ones written (SHA-256 differs)"]
@@ -361,7 +362,7 @@ class Backups:
         self._discard_unproven(target, name, result, problems)
 
     def _one(self, writer: ArchiveWriter, db: DatabaseInfo, staging_root: Path | None,
-             result: BackupResult) -> dict:
+             result: BackupResult) -> DatabaseEntry:
         """Archive one database; returns its manifest entry. Raises
         BackupError when its folder yields no file while the server counts
         transactions in it (an archive of it would restore an empty database)."""
@@ -404,13 +405,9 @@ class Backups:
         if transactions and not files:
             raise BackupError(f"database {name}: the server counts {transactions} transactions, and its folder "
                               f"{source} holds no file: is replica.data_dir the replica's data directory?")
-        entry = {"name": name, "tx_id": state.tx_id if state else None,
-                 "tx_hash": state.tx_hash.hex() if state else None, "was_loaded": loaded,
-                 "files": len(files), "bytes": sum(f.size for f in files)}
         signed = signing.result() if signing is not None else None
-        if signed is not None:
-            entry["signed"] = signed
-        return entry
+        return DatabaseEntry(name, state.tx_id if state else None, state.tx_hash if state else None, len(files),
+                             sum(f.size for f in files), was_loaded=loaded, signed=signed)
 
     def _load_again(self, name: str) -> None:
         """Load `name`; a few tries, then leave it to the next reconcile pass."""

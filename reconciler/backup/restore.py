@@ -21,6 +21,7 @@ from typing import BinaryIO
 
 from reconciler.backup import archive
 from reconciler.errors import ReplicatorError
+from reconciler.manifest import Manifest
 from reconciler.paths import inside
 
 
@@ -36,7 +37,7 @@ class RestoreResult:
     replaced: list[str] = field(default_factory=list)
     files: int = 0
     bytes: int = 0
-    manifest: dict = field(default_factory=dict)
+    manifest: Manifest | None = None
     vouched: object = None      # what the vouch callback returned (the anchors' verdicts)
 
 
@@ -81,7 +82,7 @@ class _Discard:
 
 def restore(stream: BinaryIO, data_dir: Path, databases: list[str] | None = None, force: bool = False,
             on_bytes: Callable[[int], None] = lambda n: None,
-            vouch: Callable[[dict], object] | None = None) -> RestoreResult:
+            vouch: Callable[[Manifest], object] | None = None) -> RestoreResult:
     """Extract the archive's databases (all, or `databases`) into `data_dir`.
     `vouch(manifest)`, when given, is asked once the archive has been read
     and checked, before anything in the destination changes: whatever it
@@ -116,14 +117,15 @@ def restore(stream: BinaryIO, data_dir: Path, databases: list[str] | None = None
             raise RestoreError(f"not in the archive: {', '.join(sorted(wanted - set(seen.databases)))} "
                                f"(it holds {', '.join(seen.databases) or 'nothing'})")
         chosen = [n for n in seen.databases if wanted is None or n in wanted]
-        vouched = vouch(seen.manifest or {}) if vouch is not None else None
+        assert seen.manifest is not None  # seen.ok
+        vouched = vouch(seen.manifest) if vouch is not None else None
         for name in chosen:
             (scratch / name).mkdir(mode=0o700, exist_ok=True)  # a database archived with no file at all
         replaced = _check_destinations(data_dir, chosen)
         _swap_in(data_dir, scratch, chosen, replaced)
         files = {p: f for p, f in seen.files.items() if p.split("/", 1)[0] in chosen}
         return RestoreResult(data_dir, sorted(chosen), sorted(set(chosen) - set(replaced)), sorted(replaced),
-                             len(files), sum(f.size for f in files.values()), seen.manifest or {}, vouched)
+                             len(files), sum(f.size for f in files.values()), seen.manifest, vouched)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 

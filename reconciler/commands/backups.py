@@ -75,12 +75,13 @@ def verify(args: argparse.Namespace) -> int:
             for problem in result.problems:
                 print(f"FAIL {problem}", file=sys.stderr)
             raise ReplicatorError(f"{location}: verification failed ({len(result.problems)} problems)")
-        verdicts = vouch_for_archive(cfg, target_cfg, name, location, result.manifest, reader,
+        m = result.manifest
+        assert m is not None  # result.ok
+        verdicts = vouch_for_archive(cfg, target_cfg, name, location, m, reader,
                                      live=not args.no_live, unanchored=args.unanchored)
-    m = result.manifest
     print(f"{location}: OK: {len(result.files)} files, {size(sum(f.size for f in result.files.values()))}, "
-          f"{result.compression}; databases: {', '.join(result.databases)}; taken {m.get('started_at')} "
-          f"from {m.get('replica')} (immudb {m.get('immudb_version') or '?'})")
+          f"{result.compression}; databases: {', '.join(result.databases)}; taken {m.started_at} "
+          f"from {m.replica} (immudb {m.immudb_version or '?'})")
     _print_verdicts(verdicts)
     return 0
 
@@ -111,7 +112,7 @@ def restore(args: argparse.Namespace) -> int:
     with opened_archive(cfg, args.archive, args.target) as (stream, location):
         reader = HashingReader(stream)
 
-        def vouch(manifest: dict):
+        def vouch(manifest):
             try:
                 return vouch_for_archive(cfg, target_cfg, name, location, manifest, reader, live=not args.no_live,
                                          unanchored=args.unanchored)

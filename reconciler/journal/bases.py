@@ -24,6 +24,7 @@ from reconciler import targets
 from reconciler.config.model import Config, TargetConfig
 from reconciler.journal.store import JournalStore, under
 from reconciler.log import event
+from reconciler.manifest import Manifest
 from reconciler.targets import TargetError
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,7 @@ def _base_target(cfg: TargetConfig, database: str):
     return targets.build(under(cfg, f"journal/{database}/{BASE_TEMPLATE}"))
 
 
-def after_archive(cfg: Config, target_cfg: TargetConfig, archive: str, manifest: dict) -> None:
+def after_archive(cfg: Config, target_cfg: TargetConfig, archive: str, manifest: Manifest) -> None:
     """Backups' archive-committed hook: an archive at the journal's own
     target is a base of the journal: record it, then let the journal's
     retention drop what no base needs. A failure here leaves the archive as
@@ -65,17 +66,18 @@ def after_archive(cfg: Config, target_cfg: TargetConfig, archive: str, manifest:
     event(log, "journal_bases_recorded", target=target_cfg.name, archive=archive, databases=len(recorded))
 
 
-def record(cfg: TargetConfig, archive: str, manifest: dict) -> list[str]:
+def record(cfg: TargetConfig, archive: str, manifest: Manifest) -> list[str]:
     """Records for every database of a completed archive at target `cfg`;
     the databases recorded."""
     done = []
-    for entry in manifest.get("databases", []):
-        if not entry.get("tx_id") or not entry.get("tx_hash"):
+    for entry in manifest.databases:
+        if entry.state is None:
             continue
-        name = f"{entry['tx_id']:020d}-{entry['tx_hash'][:8]}.base"
-        body = json.dumps({"database": entry["name"], "tx_id": entry["tx_id"], "tx_hash": entry["tx_hash"],
-                           "archive": archive, "backup_id": manifest.get("backup_id", "")}).encode()
-        with _base_target(cfg, entry["name"]) as target:
+        tx_id, tx_hash = entry.state
+        name = f"{tx_id:020d}-{tx_hash.hex()[:8]}.base"
+        body = json.dumps({"database": entry.name, "tx_id": tx_id, "tx_hash": tx_hash.hex(),
+                           "archive": archive, "backup_id": manifest.backup_id}).encode()
+        with _base_target(cfg, entry.name) as target:
             try:
                 upload = target.open(name, size_hint=len(body))
             except targets.ArchiveExists:
@@ -86,7 +88,7 @@ def record(cfg: TargetConfig, archive: str, manifest: dict) -> list[str]:
             except BaseException:
                 upload.abort()
                 raise
-        done.append(entry["name"])
+        done.append(entry.name)
     return done
 
 

@@ -20,6 +20,7 @@ import hashlib
 from collections.abc import Callable
 from typing import BinaryIO
 
+from reconciler.manifest import Manifest
 from reconciler.signed import SignedState, TrustError
 from reconciler.trust.anchors import Anchors, LiveServer, Verdict, conclude
 from reconciler.trust.checkpoints import ArchiveCheckpoint
@@ -60,17 +61,7 @@ class HashingReader:
             close()
 
 
-def states(manifest: dict) -> dict[str, tuple[int, bytes]]:
-    """The (tx id, Alh) the manifest records per database (those copied
-    while loaded)."""
-    out = {}
-    for d in manifest.get("databases", []):
-        if d.get("tx_id") and d.get("tx_hash"):
-            out[d["name"]] = (int(d["tx_id"]), bytes.fromhex(d["tx_hash"]))
-    return out
-
-
-def verdicts(what: str, manifest: dict, anchors: Anchors, checkpoint: ArchiveCheckpoint | None,
+def verdicts(what: str, manifest: Manifest, anchors: Anchors, checkpoint: ArchiveCheckpoint | None,
              digest: str | None, size: int | None, live: Callable[[str], list[LiveServer]] | None,
              primary_name: Callable[[str], str] = lambda name: name) -> list[Verdict]:
     """What vouches for archive `what`, whose manifest is `manifest` and
@@ -78,7 +69,7 @@ def verdicts(what: str, manifest: dict, anchors: Anchors, checkpoint: ArchiveChe
     `live(name)` gives the servers that may hold database `name`. Raises
     TrustError when an anchor disagrees, or none vouches (unless the
     operator trusts the archive alone)."""
-    recorded = states(manifest)
+    recorded = manifest.states()
     out: list[Verdict] = []
     if checkpoint is not None:
         if digest is None:
@@ -93,18 +84,18 @@ def verdicts(what: str, manifest: dict, anchors: Anchors, checkpoint: ArchiveChe
                                f"the archive's sha256 and size are the ones written ({checkpoint.sha256[:16]}...)"))
     if anchors.key is not None:
         missing = []
-        for d in manifest.get("databases", []):
-            if d["name"] not in recorded:
+        for d in manifest.databases:
+            if d.name not in recorded:
                 continue
-            tx_id, alh = recorded[d["name"]]
-            if d.get("signed") is None:
-                missing.append(d["name"])
+            tx_id, alh = recorded[d.name]
+            if d.signed is None:
+                missing.append(d.name)
                 continue
             try:
-                state = SignedState.from_dict(d["signed"])
+                state = SignedState.from_dict(d.signed)
             except ValueError as exc:
-                raise TrustError(f"{what}: {d['name']}: its signed state is malformed ({exc})") from None
-            state.check(anchors.key, primary_name(d["name"]), tx_id, alh, f"{what}: {d['name']}")
+                raise TrustError(f"{what}: {d.name}: its signed state is malformed ({exc})") from None
+            state.check(anchors.key, primary_name(d.name), tx_id, alh, f"{what}: {d.name}")
         if missing:
             out.append(Verdict("signed", f"key {anchors.key.path}", None,
                                f"no signed state for {', '.join(missing)}"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
+from reconciler.manifest import Manifest
 from reconciler.signed import PublicKey
 from reconciler.trust.anchors import Anchors, LiveServer
 from reconciler.trust.checkpoints import Checkpoints
@@ -98,7 +99,7 @@ def archive_anchors(cfg, target_cfg, archive: str, *, live: bool = True, unancho
         primary.close()
 
 
-def vouch_for_archive(cfg, target_cfg, name: str, location: str, manifest: dict, reader, *, live: bool = True,
+def vouch_for_archive(cfg, target_cfg, name: str, location: str, manifest: Manifest, reader, *, live: bool = True,
                       unanchored: bool = False) -> list:
     """The verdicts on archive `name` at `target_cfg` (shown as
     `location`), whose manifest `manifest` was read through `reader` (a
