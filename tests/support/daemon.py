@@ -53,17 +53,19 @@ class Daemon:
         self.proc = subprocess.Popen(cli_argv("run", "-c", str(self.config_path)),
                                      cwd=ROOT, env=self.env, stdout=self.log, stderr=subprocess.STDOUT)
         if wait_ready:
-            deadline = time.monotonic() + patient(30)
-            while time.monotonic() < deadline:
+            def ready() -> bool:
                 if self.proc.poll() is not None:
-                    raise AssertionError(f"daemon exited {self.proc.returncode}: {self.output()}")
+                    raise ChildProcessError(f"daemon exited {self.proc.returncode}: {self.output()}")
                 try:
-                    if self.request("GET", "/readyz", token=None)[0] == 200:
-                        return self
+                    return self.request("GET", "/readyz", token=None)[0] == 200
                 except OSError:
-                    pass
-                time.sleep(0.1)
-            raise AssertionError("daemon not ready: " + self.output())
+                    return False
+            try:
+                wait_for(ready, 30, "the daemon to be ready")
+            except ChildProcessError as exc:
+                raise AssertionError(str(exc)) from None
+            except AssertionError:
+                raise AssertionError("daemon not ready: " + self.output()) from None
         return self
 
     def exchange(self, method: str, path: str, body=None, token: str | None = TOKEN, raw: bytes | None = None,
@@ -90,14 +92,11 @@ class Daemon:
 
     def wait_backup(self, timeout: float = 120) -> dict:
         """Poll /backup/status until no backup runs; the last result."""
-        deadline = time.monotonic() + patient(timeout)
-        while time.monotonic() < deadline:
+        def finished():
             status, body = self.request("GET", "/backup/status")
             assert status == 200, body
-            if not body["running"] and body["last_result"]:
-                return body
-            time.sleep(0.2)
-        raise AssertionError("backup did not finish")
+            return body if not body["running"] and body["last_result"] else None
+        return wait_for(finished, timeout, "the backup to finish", interval=0.2)
 
     def wait_backup_stalled(self, timeout: float = 120, window: float = 2.0) -> dict:
         """Until the running backup has read nothing for `window` seconds (its
