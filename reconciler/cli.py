@@ -75,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("archive", help="a local path, s3://bucket/key or sftp://host/path, or a name with --target")
     p.add_argument("--target", metavar="NAME", help="the archive is at this configured target")
     _anchor_flags(p)
+    _identity_flag(p)
     p.add_argument("-c", "--config", metavar="FILE", default=os.environ.get("REPLICATOR_CONFIG") or None,
                    help="configuration, for the credentials of remote archives")
 
@@ -103,6 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="replay into this running configured server, into a new database (--as); without it a "
                         "journal is replayed only into a throwaway immudb on --data-dir")
     _anchor_flags(p)
+    _identity_flag(p)
     p.add_argument("--allow-rollback", action="store_true",
                    help="restore to the journal's end although a live server or the local checkpoint holds more "
                         "(its newest segments are missing or behind)")
@@ -121,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--immudb-binary", metavar="PATH", help="immudb server to open it with (default: "
                                                            "backup.drill.immudb_binary, else immudb on PATH)")
     _anchor_flags(p)
+    _identity_flag(p)
     p.add_argument("-c", "--config", metavar="FILE", default=os.environ.get("REPLICATOR_CONFIG") or None,
                    help="configuration, for targets and drill settings")
 
@@ -140,6 +143,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--journal", action="store_true", help="the continuous backup at the target: per database, "
                                                           "transactions held, segments, newest transaction's time, gaps")
     return parser
+
+
+def _identity_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--identity", metavar="FILE",
+                   help="the age identity (age-keygen's key file, or an OpenSSH private key) that decrypts an "
+                        "encrypted archive (default: backup.encryption.identity_file); never printed")
 
 
 def _anchor_flags(p: argparse.ArgumentParser) -> None:

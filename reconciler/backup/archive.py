@@ -21,12 +21,13 @@ import threading
 import unicodedata
 import zlib
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO, Protocol
+from typing import Any, BinaryIO, Protocol
 
+from reconciler import encryption
 from reconciler.errors import ReplicatorError
 from reconciler.manifest import NAME as MANIFEST
 from reconciler.manifest import FileRecord, Manifest
@@ -78,9 +79,16 @@ def open_compressor(kind: str, level: int | None, raw: BinaryIO, threads: int | 
     raise ValueError(f"unknown compression {kind!r}")
 
 
-def open_decompressor(stream: BinaryIO) -> tuple[str, BinaryIO]:
-    """(kind, readable plain stream), the kind told by the magic bytes."""
+def open_decompressor(stream: BinaryIO, identities: Sequence[Any] | None = None) -> tuple[str, BinaryIO]:
+    """(kind, readable plain stream), the kind told by the magic bytes. An
+    age-encrypted stream is decrypted with `identities` first (ArchiveError
+    when none are given)."""
     buffered = stream if isinstance(stream, io.BufferedReader) else io.BufferedReader(_Readable(stream), CHUNK)
+    if encryption.is_encrypted(buffered.peek(len(encryption.AGE_MAGIC))[:len(encryption.AGE_MAGIC)]):
+        if not identities:
+            raise ArchiveError("the archive is encrypted (age): give --identity FILE, or set "
+                               "backup.encryption.identity_file, to read it")
+        buffered = io.BufferedReader(encryption.Decrypting(buffered, identities), CHUNK)
     head = buffered.peek(4)[:4]
     if head.startswith(GZIP_MAGIC):
         from isal import igzip
@@ -424,6 +432,8 @@ class Verification:
 def _damage_is_archive_error():
     try:
         yield
+    except encryption.EncryptionError as exc:
+        raise ArchiveError(str(exc)) from None
     except (tarfile.TarError, EOFError, zlib.error, OSError, ValueError) as exc:
         raise ArchiveError(f"archive is truncated or corrupt: {exc}") from None
     except Exception as exc:
@@ -503,12 +513,14 @@ class _MemberContent:
         return data
 
 
-def iterate(stream: BinaryIO) -> Iterator[tuple[tarfile.TarInfo, BinaryIO | None, str]]:
+def iterate(stream: BinaryIO, identities: Sequence[Any] | None = None,
+            ) -> Iterator[tuple[tarfile.TarInfo, BinaryIO | None, str]]:
     """(member, its content or None, compression) for each member; raises
     ArchiveError for an unsafe member and for corrupt or truncated data.
-    Decompression runs ahead in a thread of its own."""
+    Decompression (and decryption, with `identities`) runs ahead in a
+    thread of its own."""
     with _damage_is_archive_error():
-        kind, plain = open_decompressor(stream)
+        kind, plain = open_decompressor(stream, identities)
         ahead = _ReadAhead(plain)
         reader = _TarReader(io.BufferedReader(ahead, CHUNK))
     with contextlib.closing(ahead):
@@ -556,7 +568,7 @@ class Store(Protocol):
 
 
 def read(stream: BinaryIO, store: Store | None = None,
-         on_bytes: Callable[[int], None] = lambda n: None) -> Verification:
+         on_bytes: Callable[[int], None] = lambda n: None, identities: Sequence[Any] | None = None) -> Verification:
     """Read the whole archive once: every member checked as it comes (see
     check_member; a member named twice or after the manifest stops the
     read), every file hashed (and handed to `store`, if given), the manifest
@@ -569,7 +581,7 @@ def read(stream: BinaryIO, store: Store | None = None,
     manifest_read = False
     hasher = _Hasher()
     try:
-        for member, content, kind in iterate(stream):
+        for member, content, kind in iterate(stream, identities):
             result.compression = kind
             name = member.name.rstrip("/")
             if manifest_read:
@@ -630,7 +642,8 @@ def compare(result: Verification) -> None:
             result.problems.append(f"{path}: its database is not in the manifest")
 
 
-def verify(stream: BinaryIO, on_bytes: Callable[[int], None] = lambda n: None) -> Verification:
+def verify(stream: BinaryIO, on_bytes: Callable[[int], None] = lambda n: None,
+           identities: Sequence[Any] | None = None) -> Verification:
     """Read the whole archive: structure, every file's size and sha256
     against the manifest. Never raises ArchiveError: problems are listed."""
-    return read(stream, on_bytes=on_bytes)
+    return read(stream, on_bytes=on_bytes, identities=identities)

@@ -23,10 +23,10 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from reconciler.backup.restore import RestoreError, restore
 from reconciler.config.model import DrillConfig
@@ -64,7 +64,8 @@ class DrillResult:
 
 def drill(stream: BinaryIO, location: str, cfg: DrillConfig,
           say: Callable[[str], None] = lambda line: None,
-          vouch: Callable[[Manifest], list] | None = None) -> DrillResult:
+          vouch: Callable[[Manifest], list] | None = None,
+          identities: Sequence[Any] | None = None) -> DrillResult:
     """Restore the archive in `stream` and check it in a throwaway immudb;
     `vouch(manifest)` (trust/sources.vouch_for_archive) checks what the
     archive records against the anchors before anything is restored. The
@@ -79,7 +80,7 @@ def drill(stream: BinaryIO, location: str, cfg: DrillConfig,
     try:
         say(f"restoring {location} into {scratch}")
         try:
-            restored = restore(stream, scratch / "data", vouch=vouch)
+            restored = restore(stream, scratch / "data", vouch=vouch, identities=identities)
         except (RestoreError, TrustError) as exc:
             result.problems.append(str(exc))
             return result
@@ -107,7 +108,8 @@ def drill(stream: BinaryIO, location: str, cfg: DrillConfig,
 
 def drill_archive(cfg, archive: str | None = None, target_name: str | None = None,
                   drill_cfg: DrillConfig | None = None, say: Callable[[str], None] = lambda line: None,
-                  live: bool = True, unanchored: bool = False) -> DrillResult:
+                  live: bool = True, unanchored: bool = False,
+                  identities: Sequence[Any] | None = None) -> DrillResult:
     """A drill of `archive` (a path, an s3:// or sftp:// location, or a name
     at `target_name`), or of the newest archive at `target_name`, checked
     against the anchors of `cfg` (trust/). `cfg` may be None for a local
@@ -118,6 +120,9 @@ def drill_archive(cfg, archive: str | None = None, target_name: str | None = Non
     from reconciler.trust.archives import HashingReader
     from reconciler.trust.sources import vouch_for_archive
     drill_cfg = drill_cfg or (cfg.backup.drill if cfg is not None else DrillConfig())
+    if identities is None and cfg is not None and cfg.backup.encryption.identity_file is not None:
+        from reconciler.encryption import load_identities
+        identities = load_identities(cfg.backup.encryption.identity_file)
     if archive is None:
         if target_name is None:
             raise DrillError("name an archive, or a target (--target) whose newest archive to drill")
@@ -138,7 +143,8 @@ def drill_archive(cfg, archive: str | None = None, target_name: str | None = Non
     with opened_archive(cfg, archive, target_name) as (stream, location):
         reader = HashingReader(stream)
         return drill(reader, location, drill_cfg, say, vouch=lambda manifest: vouch_for_archive(
-            cfg, target_cfg, name, location, manifest, reader, live=live, unanchored=unanchored))
+            cfg, target_cfg, name, location, manifest, reader, live=live, unanchored=unanchored),
+            identities=identities)
 
 
 def _missing_newest(cfg, target_cfg, present: set[str]) -> str | None:

@@ -32,6 +32,7 @@ from reconciler.backup import archive, retention
 from reconciler.backup.archive import ArchiveWriter, Cancelled, SourceError
 from reconciler.backup.progress import Progress
 from reconciler.config.model import Config, TargetConfig
+from reconciler.encryption import Encrypting, load_identities, load_recipients
 from reconciler.errors import ReplicatorError
 from reconciler.holds import BackupLock, Holder
 from reconciler.log import event
@@ -191,6 +192,7 @@ class Backups:
         data_dir = self.cfg.replica.data_dir
         if not data_dir.is_dir():
             raise BackupError(f"replica data_dir {data_dir} is not a directory this process can read")
+        recipients = self._recipients()  # before anything is unloaded: never an archive in the clear by mistake
         chosen = self.select()
         if not chosen:
             raise BackupError("no replica database to back up (defaultdb and systemdb cannot be unloaded)")
@@ -207,10 +209,13 @@ class Backups:
             name = target.archive_name(result.started_at)
             upload = target.open(name, size_hint=progress.bytes_total)
             written = _Digesting(upload)
-            writer = None
+            writer = encrypting = None
             try:
-                writer = ArchiveWriter(written, self.cfg.backup.compression, self.cfg.backup.compression_level,
-                                       on_bytes=progress.add_bytes, cancel=self.cancel)
+                if recipients is not None:
+                    encrypting = Encrypting(written, recipients)
+                writer = ArchiveWriter(encrypting or written, self.cfg.backup.compression,
+                                       self.cfg.backup.compression_level, on_bytes=progress.add_bytes,
+                                       cancel=self.cancel)
                 states: list[DatabaseEntry] = []
                 for db in chosen:
                     states.append(self._one(writer, db, staging_root, result))
@@ -223,16 +228,20 @@ class Backups:
                     databases=tuple(states), tool="immudb-replicator", tool_version=__version__,
                     immudb_version=immudb_version, replica=self.cfg.replica.address,
                     finished_unix=int(result.finished_at)))
+                if encrypting is not None:
+                    encrypting.close()  # the end of the age stream, in the upload before it commits
                 if self.cancel.is_set():  # the compressor's last flush can take a while: last safe point
                     raise Cancelled("cancelled")
                 result.location = upload.commit()
             except BaseException:
                 if writer is not None:
                     writer.discard()
+                if encrypting is not None:
+                    encrypting.abort()
                 upload.abort()
                 raise
             self._checkpoint(target_cfg, name, written, states)
-            result.bytes_out = writer.bytes_written
+            result.bytes_out = written.size  # as stored (encrypted, when it is)
             result.bytes_in = progress.bytes_done
             result.databases = [db.name for db in chosen]
             progress.update(bytes_written=writer.bytes_written)
@@ -257,6 +266,19 @@ class Backups:
             target.close()
             if staging_root is not None:
                 shutil.rmtree(staging_root, ignore_errors=True)
+
+    def _recipients(self) -> list | None:
+        """The age recipients every archive is encrypted to, read now (a key
+        added to recipients_file applies to this backup); None when
+        encryption is off. Raises EncryptionError: nothing is written."""
+        enc = self.cfg.backup.encryption
+        if not enc.enabled:
+            return None
+        return load_recipients(enc.recipients, [enc.recipients_file] if enc.recipients_file else [])
+
+    def _identities(self) -> list | None:
+        enc = self.cfg.backup.encryption
+        return load_identities(enc.identity_file) if enc.identity_file else None
 
     def _checkpoint(self, target_cfg: TargetConfig, name: str, written: _Digesting,
                     states: list[DatabaseEntry]) -> None:
@@ -345,7 +367,7 @@ class Backups:
         from reconciler.trust.archives import HashingReader
         try:
             with contextlib.closing(HashingReader(target.read(name))) as stream:
-                checked = archive.read(stream)
+                checked = archive.read(stream, identities=self._identities())
                 stream.drain(written.size + 1 - stream.size)
             problems = checked.problems
             got_id = checked.manifest.backup_id if checked.manifest is not None else None

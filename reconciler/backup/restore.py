@@ -14,10 +14,10 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from reconciler.backup import archive
 from reconciler.errors import ReplicatorError
@@ -82,7 +82,8 @@ class _Discard:
 
 def restore(stream: BinaryIO, data_dir: Path, databases: list[str] | None = None, force: bool = False,
             on_bytes: Callable[[int], None] = lambda n: None,
-            vouch: Callable[[Manifest], object] | None = None) -> RestoreResult:
+            vouch: Callable[[Manifest], object] | None = None,
+            identities: Sequence[Any] | None = None) -> RestoreResult:
     """Extract the archive's databases (all, or `databases`) into `data_dir`.
     `vouch(manifest)`, when given, is asked once the archive has been read
     and checked, before anything in the destination changes: whatever it
@@ -107,7 +108,7 @@ def restore(stream: BinaryIO, data_dir: Path, databases: list[str] | None = None
         raise RestoreError(f"nothing restored: {exc.strerror or exc}: {exc.filename}") from None
     try:
         try:
-            seen = archive.read(stream, _Scratch(scratch, wanted), on_bytes=on_bytes)
+            seen = archive.read(stream, _Scratch(scratch, wanted), on_bytes=on_bytes, identities=identities)
         except OSError as exc:
             raise RestoreError(f"nothing restored: {exc.strerror or exc}: {exc.filename}") from None
         if not seen.ok:

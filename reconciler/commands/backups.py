@@ -55,6 +55,17 @@ def backup(args: argparse.Namespace) -> int:
     return 0
 
 
+def _identities(args: argparse.Namespace, cfg) -> list | None:
+    """The age identities to decrypt with: --identity, else the
+    configuration's backup.encryption.identity_file; None without either."""
+    from pathlib import Path
+
+    from reconciler.encryption import load_identities
+    given = getattr(args, "identity", None)
+    path = Path(given) if given else (cfg.backup.encryption.identity_file if cfg is not None else None)
+    return load_identities(path) if path is not None else None
+
+
 def _optional_config(args: argparse.Namespace):
     if not args.config:
         return None
@@ -68,9 +79,10 @@ def verify(args: argparse.Namespace) -> int:
     from reconciler.trust.sources import vouch_for_archive
     cfg = _optional_config(args)
     target_cfg, name = archive_target(cfg, args.archive, args.target)
+    identities = _identities(args, cfg)
     with opened_archive(cfg, args.archive, args.target) as (stream, location):
         reader = HashingReader(stream)
-        result = archive.verify(reader)
+        result = archive.verify(reader, identities=identities)
         if not result.ok:
             for problem in result.problems:
                 print(f"FAIL {problem}", file=sys.stderr)
@@ -109,6 +121,7 @@ def restore(args: argparse.Namespace) -> int:
     from reconciler.trust.sources import vouch_for_archive
     cfg = _optional_config(args)
     target_cfg, name = archive_target(cfg, args.archive, args.target)
+    identities = _identities(args, cfg)
     with opened_archive(cfg, args.archive, args.target) as (stream, location):
         reader = HashingReader(stream)
 
@@ -119,7 +132,8 @@ def restore(args: argparse.Namespace) -> int:
             except TrustError as exc:
                 raise TrustError(f"nothing restored: {exc}") from None
 
-        result = restore_archive(reader, Path(args.data_dir), args.database, args.force, vouch=vouch)
+        result = restore_archive(reader, Path(args.data_dir), args.database, args.force, vouch=vouch,
+                                 identities=identities)
     print(f"restored {', '.join(result.databases)} ({result.files} files, {size(result.bytes)}) from {location} "
           f"into {result.data_dir}; every file matched the manifest.")
     _print_verdicts(result.vouched or [])
@@ -182,7 +196,7 @@ def drill(args: argparse.Namespace) -> int:
     if args.immudb_binary:
         drill_cfg = replace(drill_cfg, immudb_binary=args.immudb_binary)
     result = drill_archive(cfg, args.archive, args.target, drill_cfg, say=print, live=not args.no_live,
-                           unanchored=args.unanchored)
+                           unanchored=args.unanchored, identities=_identities(args, cfg))
     seconds = result.finished_at - result.started_at
     if not result.ok:
         for problem in result.problems or ["no database was checked"]:

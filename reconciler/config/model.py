@@ -170,10 +170,13 @@ class BackupConfig:
     drill: DrillConfig = DrillConfig()
     continuous: ContinuousConfig | None = None   # None: off
     trust: TrustConfig = None  # type: ignore[assignment]  # filled by __post_init__
+    encryption: EncryptionConfig = None  # type: ignore[assignment]  # filled by __post_init__
 
     def __post_init__(self) -> None:
         if self.trust is None:
             object.__setattr__(self, "trust", TrustConfig())
+        if self.encryption is None:
+            object.__setattr__(self, "encryption", EncryptionConfig())
 
 
 @dataclass(frozen=True)
@@ -197,6 +200,24 @@ class ContinuousConfig:
 
 
 DEFAULT_STATE_DIR = Path("/var/lib/immudb-replicator")
+
+
+@dataclass(frozen=True)
+class EncryptionConfig:
+    """backup.encryption: archives encrypted to age recipients (reconciler/encryption.py)."""
+
+    recipients: tuple[str, ...] = ()
+    recipients_file: Path | None = None
+    identity_file: Path | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.recipients) or self.recipients_file is not None
+
+    @classmethod
+    def from_dict(cls, d: dict) -> EncryptionConfig:
+        return cls(tuple(d["recipients"]), Path(d["recipients_file"]) if d["recipients_file"] else None,
+                   Path(d["identity_file"]) if d["identity_file"] else None)
 
 
 @dataclass(frozen=True)
@@ -325,6 +346,7 @@ class Config:
                                   backup["drill"]["sample_keys"], float(backup["drill"]["start_timeout"])),
                 continuous=ContinuousConfig.from_dict(backup["continuous"]),
                 trust=TrustConfig.from_dict(backup["trust"]),
+                encryption=EncryptionConfig.from_dict(backup["encryption"]),
             ),
             api=ApiConfig(
                 enabled=d["api"]["enabled"],

@@ -265,6 +265,38 @@ def _backup_problems(data: dict, lines: Lines) -> list[str]:
         problems.append(f"{at(path + ('spool_dir',), lines)}: must be outside the replica's data_dir {data_dir}: "
                         f"immudb loads every folder there as a database")
     problems += _trust_problems(backup, data_dir, lines)
+    problems += _encryption_problems(backup, lines)
+    return problems
+
+
+def _encryption_problems(backup: dict, lines: Lines) -> list[str]:
+    """backup.encryption, fail closed: every recipient parses, the files can
+    be read, and nothing the encryption does not cover yet is asked for."""
+    encryption, path = backup["encryption"], ("backup", "encryption")
+    if not encryption["recipients"] and not encryption["recipients_file"]:
+        if encryption["identity_file"]:
+            return [f"{at(path + ('identity_file',), lines)}: names an identity but no recipient: set recipients "
+                    f"or recipients_file (archives are written unencrypted otherwise)"]
+        return []
+    from reconciler.encryption import EncryptionError, load_identities, load_recipients
+    problems = []
+    try:
+        load_recipients(encryption["recipients"],
+                        [Path(encryption["recipients_file"])] if encryption["recipients_file"] else [])
+    except EncryptionError as exc:
+        problems.append(f"{at(path, lines)}: {exc}")
+    if encryption["identity_file"]:
+        try:
+            load_identities(Path(encryption["identity_file"]))
+        except EncryptionError as exc:
+            problems.append(f"{at(path + ('identity_file',), lines)}: {exc}")
+    elif backup["verify_after_upload"] == "full":
+        problems.append(f"{at(('backup', 'verify_after_upload'), lines)}: full decrypts the archive read back: "
+                        f"set backup.encryption.identity_file, or use true (the stored bytes are proven "
+                        f"without decrypting)")
+    if backup["continuous"]["target"] is not None:
+        problems.append(f"{at(('backup', 'continuous', 'target'), lines)}: journal segments are not encrypted "
+                        f"yet: with backup.encryption they would be stored in the clear; turn one of them off")
     return problems
 
 

@@ -1,0 +1,284 @@
+"""Client-side encryption of archives to age recipients (backup.encryption).
+
+The format is age's (age-encryption.org/v1), written by pyrage, the Python
+binding of rage: `age -d -i key.txt archive.tar.gz > plain.tar.gz` decrypts
+what this writes. Writing needs only recipients (public keys: age X25519
+`age1...`, or SSH `ssh-ed25519`/`ssh-rsa` public keys); reading needs an
+identity (the private key), which the machine that writes backups need not
+hold. age authenticates every 64 KiB chunk and the end of the stream: a
+changed, cut or lengthened ciphertext does not decrypt.
+
+Fail closed: a recipient that does not parse, a file that cannot be read,
+or pyrage missing, is an error before anything is written, never a
+plaintext archive. Key material is never printed.
+"""
+from __future__ import annotations
+
+import io
+import queue
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from reconciler.errors import ReplicatorError
+
+AGE_MAGIC = b"age-encryption.org/v1\n"
+ARMORED_MAGIC = b"-----BEGIN AGE ENCRYPTED FILE-----"
+_QUEUE_DEPTH = 8          # chunks in flight between the compressor and the encrypting thread
+
+
+class EncryptionError(ReplicatorError):
+    pass
+
+
+def _pyrage() -> Any:
+    try:
+        import pyrage
+    except ImportError as exc:  # a broken install must not write plaintext
+        raise EncryptionError(f"backup.encryption is set but pyrage cannot be imported ({exc}): nothing is "
+                              f"written unencrypted; reinstall the package") from None
+    return pyrage
+
+
+def is_encrypted(head: bytes) -> bool:
+    """True when `head` (the first bytes of a file) starts an age file."""
+    return head.startswith(AGE_MAGIC) or head.startswith(ARMORED_MAGIC)
+
+
+def parse_recipient(text: str, origin: str) -> Any:
+    """One recipient: an age X25519 public key or an SSH public key."""
+    pyrage = _pyrage()
+    text = text.strip()
+    try:
+        if text.startswith("age1"):
+            return pyrage.x25519.Recipient.from_str(text)
+        if text.startswith("ssh-"):
+            return pyrage.ssh.Recipient.from_str(text)
+    except Exception as exc:  # noqa: BLE001 - pyrage's RecipientError and ValueError alike
+        raise EncryptionError(f"{origin}: not a valid recipient ({type(exc).__name__}); expected an age public key "
+                              f"(age1..., from age-keygen) or an SSH public key (ssh-ed25519 ...)") from None
+    raise EncryptionError(f"{origin}: not a recipient: expected an age public key (age1..., from age-keygen) or "
+                          f"an SSH public key (ssh-ed25519 ..., ssh-rsa ...)")
+
+
+def load_recipients(inline: Sequence[str], files: Sequence[Path]) -> list[Any]:
+    """Every recipient, inline and from files (one per line; blank lines and
+    `#` comments skipped). Raises EncryptionError naming the place."""
+    found = [parse_recipient(r, f"backup.encryption.recipients[{i}]") for i, r in enumerate(inline)]
+    for path in files:
+        try:
+            lines = Path(path).read_text().splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise EncryptionError(f"backup.encryption.recipients_file {path}: cannot be read "
+                                  f"({getattr(exc, 'strerror', None) or type(exc).__name__})") from None
+        for n, line in enumerate(lines, 1):
+            if line.strip() and not line.lstrip().startswith("#"):
+                found.append(parse_recipient(line, f"{path} line {n}"))
+    if not found:
+        raise EncryptionError("backup.encryption names no recipient (recipients or recipients_file)")
+    return found
+
+
+def load_identities(path: Path) -> list[Any]:
+    """The identities (private keys) in `path`: age-keygen's file (lines
+    AGE-SECRET-KEY-1...), or an unencrypted OpenSSH private key. Never
+    prints the file."""
+    pyrage = _pyrage()
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise EncryptionError(f"identity file {path}: cannot be read ({exc.strerror or exc})") from None
+    try:
+        if b"-----BEGIN OPENSSH PRIVATE KEY-----" in data:
+            return [pyrage.ssh.Identity.from_buffer(data)]
+        keys = [line.strip() for line in data.decode().splitlines() if line.strip().startswith("AGE-SECRET-KEY-")]
+        found = [pyrage.x25519.Identity.from_str(k) for k in keys]
+    except Exception as exc:  # noqa: BLE001 - whatever pyrage says, the key's bytes are never in the message
+        raise EncryptionError(f"identity file {path}: not a valid age or OpenSSH identity "
+                              f"({type(exc).__name__})") from None
+    if not found:
+        raise EncryptionError(f"identity file {path}: holds no identity (AGE-SECRET-KEY-1... lines, as age-keygen "
+                              f"writes, or an OpenSSH private key)")
+    return found
+
+
+class _QueueReader(io.RawIOBase):
+    """What pyrage reads from: the chunks put in `chunks`, then EOF at None."""
+
+    def __init__(self, chunks: queue.Queue):
+        self.chunks, self.pending, self.done = chunks, memoryview(b""), False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while not self.pending:
+            if self.done:
+                return 0
+            chunk = self.chunks.get()
+            if chunk is None:
+                self.done = True
+                return 0
+            self.pending = memoryview(chunk)
+        n = min(len(buffer), len(self.pending))
+        buffer[:n] = self.pending[:n]
+        self.pending = self.pending[n:]
+        return n
+
+
+class _SinkWriter(io.RawIOBase):
+    def __init__(self, sink: Any):
+        self.sink = sink
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        self.sink.write(bytes(data))
+        return len(data)
+
+
+class Encrypting:
+    """A writable stream that encrypts what it is given to `recipients`
+    and writes the ciphertext to `sink`, in a thread of its own (pyrage
+    pulls; the archive writer pushes). close() writes the end of the age
+    stream and raises what went wrong on the way."""
+
+    def __init__(self, sink: Any, recipients: Sequence[Any]):
+        self._pyrage = _pyrage()
+        self._chunks: queue.Queue = queue.Queue(maxsize=_QUEUE_DEPTH)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(sink, list(recipients)), name="encrypt",
+                                        daemon=True)
+        self._thread.start()
+        self.closed = False
+
+    def _run(self, sink: Any, recipients: list[Any]) -> None:
+        try:
+            self._pyrage.encrypt_io(_QueueReader(self._chunks), _SinkWriter(sink), recipients)
+        except BaseException as exc:  # noqa: BLE001 - handed to the writer's next write or close
+            self._error = exc
+            while True:  # let a writer blocked on a full queue go on (to see the error)
+                try:
+                    self._chunks.get_nowait()
+                except queue.Empty:
+                    break
+
+    def _put(self, item: bytes | None) -> None:
+        while True:
+            if self._error is not None:
+                raise EncryptionError(f"encrypting the archive failed: {self._error}") from self._error
+            try:
+                self._chunks.put(item, timeout=0.2)
+                return
+            except queue.Full:
+                if not self._thread.is_alive():
+                    raise EncryptionError("encrypting the archive failed: its thread ended") from None
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        if data:
+            self._put(bytes(data))
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        """The end of the age stream: everything written is encrypted and in
+        the sink. Raises EncryptionError."""
+        if self.closed:
+            return
+        self.closed = True
+        self._put(None)
+        self._thread.join()
+        if self._error is not None:
+            raise EncryptionError(f"encrypting the archive failed: {self._error}") from self._error
+
+    def abort(self) -> None:
+        """Stop without finishing the stream (a failed backup). Never raises."""
+        self.closed = True
+        self._error = self._error or EncryptionError("aborted")
+        try:
+            self._chunks.put_nowait(None)
+        except queue.Full:
+            pass
+        self._thread.join(timeout=30)
+
+
+class _QueueWriter(io.RawIOBase):
+    def __init__(self, chunks: queue.Queue):
+        self.chunks = chunks
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        self.chunks.put(bytes(data))
+        return len(data)
+
+
+class Decrypting(io.RawIOBase):
+    """The plaintext of the age file `stream`, decrypted in a thread as it
+    is read. A wrong identity, or a ciphertext changed, cut or lengthened,
+    surfaces as EncryptionError from read() (no plaintext of an
+    unauthenticated chunk is ever handed out)."""
+
+    def __init__(self, stream: BinaryIO, identities: Sequence[Any], what: str = "the archive"):
+        pyrage = _pyrage()
+        self.what = what
+        self._chunks: queue.Queue = queue.Queue(maxsize=_QUEUE_DEPTH)
+        self._pending = memoryview(b"")
+        self._eof = False
+        self._error: BaseException | None = None
+        self._stop = threading.Event()
+
+        def run() -> None:
+            try:
+                pyrage.decrypt_io(stream, _QueueWriter(self._chunks), list(identities))
+            except BaseException as exc:  # noqa: BLE001 - handed to the reader
+                self._error = exc
+            finally:
+                self._chunks.put(None)
+        self._thread = threading.Thread(target=run, name="decrypt", daemon=True)
+        self._thread.start()
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while not self._pending:
+            if self._eof:
+                return 0
+            chunk = self._chunks.get()
+            if chunk is None:
+                self._eof = True
+                if self._error is not None:
+                    raise EncryptionError(f"{self.what} cannot be decrypted: {_decrypt_reason(self._error)}")
+                return 0
+            self._pending = memoryview(chunk)
+        n = min(len(buffer), len(self._pending))
+        buffer[:n] = self._pending[:n]
+        self._pending = self._pending[n:]
+        return n
+
+
+    def close(self) -> None:
+        """Stop early: let the decrypting thread end (it waits on a full queue)."""
+        if not self.closed:
+            while self._thread.is_alive():
+                try:
+                    self._chunks.get(timeout=0.1)
+                except queue.Empty:
+                    pass
+        super().close()
+
+
+def _decrypt_reason(exc: BaseException) -> str:
+    text = str(exc).lower()
+    if "no matching" in text or "no identity" in text or "did not match" in text:
+        return "no given identity is among its recipients (another key, or the wrong --identity)"
+    return f"its ciphertext does not authenticate: changed, cut or not an age file ({type(exc).__name__})"

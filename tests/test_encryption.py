@@ -1,0 +1,245 @@
+"""backup.encryption: archives encrypted to age recipients (reconciler/encryption.py).
+
+Pure tests of the stream and the key files first, then real backups on every
+target kind: no byte of the databases' keys, values or names on the target,
+restore and verify with the identity, one clear error without it, and
+configurations that would write in the clear refused."""
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+
+import pytest
+import yaml
+from pyrage import x25519
+
+from reconciler import config, targets
+from reconciler.backup import archive
+from reconciler.encryption import (
+    Decrypting,
+    Encrypting,
+    EncryptionError,
+    is_encrypted,
+    load_identities,
+    load_recipients,
+)
+from reconciler.errors import ConfigError
+from reconciler.manifest import from_dict as manifest_from_dict
+from tests.support.cli import replicator, system_binary
+from tests.support.configs import write_config
+from tests.support.targets import KINDS, target_config
+
+
+@pytest.fixture
+def key(tmp_path):
+    """(identity file, recipient) of a fresh age key, as age-keygen writes it."""
+    ident = x25519.Identity.generate()
+    path = tmp_path / "key.txt"
+    path.write_text(f"# created: now\n# public key: {ident.to_public()}\n{ident}\n")
+    path.chmod(0o600)
+    return path, str(ident.to_public())
+
+
+class _Memory:
+    def __init__(self):
+        self.parts: list[bytes] = []
+
+    def write(self, data):
+        self.parts.append(bytes(data))
+        return len(data)
+
+    def value(self) -> bytes:
+        return b"".join(self.parts)
+
+
+# ---------------------------------------------------------------------- the stream, pure
+
+def test_encrypting_then_decrypting_gives_the_bytes_back_whatever_the_chunks(key):
+    path, recipient = key
+    data = os.urandom(3 * 1024 * 1024 + 17)
+    sink = _Memory()
+    enc = Encrypting(sink, load_recipients([recipient], []))
+    sizes, i = [1, 100, 65536, 65535, 1 << 20, 7], 0
+    while i < len(data):
+        size = sizes[i % len(sizes)]
+        enc.write(data[i:i + size])
+        i += size
+    enc.close()
+    ciphertext = sink.value()
+    assert is_encrypted(ciphertext[:32]) and data[:4096] not in ciphertext
+    back = io.BufferedReader(Decrypting(io.BytesIO(ciphertext), load_identities(path))).read()
+    assert back == data
+
+
+def _archive(tmp_path, recipient) -> bytes:
+    tree = tmp_path / "tree" / "db1"
+    tree.mkdir(parents=True)
+    (tree / "values").write_bytes(b"the-secret-value-" * 1000)
+    sink = _Memory()
+    enc = Encrypting(sink, load_recipients([recipient], []))
+    writer = archive.ArchiveWriter(enc, "none")
+    files = writer.add_tree(tree, "db1")
+    writer.finish(manifest_from_dict({
+        "tool": "t", "backup_id": "b", "started_at": "s", "finished_at": "f", "compression": "none",
+        "databases": [{"name": "db1", "tx_id": 1, "tx_hash": "0" * 64, "files": len(files), "bytes": 17000}]}))
+    enc.close()
+    return sink.value()
+
+
+def test_an_encrypted_archive_reads_only_with_its_identity_and_only_unchanged(tmp_path, key):
+    path, recipient = key
+    blob = _archive(tmp_path, recipient)
+    assert b"the-secret-value" not in blob and b"db1" not in blob and b"MANIFEST" not in blob
+    assert archive.verify(io.BytesIO(blob), identities=load_identities(path)).ok
+    without = archive.verify(io.BytesIO(blob))
+    assert not without.ok and "encrypted (age): give --identity" in without.problems[0]
+    other = tmp_path / "other.txt"
+    other.write_text(str(x25519.Identity.generate()) + "\n")
+    wrong = archive.verify(io.BytesIO(blob), identities=load_identities(other))
+    assert not wrong.ok and "no given identity is among its recipients" in wrong.problems[0]
+    for name, damaged in (("flipped", blob[:300] + bytes([blob[300] ^ 1]) + blob[301:]),
+                          ("cut", blob[:-40]), ("lengthened", blob + b"\0" * 64)):
+        got = archive.verify(io.BytesIO(damaged), identities=load_identities(path))
+        assert not got.ok, name
+        assert any("does not authenticate" in p or "truncated or corrupt" in p for p in got.problems), (
+            name, got.problems)
+
+
+# ---------------------------------------------------------------------- key files, pure
+
+def test_recipients_that_do_not_parse_are_refused_naming_where(tmp_path):
+    with pytest.raises(EncryptionError, match=r"recipients\[0\]: not a valid recipient"):
+        load_recipients(["age1notakey"], [])
+    listed = tmp_path / "recipients.txt"
+    listed.write_text("# the team\n\n" + str(x25519.Identity.generate().to_public()) + "\nssh-ed25519 AAAAbroken\n")
+    with pytest.raises(EncryptionError, match=r"recipients.txt line 4: not a valid recipient"):
+        load_recipients([], [listed])
+    with pytest.raises(EncryptionError, match="cannot be read"):
+        load_recipients([], [tmp_path / "missing.txt"])
+    with pytest.raises(EncryptionError, match="names no recipient"):
+        load_recipients([], [])
+
+
+def test_an_identity_file_that_does_not_parse_is_refused_without_printing_it(tmp_path):
+    secret = "AGE-SECRET-KEY-1QQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQQ"
+    path = tmp_path / "bad.txt"
+    path.write_text(secret + "\n")
+    with pytest.raises(EncryptionError) as caught:
+        load_identities(path)
+    assert secret not in str(caught.value) and "not a valid age or OpenSSH identity" in str(caught.value)
+    path.write_text("nothing here\n")
+    with pytest.raises(EncryptionError, match="holds no identity"):
+        load_identities(path)
+
+
+# ---------------------------------------------------------------------- configuration: fail closed
+
+MINIMAL = {"primary": {"host": "127.0.0.1", "password": "Primary-pw-1"},
+           "replica": {"host": "127.0.0.1", "port": 3323, "password": "Replica-pw-1", "data_dir": "/var/lib/immudb"},
+           "follower": {"password": "Follower-pw-1"}}
+
+
+def _problems(tmp_path, backup: dict) -> str:
+    path = tmp_path / "replicator.yaml"
+    path.write_text(yaml.safe_dump({**MINIMAL, "backup": backup}))
+    try:
+        config.load(path, env={})
+    except ConfigError as exc:
+        return "\n".join(exc.problems)
+    return ""
+
+
+def test_encryption_that_cannot_be_applied_or_does_not_cover_everything_is_refused(tmp_path, key):
+    path, recipient = key
+    targets_ = {"t": {"type": "file", "path": str(tmp_path / "out" / "r-{timestamp}.tar.gz")}}
+    assert _problems(tmp_path, {"targets": targets_, "encryption": {"recipients": [recipient]}}) == ""
+    assert "not a valid recipient" in _problems(tmp_path, {"encryption": {"recipients": ["age1nope"]}})
+    assert "cannot be read" in _problems(tmp_path, {"encryption": {"recipients_file": str(tmp_path / "none")}})
+    assert "names an identity but no recipient" in _problems(tmp_path, {"encryption": {"identity_file": str(path)}})
+    assert "set backup.encryption.identity_file" in _problems(
+        tmp_path, {"verify_after_upload": "full", "encryption": {"recipients": [recipient]}})
+    assert _problems(tmp_path, {"verify_after_upload": "full",
+                                "encryption": {"recipients": [recipient], "identity_file": str(path)}}) == ""
+    assert "journal segments are not encrypted yet" in _problems(
+        tmp_path, {"targets": targets_, "continuous": {"target": "t"}, "encryption": {"recipients": [recipient]}})
+
+
+# ---------------------------------------------------------------------- real backups on every kind
+
+def _yaml_target(t) -> dict:
+    out = {"type": t.kind, "path": t.path}
+    for k, v in t.options.items():
+        out[k] = v.reveal() if hasattr(v, "reveal") else v
+    return out
+
+
+def _stored(target_cfg) -> tuple[str, bytes]:
+    with targets.build(target_cfg) as target:
+        found = target.list()
+        assert len(found) == 1, found
+        with target.read(found[0].name) as stream:
+            return found[0].name, stream.read()
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_an_encrypted_backup_leaves_no_plaintext_on_the_target_and_restores_with_its_identity(
+        kind, tmp_path, request, primary_server, replica_server, replicated, key):
+    prefix, names, written = replicated
+    identity, recipient = key
+    secrets = [v for w in written.values() for v in w.values()] + [k for w in written.values() for k in w]
+    # the control: uncompressed and unencrypted, the values are on the target as they are (the check can fail)
+    plain = target_config(kind, tmp_path / "plain", request)
+    cfg = write_config(tmp_path, primary_server, replica_server, prefix, name="plain.yaml", compression="none",
+                       targets={"t": _yaml_target(plain)})
+    done = replicator("backup", "-c", str(cfg), "--target", "t")
+    assert done.returncode == 0, done.stderr
+    assert all(s in _stored(plain)[1] for s in secrets)
+
+    sealed = target_config(kind, tmp_path / "sealed", request)
+    cfg = write_config(tmp_path, primary_server, replica_server, prefix, name="sealed.yaml", compression="none",
+                       targets={"t": _yaml_target(sealed)}, encryption={"recipients": [recipient]})
+    done = replicator("backup", "-c", str(cfg), "--target", "t")
+    assert done.returncode == 0, done.stderr
+    assert "proven on the target: " in done.stdout  # the read-back works on the ciphertext, without an identity
+    name, blob = _stored(sealed)
+    assert is_encrypted(blob[:32])
+    leaked = [s for s in secrets + [n.encode() for n in names] + [b"MANIFEST.json", b"immudb-replicator"]
+              if s in blob]
+    assert leaked == []
+
+    refused = replicator("verify", name, "--target", "t", "-c", str(cfg))
+    assert refused.returncode != 0 and "Traceback" not in refused.stderr
+    assert "encrypted (age): give --identity" in refused.stderr
+    checked = replicator("verify", name, "--target", "t", "-c", str(cfg), "--identity", str(identity))
+    assert checked.returncode == 0, checked.stderr
+    data_dir = tmp_path / "restored"
+    data_dir.mkdir()
+    restored = replicator("restore", name, "--target", "t", "-c", str(cfg), "--identity", str(identity),
+                          "--data-dir", str(data_dir))
+    assert restored.returncode == 0, restored.stderr
+    assert sorted(p.name for p in data_dir.iterdir()) == sorted(names)
+    assert identity.read_text().splitlines()[-1] not in checked.stdout + checked.stderr + restored.stdout
+    # the age tool itself decrypts it: an operator needs nothing of ours to read a backup
+    (tmp_path / "sealed.tar").write_bytes(blob)
+    age = system_binary("age", "age")
+    opened = subprocess.run([age, "-d", "-i", str(identity), str(tmp_path / "sealed.tar")], capture_output=True,
+                            timeout=120)
+    assert opened.returncode == 0, opened.stderr
+    listing = subprocess.run(["tar", "-t"], input=opened.stdout, capture_output=True, timeout=120)
+    assert listing.returncode == 0 and b"MANIFEST.json" in listing.stdout
+
+
+def test_an_unreadable_recipients_file_fails_the_backup_before_anything_is_written(
+        tmp_path, primary_server, replica_server, replicated, key):
+    prefix, _, _ = replicated
+    listed = tmp_path / "recipients.txt"
+    listed.write_text(key[1] + "\n")
+    out = tmp_path / "out"
+    cfg = write_config(tmp_path, primary_server, replica_server, prefix, name="enc.yaml",
+                       targets={"t": {"type": "file", "path": str(out / "r-{timestamp}.tar.gz"), "create_dirs": True}},
+                       encryption={"recipients_file": str(listed)})
+    listed.write_text("ssh-ed25519 not-a-key\n")  # broken after validation: read again at the backup
+    done = replicator("backup", "-c", str(cfg), "--target", "t")
+    assert done.returncode != 0 and "not a valid recipient" in done.stderr and "Traceback" not in done.stderr
+    assert not out.exists() or list(out.iterdir()) == []
