@@ -46,6 +46,7 @@ from reconciler.status import (
     PassStatus,
     ServiceStats,
     ServiceStatus,
+    TargetInfo,
 )
 
 if TYPE_CHECKING:
@@ -264,7 +265,12 @@ class Service:
             last_pass=None if last is None else PassStatus(last.started, last.finished, last.ok, last.error),
             databases=self.databases(), backup_running=self.backups.running,
             drills={target: r.as_dict() for target, r in sorted(self.drills.items())},
-            journal=self.journal_statuses()).as_dict()
+            journal=self.journal_statuses(), targets=self.targets()).as_dict()
+
+    def targets(self) -> dict[str, TargetInfo]:
+        """Every configured target: its kind and whether its archives are encrypted."""
+        encrypted = self.cfg.backup.encryption.enabled
+        return {name: TargetInfo(t.kind, encrypted) for name, t in self.cfg.backup.targets.items()}
 
     def journal_statuses(self) -> list[dict]:
         """Continuous backup, per database (empty when it is off)."""

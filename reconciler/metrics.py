@@ -8,7 +8,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from reconciler.status import STATES, DatabaseStatus, JournalState, ServiceStats
+from reconciler.status import STATES, DatabaseStatus, JournalState, ServiceStats, TargetInfo
 
 
 class Source(Protocol):
@@ -22,6 +22,8 @@ class Source(Protocol):
     def databases(self) -> list[DatabaseStatus]: ...
 
     def journal_statuses(self) -> list[dict]: ...
+
+    def targets(self) -> dict[str, TargetInfo]: ...
 
 
 class _Collector:
@@ -95,6 +97,11 @@ class _Collector:
             if t.drill_success_at is not None:
                 families["drilled"].add_metric([target], t.drill_success_at)
         yield from families.values()
+        encrypted = GaugeMetricFamily("replicator_target_encrypted", "1 when the target's archives are encrypted "
+                                      "(backup.encryption), 0 when they are stored in the clear.", labels=["target"])
+        for name, info in sorted(self.source.targets().items()):
+            encrypted.add_metric([name], 1 if info.encrypted else 0)
+        yield encrypted
         yield from _journal_families(self.source.journal_statuses())
         reloads = CounterMetricFamily("replicator_config_reloads", "Configuration reloads.", labels=["result"])
         reloads.add_metric(["ok"], stats.reloads_ok)

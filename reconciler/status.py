@@ -255,6 +255,14 @@ class PassStatus:
 
 
 @dataclass(frozen=True)
+class TargetInfo:
+    """A configured backup target, as /status and /metrics show it."""
+
+    kind: str
+    encrypted: bool                    # its archives are encrypted (backup.encryption)
+
+
+@dataclass(frozen=True)
 class ServiceStatus:
     """`GET /status`: the configuration in force, the last pass, every
     replica database, the last drill per target and the journals."""
@@ -267,9 +275,11 @@ class ServiceStatus:
     backup_running: bool
     drills: dict[str, dict]            # per target, backup/drill.py's DrillResult.as_dict()
     journal: list[dict]                # per database, JournalStatus.as_dict() (journal/shipper.py)
+    targets: dict[str, TargetInfo] = field(default_factory=dict)
 
     def as_dict(self) -> dict:
         return {"config": dataclasses.asdict(self.config), "primary": self.primary, "replica": self.replica,
                 "last_pass": None if self.last_pass is None else dataclasses.asdict(self.last_pass),
                 "databases": [d.as_dict() for d in self.databases], "backup_running": self.backup_running,
-                "drills": self.drills, "journal": self.journal}
+                "drills": self.drills, "journal": self.journal,
+                "targets": {name: dataclasses.asdict(t) for name, t in sorted(self.targets.items())}}

@@ -28,6 +28,7 @@ from reconciler.errors import ConfigError
 from reconciler.manifest import from_dict as manifest_from_dict
 from tests.support.cli import replicator, system_binary
 from tests.support.configs import write_config
+from tests.support.daemon import Daemon
 from tests.support.targets import KINDS, target_config
 
 
@@ -243,3 +244,29 @@ def test_an_unreadable_recipients_file_fails_the_backup_before_anything_is_writt
     done = replicator("backup", "-c", str(cfg), "--target", "t")
     assert done.returncode != 0 and "not a valid recipient" in done.stderr and "Traceback" not in done.stderr
     assert not out.exists() or list(out.iterdir()) == []
+
+
+def test_status_and_metrics_say_which_targets_encrypt_and_an_inline_request_follows_the_configuration(
+        tmp_path, primary_server, replica_server, replicated, key):
+    """POST /backup/start with the Go tool's inline target: encrypted too,
+    because encryption is the configuration's, not the target's."""
+    prefix, names, written = replicated
+    identity, recipient = key
+    out = tmp_path / "out"
+    d = Daemon(tmp_path, primary_server, replica_server, prefix,
+               backup={"compression": "none", "encryption": {"recipients": [recipient]},
+                       "targets": {"t": {"type": "file", "path": str(out / "n-{timestamp}.tar.gz"),
+                                         "create_dirs": True}}}).start()
+    try:
+        assert d.request("GET", "/status")[1]["targets"] == {"t": {"kind": "file", "encrypted": True}}
+        _, text = d.request("GET", "/metrics", token=None)
+        assert 'replicator_target_encrypted{target="t"} 1.0' in text
+        out.mkdir(exist_ok=True)
+        status, answer = d.request("POST", "/backup/start", {"type": "file", "path": str(out / "inline.tar.gz")})
+        assert status == 202, answer
+        assert d.wait_backup(timeout=180)["last_result"]["result"] == "ok"
+    finally:
+        d.stop()
+    blob = (out / "inline.tar.gz").read_bytes()
+    assert is_encrypted(blob[:32])
+    assert [v for w in written.values() for v in w.values() if v in blob] == []
