@@ -209,6 +209,8 @@ def test_an_encrypted_backup_leaves_no_plaintext_on_the_target_and_restores_with
               if s in blob]
     assert leaked == []
 
+    listed = replicator("list", "-c", str(cfg), "--target", "t")
+    assert listed.returncode == 0 and f"{name}  (encrypted (age); " in listed.stdout, listed.stdout + listed.stderr
     refused = replicator("verify", name, "--target", "t", "-c", str(cfg))
     assert refused.returncode != 0 and "Traceback" not in refused.stderr
     assert "encrypted (age): give --identity" in refused.stderr

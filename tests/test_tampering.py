@@ -427,4 +427,4 @@ def test_the_newest_archive_deleted_from_the_target_is_noticed(archived):
     assert drilled.returncode == 1 and f"{newest.name}, is gone from it" in drilled.stderr, drilled.stderr
     listed = run("list", "-c", str(a.config), "--target", "local")
     assert f"{newest.name}  (MISSING: written here, not deleted by retention)" in listed.stdout, listed.stdout
-    assert f"{made.name}  (checkpoint: written here)" in listed.stdout
+    assert f"{made.name}  (not encrypted; checkpoint: written here)" in listed.stdout

@@ -148,6 +148,18 @@ def restore(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sealing(target, name: str) -> str:
+    """"encrypted (age)" or "not encrypted", from the archive's first bytes."""
+    from reconciler.encryption import AGE_MAGIC, is_encrypted
+    from reconciler.targets import TargetError
+    try:
+        with target.read(name) as stream:
+            head = stream.read(len(AGE_MAGIC))
+    except (TargetError, OSError) as exc:
+        return f"unreadable: {exc}"
+    return "encrypted (age)" if is_encrypted(head) else "not encrypted"
+
+
 def list_archives(args: argparse.Namespace) -> int:
     import datetime
 
@@ -163,16 +175,16 @@ def list_archives(args: argparse.Namespace) -> int:
     points = checkpoints(cfg)
     with targets.build(target_cfg) as target:
         archives = target.list()
-    for a in archives:
-        when = datetime.datetime.fromtimestamp(a.modified, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
-        try:
-            mark = points.archive(target_cfg, a.name)
-            anchor = ("no local checkpoint" if mark is None else
-                      "checkpoint: written here" if mark.size == a.size else
-                      f"CHANGED: {a.size} bytes, {mark.size} were written")
-        except TrustError as exc:
-            anchor = f"CHECKPOINT UNREADABLE: {exc}"
-        print(f"{when}  {size(a.size):>10}  {a.location}  ({anchor})")
+        for a in archives:
+            when = datetime.datetime.fromtimestamp(a.modified, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+            try:
+                mark = points.archive(target_cfg, a.name)
+                anchor = ("no local checkpoint" if mark is None else
+                          "checkpoint: written here" if mark.size == a.size else
+                          f"CHANGED: {a.size} bytes, {mark.size} were written")
+            except TrustError as exc:
+                anchor = f"CHECKPOINT UNREADABLE: {exc}"
+            print(f"{when}  {size(a.size):>10}  {a.location}  ({_sealing(target, a.name)}; {anchor})")
     if not archives:
         print(f"(no archives at {args.target})")
     present = {a.name for a in archives}
