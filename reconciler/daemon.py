@@ -29,6 +29,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
 
 from reconciler import config as config_module
+from reconciler import targets as target_kinds
 from reconciler.admin import AlreadyLoaded, ImmudbError
 from reconciler.backup.job import BackupAlreadyRunning, BackupResult, Backups
 from reconciler.config.model import Config, TargetConfig
@@ -300,6 +301,9 @@ class Service:
 
     def start(self) -> None:
         self._state_folder()
+        problems = target_kinds.settings_problems(self.cfg.backup.targets)  # e.g. object_lock on a bucket without it
+        if problems:
+            raise ConfigError(problems)
         self._schedule()
         self.scheduler.start()
         if self.cfg.api.enabled:

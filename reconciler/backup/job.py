@@ -80,6 +80,7 @@ class BackupResult:
     bytes_in: int = 0
     bytes_out: int = 0
     deleted: list[str] = field(default_factory=list)     # by retention
+    retained: dict[str, float] = field(default_factory=dict)  # due for retention, kept by Object Lock until then
     unload_windows: dict[str, float] = field(default_factory=dict)  # database -> seconds unavailable
     verify_seconds: float | None = None  # reading the archive back from the target (verify_after_upload)
     verified_by: str | None = None       # what proved the stored archive
@@ -258,7 +259,7 @@ class Backups:
                   databases=len(chosen), bytes_in=result.bytes_in, bytes_out=result.bytes_out,
                   seconds=round(time.time() - result.started_at, 1))
             progress.update(phase="retention")
-            result.deleted = self._apply_retention(target, target_cfg, name)
+            result.deleted = self._apply_retention(target, target_cfg, name, result.retained)
             if self.on_committed is not None:
                 self.on_committed(self.cfg, target_cfg, name, written_manifest)
         finally:
@@ -498,18 +499,28 @@ class Backups:
         os.chmod(path, 0o700)  # copies of whole databases: private whatever the umask
         return path
 
-    def _apply_retention(self, target, target_cfg: TargetConfig, just_written: str) -> list[str]:
+    def _apply_retention(self, target, target_cfg: TargetConfig, just_written: str,
+                         retained: dict[str, float]) -> list[str]:
+        """Delete what the retention policy no longer keeps; what the store
+        still locks (S3 Object Lock) goes into `retained`, with its date."""
+        deleted: list[str] = []
         try:
             doomed = retention.expired(target.list(), target_cfg.retention, time.time(), just_written)
             for stored in doomed:
-                target.delete(stored.name)
+                try:
+                    target.delete(stored.name)
+                except targets.Retained as exc:  # not a failure: a later backup deletes it once the lock ends
+                    retained[stored.name] = exc.until
+                    event(log, "archive_retained", target=target.name, archive=stored.name, until=exc.until)
+                    continue
                 _forget_checkpoint(self.cfg, target_cfg, stored.name)
+                deleted.append(stored.name)
                 event(log, "archive_deleted", target=target.name, archive=stored.name, reason="retention")
-            return [a.name for a in doomed]
+            return deleted
         except targets.TargetError as exc:
             # the backup itself succeeded; report and keep going
             event(log, "retention_failed", logging.WARNING, target=target.name, error=str(exc))
-            return []
+            return deleted
 
 
 def _forget_checkpoint(cfg: Config, target_cfg: TargetConfig, name: str) -> None:

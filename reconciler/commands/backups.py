@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 
 from reconciler.commands import load_config, size
 from reconciler.errors import ReplicatorError
@@ -52,6 +53,9 @@ def backup(args: argparse.Namespace) -> int:
         print(f"  {name}: unavailable {window:.2f}s")
     for name in result.deleted:
         print(f"  deleted by retention: {name}")
+    for name, until in sorted(result.retained.items()):
+        print(f"  due for retention, kept by Object Lock until {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(until))}: "
+              f"{name}")
     return 0
 
 

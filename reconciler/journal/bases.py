@@ -138,7 +138,12 @@ def prune(cfg: TargetConfig) -> dict[str, list[str]]:
         with JournalStore(cfg, database) as store:
             for segment in store.segments():
                 if segment.last_tx <= oldest:
-                    store.delete(segment.name)
+                    try:
+                        store.delete(segment.name)
+                    except targets.Retained as exc:  # S3 Object Lock: kept until its date, deleted by a later prune
+                        event(log, "segment_retained", database=database, target=cfg.name, segment=segment.name,
+                              until=exc.until)
+                        continue
                     deleted.setdefault(database, []).append(segment.name)
         if database in deleted:
             event(log, "journal_retention", database=database, target=cfg.name, deleted=len(deleted[database]),

@@ -17,6 +17,7 @@ from reconciler.targets.base import (
     ArchiveInfo,
     InlinePolicy,
     RequestRefused,
+    Retained,
     StoredMismatch,
     Target,
     TargetConfig,
@@ -28,9 +29,10 @@ from reconciler.targets.base import (
 if TYPE_CHECKING:
     import jsonschema
 
-__all__ = ["ArchiveExists", "ArchiveInfo", "InlinePolicy", "RequestRefused", "StoredMismatch", "Target", "TargetError",
+__all__ = ["ArchiveExists", "ArchiveInfo", "InlinePolicy", "RequestRefused", "Retained", "StoredMismatch", "Target",
+           "TargetError",
            "Upload", "register_placeholder",
-           "build", "from_request", "kind", "kinds", "for_url", "config_problems", "refusal"]
+           "build", "from_request", "kind", "kinds", "for_url", "config_problems", "refusal", "settings_problems"]
 
 
 @cache
@@ -54,6 +56,22 @@ def kind(name: str) -> ModuleType:
 def build(cfg: TargetConfig) -> Target:
     """The target a config entry describes."""
     return kind(cfg.kind).build(cfg)
+
+
+def settings_problems(configured: Mapping[str, TargetConfig]) -> list[str]:
+    """What the stores say against the targets' settings (Target.check_settings:
+    S3 Object Lock on the bucket), one message per target that fails. Only
+    targets that promise something are asked (the others need no network)."""
+    problems = []
+    for _, cfg in sorted(configured.items()):
+        if not cfg.options.get("object_lock"):
+            continue
+        try:
+            with build(cfg) as target:
+                target.check_settings()
+        except TargetError as exc:
+            problems.append(str(exc))
+    return problems
 
 
 def config_problems(target: Mapping[str, Any], data_dir: Path) -> list[tuple[str | None, str]]:

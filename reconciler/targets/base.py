@@ -95,6 +95,15 @@ class StoredMismatch(TargetError):
     (shorter, longer, other bytes, or missing)."""
 
 
+class Retained(TargetError):
+    """The store keeps that object until `until` (S3 Object Lock): it cannot
+    be deleted before then. Retention and journal pruning skip it."""
+
+    def __init__(self, message: str, until: float):
+        super().__init__(message)
+        self.until = until
+
+
 class ArchiveExists(TargetError):
     """An archive of that name exists already; it is never overwritten."""
 
@@ -240,6 +249,11 @@ class Target(ABC):
             raise StoredMismatch(f"target {self.name}: {self.location(name)} holds other bytes than were written "
                                  f"(SHA-256 differs)")
         return f"read back, {size} bytes, SHA-256 as written"
+
+    def check_settings(self) -> None:  # noqa: B027 - deliberately empty: most kinds promise nothing to check
+        """That the store does what this target's settings promise (S3: the
+        bucket has Object Lock when object_lock is set). Raises TargetError.
+        Asked by `validate` and at the daemon's start, and before each upload."""
 
     def cleanup_partial(self) -> builtins.list[str]:
         """Remove what an interrupted earlier run of ours left (temporary

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import builtins
 import dataclasses
+import datetime
 import hashlib
 import logging
 import time
@@ -27,6 +28,7 @@ from reconciler.targets.base import (
     ArchiveInfo,
     InlinePolicy,
     RequestRefused,
+    Retained,
     StoredMismatch,
     Target,
     TargetConfig,
@@ -64,6 +66,16 @@ SCHEMA = {
         "sse_kms_key_id": {"type": ["string", "null"], "default": None},
         "storage_class": {"type": ["string", "null"], "default": None},
         "retention": {"$ref": "#/$defs/retention"},
+        "object_lock": {
+            "description": "S3 Object Lock: every archive, journal segment and base record is stored under "
+                           "retention for retain_days (GOVERNANCE: only users granted s3:BypassGovernanceRetention "
+                           "may delete it early; COMPLIANCE: nobody, not even the account's root). The bucket must "
+                           "have been created with Object Lock enabled: validate and the daemon's start refuse "
+                           "otherwise. Retention and journal pruning skip what is still locked and report it.",
+            "type": ["object", "null"], "additionalProperties": False, "required": ["mode", "retain_days"],
+            "properties": {"mode": {"enum": ["GOVERNANCE", "COMPLIANCE"]},
+                           "retain_days": {"type": "integer", "minimum": 1, "maximum": 36500}},
+            "default": None},
         "timeout": {"type": "number", "exclusiveMinimum": 0, "default": 60},
     },
 }
@@ -121,13 +133,18 @@ ABORT_RETRY_SECONDS = 60
 class S3Upload(Upload):
     def __init__(self, target: S3Target, key: str):
         self.target, self.key = target, key
-        extra = {}
+        extra: dict[str, object] = {}
         if target.sse:
             extra["ServerSideEncryption"] = target.sse
             if target.kms_key_id:
                 extra["SSEKMSKeyId"] = target.kms_key_id
         if target.storage_class:
             extra["StorageClass"] = target.storage_class
+        if target.lock is not None:
+            mode, days = target.lock
+            extra["ObjectLockMode"] = mode
+            extra["ObjectLockRetainUntilDate"] = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(
+                days=days)
         try:
             self.upload_id = target.client.create_multipart_upload(Bucket=target.bucket, Key=key,
                                                                    ChecksumAlgorithm="SHA256", **extra)["UploadId"]
@@ -214,7 +231,8 @@ class S3Target(Target):
     def __init__(self, name: str, path_template: str, region: str | None = None, endpoint_url: str | None = None,
                  access_key: Secret | None = None, secret_key: Secret | None = None,
                  addressing_style: str = "auto", part_size_mib: int = 16, server_side_encryption: str | None = None,
-                 sse_kms_key_id: str | None = None, storage_class: str | None = None, timeout: float = 60):
+                 sse_kms_key_id: str | None = None, storage_class: str | None = None, timeout: float = 60,
+                 object_lock: dict | None = None):
         super().__init__(name, path_template)
         if not path_template.startswith("s3://"):
             raise TargetError(f"target {name}: path must look like s3://bucket/key, got {path_template!r}")
@@ -225,6 +243,8 @@ class S3Target(Target):
         self.region, self.endpoint_url = region, endpoint_url
         self.part_size = max(5, part_size_mib) * MiB
         self.sse, self.kms_key_id, self.storage_class = server_side_encryption, sse_kms_key_id, storage_class
+        self.lock = (object_lock["mode"], int(object_lock["retain_days"])) if object_lock else None
+        self._lock_checked = False
         self.committed: dict[str, tuple[str, int]] = {}  # key -> (composite SHA-256 of its parts, size), this process's
         self.client = boto3.session.Session().client(
             "s3", region_name=region or None, endpoint_url=endpoint_url or None,
@@ -280,9 +300,31 @@ class S3Target(Target):
         except boto_errors.BotoCoreError as exc:
             raise self.error(f"cannot reach bucket {self.bucket}", exc) from None
 
+    def check_settings(self) -> None:
+        """With object_lock: the bucket has Object Lock enabled (without it
+        S3 would refuse every upload, or, on some stores, take them unlocked)."""
+        if self.lock is None or self._lock_checked:
+            return
+        self._check_bucket()
+        where = f"target {self.name} (s3://{self.bucket}/{self.prefix})"
+        try:
+            answer = self.client.get_object_lock_configuration(Bucket=self.bucket)
+        except boto_errors.ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") == "ObjectLockConfigurationNotFoundError":
+                raise TargetError(f"{where}: object_lock is set, but bucket {self.bucket} has no Object Lock (it "
+                                  f"can only be enabled when a bucket is created: create one with Object Lock, or "
+                                  f"remove object_lock)") from None
+            raise self.error("cannot read the bucket's Object Lock configuration", exc) from None
+        except boto_errors.BotoCoreError as exc:
+            raise self.error("cannot read the bucket's Object Lock configuration", exc) from None
+        if answer.get("ObjectLockConfiguration", {}).get("ObjectLockEnabled") != "Enabled":
+            raise TargetError(f"{where}: object_lock is set, but bucket {self.bucket}'s Object Lock is not enabled")
+        self._lock_checked = True
+
     def open(self, name: str, size_hint: int | None = None) -> Upload:
         key = self.prefix + name
         self._check_bucket()
+        self.check_settings()
         if self._exists(key):
             raise ArchiveExists(f"target {self.name}: {self.location(name)} exists; it is never overwritten "
                                 f"(put {{timestamp}} in the target's path)")
@@ -367,10 +409,22 @@ class S3Target(Target):
         return sorted(found)
 
     def delete(self, name: str) -> None:
+        """Delete the object. With object_lock: its version, for real, once its
+        retention has passed; raises Retained while it is locked."""
+        key = self.prefix + name
         try:
-            self.client.delete_object(Bucket=self.bucket, Key=self.prefix + name)
+            if self.lock is None:
+                self.client.delete_object(Bucket=self.bucket, Key=key)
+                return
+            head = self.client.head_object(Bucket=self.bucket, Key=key)
+            until = head.get("ObjectLockRetainUntilDate")
+            if until is not None and until.timestamp() > time.time():
+                raise Retained(f"target {self.name}: {self.location(name)} is kept by Object Lock "
+                               f"({head.get('ObjectLockMode')}) until {until.isoformat()}", until.timestamp())
+            version = head.get("VersionId")
+            self.client.delete_object(Bucket=self.bucket, Key=key, **({"VersionId": version} if version else {}))
         except (boto_errors.ClientError, boto_errors.BotoCoreError) as exc:
-            raise self.error(f"cannot delete {self.prefix + name}", exc) from None
+            raise self.error(f"cannot delete {key}", exc) from None
 
     def pending_uploads(self) -> builtins.list[tuple[str, str]]:
         """(key, upload id) of pending multipart uploads of our archive names."""

@@ -1,0 +1,78 @@
+"""S3 Object Lock (an s3 target's `object_lock`), on the S3 test server
+(SeaweedFS, which implements it): every archive stored under retention, a
+delete refused by the server itself, retention that skips what is locked
+instead of failing, and a lock setting on a bucket without Object Lock
+refused before anything is written."""
+from __future__ import annotations
+
+import time
+
+import pytest
+from botocore.exceptions import ClientError
+
+from tests.support.cli import replicator
+from tests.support.configs import unique_name, write_config
+
+
+def _bucket(s3_server, locked: bool) -> str:
+    name = unique_name("lk").replace("_", "-")
+    s3_server.client().create_bucket(Bucket=name, **({"ObjectLockEnabledForBucket": True} if locked else {}))
+    return name
+
+
+def _target(s3_server, bucket: str, **extra) -> dict:
+    return {"type": "s3", "path": f"s3://{bucket}/r/immudb-{{timestamp}}.tar.gz", "endpoint_url": s3_server.endpoint_url,
+            "region": "us-east-1", "access_key": s3_server.access_key, "secret_key": s3_server.secret_key,
+            "addressing_style": "path", **extra}
+
+
+def _backup(cfg) -> str:
+    done = replicator("backup", "-c", str(cfg), "--target", "t")
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+@pytest.mark.parametrize("mode", ["GOVERNANCE", "COMPLIANCE"])
+def test_archives_are_stored_locked_and_the_server_refuses_to_delete_them(
+        mode, tmp_path, s3_server, primary_server, replica_server, replicated):
+    prefix, _, _ = replicated
+    bucket = _bucket(s3_server, locked=True)
+    cfg = write_config(tmp_path, primary_server, replica_server, prefix, targets={"t": _target(
+        s3_server, bucket, object_lock={"mode": mode, "retain_days": 2}, retention={"keep_last": 1})})
+    assert replicator("validate", "-c", str(cfg)).returncode == 0
+    _backup(cfg)
+    client = s3_server.client()
+    [first] = client.list_objects_v2(Bucket=bucket, Prefix="r/")["Contents"]
+    head = client.head_object(Bucket=bucket, Key=first["Key"])
+    assert head["ObjectLockMode"] == mode
+    left = head["ObjectLockRetainUntilDate"].timestamp() - time.time()
+    assert 2 * 86400 - 3600 < left <= 2 * 86400
+    version = head["VersionId"]
+    with pytest.raises(ClientError) as refused:  # whoever holds the credentials cannot remove it
+        client.delete_object(Bucket=bucket, Key=first["Key"], VersionId=version)
+    assert refused.value.response["Error"]["Code"] == "AccessDenied"
+
+    while time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) in first["Key"]:  # archives are named by the second
+        time.sleep(0.05)
+    out = _backup(cfg)  # keep_last: 1 would delete the first: it is kept, reported, and the backup succeeds
+    assert f"kept by Object Lock until {head['ObjectLockRetainUntilDate'].strftime('%Y-%m-%d')}" in out, out
+    assert first["Key"].rsplit("/", 1)[-1] in out
+    keys = sorted(o["Key"] for o in client.list_objects_v2(Bucket=bucket, Prefix="r/")["Contents"])
+    assert len(keys) == 2 and first["Key"] in keys
+    assert client.head_object(Bucket=bucket, Key=first["Key"], VersionId=version)["ContentLength"] == first["Size"]
+
+
+def test_a_lock_setting_on_a_bucket_without_object_lock_is_refused_before_anything_is_written(
+        tmp_path, s3_server, primary_server, replica_server, replicated):
+    prefix, _, _ = replicated
+    bucket = _bucket(s3_server, locked=False)
+    cfg = write_config(tmp_path, primary_server, replica_server, prefix, targets={"t": _target(
+        s3_server, bucket, object_lock={"mode": "COMPLIANCE", "retain_days": 1})})
+    checked = replicator("validate", "-c", str(cfg))
+    assert checked.returncode == 2 and "has no Object Lock" in checked.stderr, checked.stderr
+    done = replicator("backup", "-c", str(cfg), "--target", "t")
+    assert done.returncode != 0 and "has no Object Lock" in done.stderr and "Traceback" not in done.stderr
+    started = replicator("run", "-c", str(cfg), timeout=120)  # the daemon does not start either
+    assert started.returncode == 2 and "has no Object Lock" in started.stderr, started.stderr[-2000:]
+    assert s3_server.client().list_objects_v2(Bucket=bucket).get("KeyCount", 0) == 0
+    assert s3_server.client().list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
