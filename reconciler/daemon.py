@@ -271,7 +271,8 @@ class Service:
     def targets(self) -> dict[str, TargetInfo]:
         """Every configured target: its kind and whether its archives are encrypted."""
         encrypted = self.cfg.backup.encryption.enabled
-        return {name: TargetInfo(t.kind, encrypted) for name, t in self.cfg.backup.targets.items()}
+        return {name: TargetInfo(t.kind, encrypted, (t.options.get("object_lock") or {}).get("mode"))
+                for name, t in self.cfg.backup.targets.items()}
 
     def journal_statuses(self) -> list[dict]:
         """Continuous backup, per database (empty when it is off)."""

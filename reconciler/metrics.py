@@ -102,6 +102,11 @@ class _Collector:
         for name, info in sorted(self.source.targets().items()):
             encrypted.add_metric([name], 1 if info.encrypted else 0)
         yield encrypted
+        locked = GaugeMetricFamily("replicator_target_object_lock", "1 when the target stores under S3 Object Lock "
+                                   "(object_lock), 0 when not.", labels=["target"])
+        for name, info in sorted(self.source.targets().items()):
+            locked.add_metric([name], 1 if info.object_lock else 0)
+        yield locked
         yield from _journal_families(self.source.journal_statuses())
         reloads = CounterMetricFamily("replicator_config_reloads", "Configuration reloads.", labels=["result"])
         reloads.add_metric(["ok"], stats.reloads_ok)

@@ -260,6 +260,7 @@ class TargetInfo:
 
     kind: str
     encrypted: bool                    # its archives are encrypted (backup.encryption)
+    object_lock: str | None = None     # GOVERNANCE or COMPLIANCE: S3 Object Lock on what it stores; None: off
 
 
 @dataclass(frozen=True)

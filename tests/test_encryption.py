@@ -260,9 +260,11 @@ def test_status_and_metrics_say_which_targets_encrypt_and_an_inline_request_foll
                        "targets": {"t": {"type": "file", "path": str(out / "n-{timestamp}.tar.gz"),
                                          "create_dirs": True}}}).start()
     try:
-        assert d.request("GET", "/status")[1]["targets"] == {"t": {"kind": "file", "encrypted": True}}
+        assert d.request("GET", "/status")[1]["targets"] == {"t": {"kind": "file", "encrypted": True,
+                                                                   "object_lock": None}}
         _, text = d.request("GET", "/metrics", token=None)
         assert 'replicator_target_encrypted{target="t"} 1.0' in text
+        assert 'replicator_target_object_lock{target="t"} 0.0' in text
         out.mkdir(exist_ok=True)
         status, answer = d.request("POST", "/backup/start", {"type": "file", "path": str(out / "inline.tar.gz")})
         assert status == 202, answer

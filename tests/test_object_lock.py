@@ -12,6 +12,7 @@ from botocore.exceptions import ClientError
 
 from tests.support.cli import replicator
 from tests.support.configs import unique_name, write_config
+from tests.support.daemon import Daemon
 
 
 def _bucket(s3_server, locked: bool) -> str:
@@ -76,3 +77,21 @@ def test_a_lock_setting_on_a_bucket_without_object_lock_is_refused_before_anythi
     assert started.returncode == 2 and "has no Object Lock" in started.stderr, started.stderr[-2000:]
     assert s3_server.client().list_objects_v2(Bucket=bucket).get("KeyCount", 0) == 0
     assert s3_server.client().list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+
+
+def test_status_and_metrics_say_which_targets_lock(tmp_path, s3_server, primary_server, replica_server, replicated):
+    prefix, _, _ = replicated
+    bucket = _bucket(s3_server, locked=True)
+    d = Daemon(tmp_path, primary_server, replica_server, prefix, backup={"targets": {
+        "t": _target(s3_server, bucket, object_lock={"mode": "GOVERNANCE", "retain_days": 1}),
+        "plain": {"type": "file", "path": str(tmp_path / "out" / "p-{timestamp}.tar.gz"), "create_dirs": True}}})
+    d.start()
+    try:
+        assert d.request("GET", "/status")[1]["targets"] == {
+            "t": {"kind": "s3", "encrypted": False, "object_lock": "GOVERNANCE"},
+            "plain": {"kind": "file", "encrypted": False, "object_lock": None}}
+        _, text = d.request("GET", "/metrics", token=None)
+        assert 'replicator_target_object_lock{target="t"} 1.0' in text
+        assert 'replicator_target_object_lock{target="plain"} 0.0' in text
+    finally:
+        d.stop()
