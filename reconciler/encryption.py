@@ -282,3 +282,54 @@ def _decrypt_reason(exc: BaseException) -> str:
     if "no matching" in text or "no identity" in text or "did not match" in text:
         return "no given identity is among its recipients (another key, or the wrong --identity)"
     return f"its ciphertext does not authenticate: changed, cut or not an age file ({type(exc).__name__})"
+
+
+class Sealing:
+    """What a store of small objects (journal segments) encrypts to and
+    decrypts with: `recipients` to write, `identities` to read. Either may
+    be missing: a writer holds no identity, a restore no recipient."""
+
+    def __init__(self, recipients: Sequence[Any] | None = None, identities: Sequence[Any] | None = None):
+        self.recipients = list(recipients) if recipients else None
+        self.identities = list(identities) if identities else None
+
+    def seal(self, blob: bytes) -> bytes:
+        """`blob` encrypted to the recipients (as it is without any)."""
+        if self.recipients is None:
+            return blob
+        try:
+            return bytes(_pyrage().encrypt(blob, self.recipients))
+        except Exception as exc:  # noqa: BLE001 - never a plaintext upload because encryption failed
+            raise EncryptionError(f"encrypting failed: {type(exc).__name__}: {exc}") from None
+
+    def opened(self, stream: BinaryIO, what: str) -> BinaryIO:
+        """`stream` to read, decrypted when it is an age file. Raises
+        EncryptionError when it is one and there is no identity."""
+        buffered = stream if isinstance(stream, io.BufferedReader) else io.BufferedReader(_Raw(stream))
+        if not is_encrypted(buffered.peek(len(AGE_MAGIC))[:len(AGE_MAGIC)]):
+            return buffered
+        if not self.identities:
+            raise EncryptionError(f"{what} is encrypted (age): give --identity FILE, or set "
+                                  f"backup.encryption.identity_file, to read it")
+        return io.BufferedReader(Decrypting(buffered, self.identities, what))
+
+
+class _Raw(io.RawIOBase):
+    """Any object with read(n) as a raw stream, for io.BufferedReader."""
+
+    def __init__(self, stream: Any):
+        self.stream = stream
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.stream.read(len(buffer))
+        buffer[:len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        close = getattr(self.stream, "close", None)
+        if close is not None:
+            close()
+        super().close()

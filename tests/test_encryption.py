@@ -25,11 +25,14 @@ from reconciler.encryption import (
     load_recipients,
 )
 from reconciler.errors import ConfigError
+from reconciler.journal.format import SUFFIX
 from reconciler.manifest import from_dict as manifest_from_dict
+from tests.support import immudb_data
 from tests.support.cli import replicator, system_binary
 from tests.support.configs import write_config
 from tests.support.daemon import Daemon
 from tests.support.targets import KINDS, target_config
+from tests.support.waiting import wait_for
 
 
 @pytest.fixture
@@ -162,8 +165,8 @@ def test_encryption_that_cannot_be_applied_or_does_not_cover_everything_is_refus
         tmp_path, {"verify_after_upload": "full", "encryption": {"recipients": [recipient]}})
     assert _problems(tmp_path, {"verify_after_upload": "full",
                                 "encryption": {"recipients": [recipient], "identity_file": str(path)}}) == ""
-    assert "journal segments are not encrypted yet" in _problems(
-        tmp_path, {"targets": targets_, "continuous": {"target": "t"}, "encryption": {"recipients": [recipient]}})
+    assert _problems(tmp_path, {"targets": targets_, "continuous": {"target": "t"},
+                                "encryption": {"recipients": [recipient]}}) == ""  # segments are encrypted too
 
 
 # ---------------------------------------------------------------------- real backups on every kind
@@ -274,3 +277,43 @@ def test_status_and_metrics_say_which_targets_encrypt_and_an_inline_request_foll
     blob = (out / "inline.tar.gz").read_bytes()
     assert is_encrypted(blob[:32])
     assert [v for w in written.values() for v in w.values() if v in blob] == []
+
+
+def test_journal_segments_are_encrypted_and_replay_only_with_the_identity(
+        tmp_path, followed, primary_server, replica_server, immudb_build, key):
+    identity, recipient = key
+    prefix, name = followed(0)
+    target = {"type": "file", "path": str(tmp_path / "t" / "immudb-{timestamp}.tar.gz")}
+    d = Daemon(tmp_path, primary_server, replica_server, prefix, reconcile={"interval": 1},
+               backup={"targets": {"local": target}, "encryption": {"recipients": [recipient]},
+                       "continuous": {"target": "local", "segment_max_seconds": 0.3,
+                                      "spool_dir": str(tmp_path / "spool")},
+                       "drill": {"immudb_binary": str(immudb_build / "immudb"),
+                                 "scratch_dir": str(tmp_path / "scratch")}}).start()
+    try:
+        written = immudb_data.write(primary_server, name, 6, prefix="secret_")
+        want = immudb_data.state(primary_server, name)[0]
+
+        def shipped() -> bool:
+            journals = {j["database"]: j for j in d.request("GET", "/status")[1]["journal"] or []}
+            return journals.get(name, {}).get("shipped_tx", 0) >= want
+        wait_for(shipped, 90, f"transaction {want} of {name} shipped")
+    finally:
+        assert d.stop() == 0
+    segments = sorted(p for p in (tmp_path / "t" / "journal" / name).iterdir() if p.name.endswith(SUFFIX))
+    assert segments
+    for segment in segments:
+        blob = segment.read_bytes()
+        assert is_encrypted(blob[:32]), segment.name
+        assert name.encode() not in blob and not [v for v in written.values() if v in blob]
+
+    listed = replicator("list", "-c", str(d.config_path), "--target", "local", "--journal")
+    assert listed.returncode == 0 and "(encrypted)" in listed.stdout, listed.stdout + listed.stderr
+    refused = replicator("restore", "-c", str(d.config_path), "--target", "local", "--database", name, "--to-end",
+                         "--data-dir", str(tmp_path / "r1"))
+    assert refused.returncode != 0 and "encrypted (age): give --identity" in refused.stderr, refused.stderr
+    assert "Traceback" not in refused.stderr
+    done = replicator("restore", "-c", str(d.config_path), "--target", "local", "--database", name, "--to-end",
+                      "--data-dir", str(tmp_path / "r2"), "--identity", str(identity))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"transaction {want}" in done.stdout or str(want) in done.stdout, done.stdout

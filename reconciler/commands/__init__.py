@@ -57,3 +57,15 @@ def size(n: float) -> str:
             return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
         n /= 1024
     return f"{n:.1f} TiB"
+
+
+def identities_for(args: argparse.Namespace, cfg) -> list | None:
+    """The age identities an encrypted archive or segment is read with:
+    --identity, else the configuration's backup.encryption.identity_file;
+    None without either."""
+    from pathlib import Path
+
+    from reconciler.encryption import load_identities
+    given = getattr(args, "identity", None)
+    path = Path(given) if given else (cfg.backup.encryption.identity_file if cfg is not None else None)
+    return load_identities(path) if path is not None else None

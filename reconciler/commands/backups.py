@@ -5,7 +5,7 @@ import argparse
 import sys
 import time
 
-from reconciler.commands import load_config, size
+from reconciler.commands import identities_for, load_config, size
 from reconciler.errors import ReplicatorError
 
 
@@ -59,17 +59,6 @@ def backup(args: argparse.Namespace) -> int:
     return 0
 
 
-def _identities(args: argparse.Namespace, cfg) -> list | None:
-    """The age identities to decrypt with: --identity, else the
-    configuration's backup.encryption.identity_file; None without either."""
-    from pathlib import Path
-
-    from reconciler.encryption import load_identities
-    given = getattr(args, "identity", None)
-    path = Path(given) if given else (cfg.backup.encryption.identity_file if cfg is not None else None)
-    return load_identities(path) if path is not None else None
-
-
 def _optional_config(args: argparse.Namespace):
     if not args.config:
         return None
@@ -83,7 +72,7 @@ def verify(args: argparse.Namespace) -> int:
     from reconciler.trust.sources import vouch_for_archive
     cfg = _optional_config(args)
     target_cfg, name = archive_target(cfg, args.archive, args.target)
-    identities = _identities(args, cfg)
+    identities = identities_for(args, cfg)
     with opened_archive(cfg, args.archive, args.target) as (stream, location):
         reader = HashingReader(stream)
         result = archive.verify(reader, identities=identities)
@@ -125,7 +114,7 @@ def restore(args: argparse.Namespace) -> int:
     from reconciler.trust.sources import vouch_for_archive
     cfg = _optional_config(args)
     target_cfg, name = archive_target(cfg, args.archive, args.target)
-    identities = _identities(args, cfg)
+    identities = identities_for(args, cfg)
     with opened_archive(cfg, args.archive, args.target) as (stream, location):
         reader = HashingReader(stream)
 
@@ -212,7 +201,7 @@ def drill(args: argparse.Namespace) -> int:
     if args.immudb_binary:
         drill_cfg = replace(drill_cfg, immudb_binary=args.immudb_binary)
     result = drill_archive(cfg, args.archive, args.target, drill_cfg, say=print, live=not args.no_live,
-                           unanchored=args.unanchored, identities=_identities(args, cfg))
+                           unanchored=args.unanchored, identities=identities_for(args, cfg))
     seconds = result.finished_at - result.started_at
     if not result.ok:
         for problem in result.problems or ["no database was checked"]:

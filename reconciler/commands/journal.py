@@ -8,7 +8,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from reconciler.commands import load_config, size
+from reconciler.commands import identities_for, load_config, size
 from reconciler.errors import ReplicatorError
 
 
@@ -94,8 +94,9 @@ def restore_to_point(args: argparse.Namespace) -> int:
     if data_dir is not None and (data_dir.is_symlink() or data_dir.exists() and (
             not data_dir.is_dir() or any(data_dir.iterdir()))):
         raise ReplicatorError(f"{data_dir} is not an empty folder: a journal is restored into a new one")
+    from reconciler.encryption import Sealing
     bar = _Bar()
-    with JournalStore(target_cfg, database) as store, journal_anchors(
+    with JournalStore(target_cfg, database, Sealing(identities=identities_for(args, cfg))) as store, journal_anchors(
             cfg, target_cfg, database, live=not args.no_live, unanchored=args.unanchored,
             allow_rollback=args.allow_rollback) as anchors:
         limits = _limits(anchors, cfg, database)
@@ -204,6 +205,7 @@ class _Bar:
 
 def list_journal(args: argparse.Namespace) -> int:
     from reconciler.backup.locate import target_named
+    from reconciler.encryption import EncryptionError
     from reconciler.journal.bases import bases
     from reconciler.journal.store import JournalStore, chain_to
     from reconciler.signed import TrustError
@@ -223,7 +225,10 @@ def list_journal(args: argparse.Namespace) -> int:
             if tip is None:
                 continue
             chain = chain_to(segments, tip)
-            header = store.header(tip.name)
+            try:
+                header = store.header(tip.name)
+            except EncryptionError:  # listing needs no identity: the names say the rest
+                header = None
             held = f"{chain.first_tx}-{chain.last_tx}"
             if chain.hole is None:
                 state = "complete from transaction 1"
@@ -249,8 +254,8 @@ def list_journal(args: argparse.Namespace) -> int:
                 else:
                     state += f"; local checkpoint at transaction {mark.tx_id}"
             total = sum(infos[s.name].size for s in segments if s.name in infos)
-            print(f"{database:<24} {held:>14} {len(segments):>9} {size(total):>10}  {_when(header.last_ts):<21} "
-                  f"{state}")
+            when = _when(header.last_ts) if header is not None else "(encrypted)"
+            print(f"{database:<24} {held:>14} {len(segments):>9} {size(total):>10}  {when:<21} {state}")
     return 0
 
 

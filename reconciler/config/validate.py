@@ -294,9 +294,6 @@ def _encryption_problems(backup: dict, lines: Lines) -> list[str]:
         problems.append(f"{at(('backup', 'verify_after_upload'), lines)}: full decrypts the archive read back: "
                         f"set backup.encryption.identity_file, or use true (the stored bytes are proven "
                         f"without decrypting)")
-    if backup["continuous"]["target"] is not None:
-        problems.append(f"{at(('backup', 'continuous', 'target'), lines)}: journal segments are not encrypted "
-                        f"yet: with backup.encryption they would be stored in the clear; turn one of them off")
     return problems
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from reconciler.admin import ImmudbAdmin, ImmudbError
 from reconciler.config.model import Config, ContinuousConfig
+from reconciler.encryption import EncryptionError, Sealing, load_recipients
 from reconciler.journal.shipper import Journal, Witnesses
 from reconciler.journal.store import JournalStore
 from reconciler.log import event
@@ -44,7 +45,7 @@ class Journals:
         if c is None:
             return None
         return (c, cfg.backup.targets.get(c.target), cfg.replica, cfg.primary, cfg.backup.trust,
-                cfg.reconcile.rename)
+                cfg.reconcile.rename, cfg.backup.encryption, _digest(cfg.backup.encryption.recipients_file))
 
     def sync(self, cfg: Config | None = None) -> None:
         """Start and stop journals to match the configuration and the
@@ -75,13 +76,31 @@ class Journals:
                 self._journals.pop(name).stop()
                 event(log, "journal_stopped", database=name, reason="no longer a selected replica database")
             target_cfg = self.cfg.backup.targets[settings.target]
-            for name in sorted(wanted - set(self._journals)):
-                journal = Journal(name, self._replica, lambda n=name: JournalStore(target_cfg, n), settings,
+            starting = sorted(wanted - set(self._journals))
+            sealing = self._sealing() if starting else None
+            if sealing is None:
+                return  # nothing to start, or encryption configured and not applicable (logged): none in the clear
+            for name in starting:
+                journal = Journal(name, self._replica, lambda n=name: JournalStore(target_cfg, n, sealing), settings,
                                   spool_root(settings), settings.target, self._witnesses(name, target_cfg))
                 self._journals[name] = journal
                 journal.start()
                 event(log, "journal_started", database=name, target=settings.target,
                       segment_max_seconds=settings.segment_max_seconds)
+
+    def _sealing(self) -> Sealing | None:
+        """The segments' encryption (backup.encryption's recipients, read
+        now): a Sealing, one that leaves them as they are when encryption is
+        off, or None (logged) when it is on and cannot be applied."""
+        enc = self.cfg.backup.encryption
+        if not enc.enabled:
+            return Sealing()
+        try:
+            return Sealing(load_recipients(enc.recipients, [enc.recipients_file] if enc.recipients_file else []))
+        except EncryptionError as exc:
+            event(log, "journal_not_started", logging.ERROR, error=str(exc),
+                  detail="backup.encryption cannot be applied: no segment is shipped in the clear")
+            return None
 
     def _witnesses(self, database: str, target_cfg) -> Witnesses:
         """The primary's signatures (asked with a short timeout: a primary
@@ -133,3 +152,16 @@ class Journals:
         with self._lock:
             journals = list(self._journals.values())
         return [j.snapshot() for j in sorted(journals, key=lambda j: j.database)]
+
+
+def _digest(path) -> str | None:
+    """What a recipients file holds now (a change restarts the journals, which
+    then encrypt to the new recipients); None when there is none or it
+    cannot be read (the journals' start says why)."""
+    if path is None:
+        return None
+    import hashlib
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return None

@@ -8,6 +8,7 @@ from typing import BinaryIO
 
 from reconciler import targets
 from reconciler.config.model import TargetConfig
+from reconciler.encryption import Sealing
 from reconciler.journal.format import SUFFIX, SegmentInfo, SegmentName, parse_name, read_header
 
 SEGMENT_TEMPLATE = "{segment}" + SUFFIX
@@ -36,8 +37,9 @@ class JournalStore:
     """One database's segments on one target. Not thread-safe: one user at a
     time (the journal's uploader, or a restore)."""
 
-    def __init__(self, cfg: TargetConfig, database: str):
+    def __init__(self, cfg: TargetConfig, database: str, sealing: Sealing | None = None):
         self.database = database
+        self.sealing = sealing or Sealing()  # segments encrypted to its recipients, read with its identities
         self.origin = cfg  # the target as configured (its archives are the journal's snapshot bases)
         self.cfg = journal_target(cfg, database)
         self.target = targets.build(self.cfg)
@@ -83,6 +85,7 @@ class JournalStore:
         """Upload one segment, atomically. False when it was there already
         (an upload that committed before a crash): a segment's name holds
         its range and hashes, so the same name is the same segment."""
+        blob = self.sealing.seal(blob)  # before anything is opened: never a plaintext segment by mistake
         try:
             upload = self.target.open(name, size_hint=len(blob))
         except targets.ArchiveExists:
@@ -96,7 +99,14 @@ class JournalStore:
         return True
 
     def open(self, name: str) -> BinaryIO:
-        return self.target.read(name)
+        """Segment `name`'s bytes, decrypted when they are encrypted. Raises
+        EncryptionError when they are and this store has no identity."""
+        raw = self.target.read(name)
+        try:
+            return self.sealing.opened(raw, f"segment {name}")
+        except BaseException:
+            raw.close()
+            raise
 
     def header(self, name: str) -> SegmentInfo:
         with self.open(name) as stream:
