@@ -25,11 +25,33 @@ from reconciler.errors import ReplicatorError
 
 AGE_MAGIC = b"age-encryption.org/v1\n"
 ARMORED_MAGIC = b"-----BEGIN AGE ENCRYPTED FILE-----"
+HEAD = max(len(AGE_MAGIC), len(ARMORED_MAGIC))  # the bytes is_encrypted needs
 _QUEUE_DEPTH = 8          # chunks in flight between the compressor and the encrypting thread
 
 
 class EncryptionError(ReplicatorError):
     pass
+
+
+MAX_KEY_FILE = 1024 * 1024  # a recipients or identity file larger than this is no key file
+
+
+def _read_key_file(path: Path, what: str) -> bytes:
+    """A regular file of at most MAX_KEY_FILE bytes (never a FIFO or a
+    device, which could block or never end)."""
+    import os
+    import stat
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as exc:
+        raise EncryptionError(f"{what} {path}: cannot be read ({exc.strerror or exc})") from None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise EncryptionError(f"{what} {path}: not a regular file")
+        if st.st_size > MAX_KEY_FILE:
+            raise EncryptionError(f"{what} {path}: {st.st_size} bytes, more than a key file holds")
+        return f.read(MAX_KEY_FILE + 1)[:MAX_KEY_FILE]
 
 
 def _pyrage() -> Any:
@@ -68,10 +90,9 @@ def load_recipients(inline: Sequence[str], files: Sequence[Path]) -> list[Any]:
     found = [parse_recipient(r, f"backup.encryption.recipients[{i}]") for i, r in enumerate(inline)]
     for path in files:
         try:
-            lines = Path(path).read_text().splitlines()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise EncryptionError(f"backup.encryption.recipients_file {path}: cannot be read "
-                                  f"({getattr(exc, 'strerror', None) or type(exc).__name__})") from None
+            lines = _read_key_file(Path(path), "backup.encryption.recipients_file").decode().splitlines()
+        except UnicodeDecodeError:
+            raise EncryptionError(f"backup.encryption.recipients_file {path}: not text") from None
         for n, line in enumerate(lines, 1):
             if line.strip() and not line.lstrip().startswith("#"):
                 found.append(parse_recipient(line, f"{path} line {n}"))
@@ -85,17 +106,18 @@ def load_identities(path: Path) -> list[Any]:
     AGE-SECRET-KEY-1...), or an unencrypted OpenSSH private key. Never
     prints the file."""
     pyrage = _pyrage()
+    data = _read_key_file(Path(path), "identity file")
     try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        raise EncryptionError(f"identity file {path}: cannot be read ({exc.strerror or exc})") from None
-    try:
-        if b"-----BEGIN OPENSSH PRIVATE KEY-----" in data:
+        if b"-----BEGIN " in data and b" PRIVATE KEY-----" in data:  # OpenSSH, or a PEM RSA key
             return [pyrage.ssh.Identity.from_buffer(data)]
         keys = [line.strip() for line in data.decode().splitlines() if line.strip().startswith("AGE-SECRET-KEY-")]
         found = [pyrage.x25519.Identity.from_str(k) for k in keys]
     except Exception as exc:  # noqa: BLE001 - whatever pyrage says, the key's bytes are never in the message
-        raise EncryptionError(f"identity file {path}: not a valid age or OpenSSH identity "
+        if "decrypted first" in str(exc) or "passphrase" in str(exc).lower():
+            raise EncryptionError(f"identity file {path}: a passphrase-protected SSH key, which is not supported "
+                                  f"(use an age key from age-keygen, or a copy of the key without a "
+                                  f"passphrase)") from None
+        raise EncryptionError(f"identity file {path}: not a valid age or SSH identity "
                               f"({type(exc).__name__})") from None
     if not found:
         raise EncryptionError(f"identity file {path}: holds no identity (AGE-SECRET-KEY-1... lines, as age-keygen "
@@ -104,19 +126,26 @@ def load_identities(path: Path) -> list[Any]:
 
 
 class _QueueReader(io.RawIOBase):
-    """What pyrage reads from: the chunks put in `chunks`, then EOF at None."""
+    """What pyrage reads from: the chunks put in `chunks`, then EOF at None.
+    Once `aborted` is set it fails instead, so that pyrage stops without
+    writing the end of the stream."""
 
-    def __init__(self, chunks: queue.Queue):
-        self.chunks, self.pending, self.done = chunks, memoryview(b""), False
+    def __init__(self, chunks: queue.Queue, aborted: threading.Event):
+        self.chunks, self.pending, self.done, self.aborted = chunks, memoryview(b""), False, aborted
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer: Any) -> int:
         while not self.pending:
+            if self.aborted.is_set():
+                raise BrokenPipeError("aborted")
             if self.done:
                 return 0
-            chunk = self.chunks.get()
+            try:
+                chunk = self.chunks.get(timeout=0.2)
+            except queue.Empty:
+                continue
             if chunk is None:
                 self.done = True
                 return 0
@@ -148,6 +177,7 @@ class Encrypting:
     def __init__(self, sink: Any, recipients: Sequence[Any]):
         self._pyrage = _pyrage()
         self._chunks: queue.Queue = queue.Queue(maxsize=_QUEUE_DEPTH)
+        self._aborted = threading.Event()
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, args=(sink, list(recipients)), name="encrypt",
                                         daemon=True)
@@ -156,7 +186,7 @@ class Encrypting:
 
     def _run(self, sink: Any, recipients: list[Any]) -> None:
         try:
-            self._pyrage.encrypt_io(_QueueReader(self._chunks), _SinkWriter(sink), recipients)
+            self._pyrage.encrypt_io(_QueueReader(self._chunks, self._aborted), _SinkWriter(sink), recipients)
         except BaseException as exc:  # noqa: BLE001 - handed to the writer's next write or close
             self._error = exc
             while True:  # let a writer blocked on a full queue go on (to see the error)
@@ -165,10 +195,18 @@ class Encrypting:
                 except queue.Empty:
                     break
 
+    def _failed(self) -> BaseException:
+        """What to raise for the encrypting thread's error: the sink's own
+        error as it is (a full disk stays ENOSPC), anything else wrapped."""
+        error = self._error
+        if isinstance(error, (OSError, ReplicatorError)):
+            return error
+        return EncryptionError(f"encrypting the archive failed: {type(error).__name__}: {error}")
+
     def _put(self, item: bytes | None) -> None:
         while True:
             if self._error is not None:
-                raise EncryptionError(f"encrypting the archive failed: {self._error}") from self._error
+                raise self._failed()
             try:
                 self._chunks.put(item, timeout=0.2)
                 return
@@ -196,29 +234,42 @@ class Encrypting:
         self._put(None)
         self._thread.join()
         if self._error is not None:
-            raise EncryptionError(f"encrypting the archive failed: {self._error}") from self._error
+            raise self._failed()
 
     def abort(self) -> None:
-        """Stop without finishing the stream (a failed backup). Never raises."""
+        """Stop without finishing the stream (a failed backup): pyrage's next
+        read fails, so no end of stream is written. Never raises."""
         self.closed = True
+        self._aborted.set()
         self._error = self._error or EncryptionError("aborted")
-        try:
-            self._chunks.put_nowait(None)
-        except queue.Full:
-            pass
-        self._thread.join(timeout=30)
+        self._thread.join(timeout=30)  # a sink stuck in a write holds it; the upload's abort follows anyway
 
 
 class _QueueWriter(io.RawIOBase):
-    def __init__(self, chunks: queue.Queue):
-        self.chunks = chunks
+    """Where pyrage writes plaintext: a bounded queue; once `stop` is set
+    (the reader went away) it fails, so that pyrage returns."""
+
+    def __init__(self, chunks: queue.Queue, stop: threading.Event):
+        self.chunks, self.stop = chunks, stop
 
     def writable(self) -> bool:
         return True
 
     def write(self, data: Any) -> int:
-        self.chunks.put(bytes(data))
+        put(self.chunks, bytes(data), self.stop)
         return len(data)
+
+
+def put(chunks: queue.Queue, item: Any, stop: threading.Event) -> None:
+    """Put `item` in the bounded queue unless `stop` is set (BrokenPipeError)."""
+    while True:
+        if stop.is_set():
+            raise BrokenPipeError("the reader stopped")
+        try:
+            chunks.put(item, timeout=0.2)
+            return
+        except queue.Full:
+            continue
 
 
 class Decrypting(io.RawIOBase):
@@ -238,11 +289,14 @@ class Decrypting(io.RawIOBase):
 
         def run() -> None:
             try:
-                pyrage.decrypt_io(stream, _QueueWriter(self._chunks), list(identities))
+                pyrage.decrypt_io(stream, _QueueWriter(self._chunks, self._stop), list(identities))
             except BaseException as exc:  # noqa: BLE001 - handed to the reader
                 self._error = exc
             finally:
-                self._chunks.put(None)
+                try:
+                    put(self._chunks, None, self._stop)
+                except BrokenPipeError:
+                    pass
         self._thread = threading.Thread(target=run, name="decrypt", daemon=True)
         self._thread.start()
 
@@ -267,13 +321,17 @@ class Decrypting(io.RawIOBase):
 
 
     def close(self) -> None:
-        """Stop early: let the decrypting thread end (it waits on a full queue)."""
+        """Stop early: the decrypting thread's next write fails, so it ends
+        without decrypting the rest."""
         if not self.closed:
-            while self._thread.is_alive():
+            import time
+            self._stop.set()
+            deadline = time.monotonic() + 30  # a read of the source stuck in the network: left to its timeout
+            while self._thread.is_alive() and time.monotonic() < deadline:
                 try:
-                    self._chunks.get(timeout=0.1)
+                    self._chunks.get_nowait()
                 except queue.Empty:
-                    pass
+                    self._thread.join(timeout=0.1)
         super().close()
 
 
@@ -306,7 +364,7 @@ class Sealing:
         """`stream` to read, decrypted when it is an age file. Raises
         EncryptionError when it is one and there is no identity."""
         buffered = stream if isinstance(stream, io.BufferedReader) else io.BufferedReader(_Raw(stream))
-        if not is_encrypted(buffered.peek(len(AGE_MAGIC))[:len(AGE_MAGIC)]):
+        if not is_encrypted(buffered.peek(HEAD)[:HEAD]):
             return buffered
         if not self.identities:
             raise EncryptionError(f"{what} is encrypted (age): give --identity FILE, or set "

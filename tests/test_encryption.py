@@ -76,17 +76,18 @@ def test_encrypting_then_decrypting_gives_the_bytes_back_whatever_the_chunks(key
     assert back == data
 
 
-def _archive(tmp_path, recipient) -> bytes:
-    tree = tmp_path / "tree" / "db1"
+def _archive(tmp_path, recipient, content: bytes = b"the-secret-value-" * 1000) -> bytes:
+    tree = tmp_path / f"tree{len(content)}" / "db1"
     tree.mkdir(parents=True)
-    (tree / "values").write_bytes(b"the-secret-value-" * 1000)
+    (tree / "values").write_bytes(content)
     sink = _Memory()
     enc = Encrypting(sink, load_recipients([recipient], []))
     writer = archive.ArchiveWriter(enc, "none")
     files = writer.add_tree(tree, "db1")
     writer.finish(manifest_from_dict({
         "tool": "t", "backup_id": "b", "started_at": "s", "finished_at": "f", "compression": "none",
-        "databases": [{"name": "db1", "tx_id": 1, "tx_hash": "0" * 64, "files": len(files), "bytes": 17000}]}))
+        "databases": [{"name": "db1", "tx_id": 1, "tx_hash": "0" * 64, "files": len(files),
+                       "bytes": len(content)}]}))
     enc.close()
     return sink.value()
 
@@ -110,6 +111,52 @@ def test_an_encrypted_archive_reads_only_with_its_identity_and_only_unchanged(tm
             name, got.problems)
 
 
+def test_damage_after_the_tars_end_is_caught_too_whatever_falls_on_a_read_boundary(tmp_path, key):
+    """The tar ends before the stream does (its last record, age's last
+    chunk): a reader that stopped at the end-of-archive block would let a
+    lengthened, cut or changed last chunk pass. This size puts a 1 MiB read
+    boundary between the end block and the end of the stream."""
+    path, recipient = key
+    ids = load_identities(path)
+    blob = _archive(tmp_path, recipient, os.urandom(1042576))
+    assert archive.verify(io.BytesIO(blob), identities=ids).ok
+    for name, damaged in (("lengthened", blob + os.urandom(65536)), ("one byte more", blob + b"\0"),
+                          ("last byte flipped", blob[:-1] + bytes([blob[-1] ^ 1])), ("cut", blob[:-10])):
+        got = archive.verify(io.BytesIO(damaged), identities=ids)
+        assert not got.ok and got.sealed, (name, got.problems)
+
+
+def test_a_failed_read_leaves_no_decrypting_thread_behind(tmp_path, key):
+    import threading
+    path, recipient = key
+    blob = _archive(tmp_path, recipient, os.urandom(4 << 20))
+    damaged = blob[:100_000] + bytes([blob[100_000] ^ 1]) + blob[100_001:]
+    assert not archive.verify(io.BytesIO(damaged), identities=load_identities(path)).ok
+    from tests.support.waiting import wait_for
+    wait_for(lambda: not [t for t in threading.enumerate() if t.name == "decrypt"], 10, "the decrypt thread to end")
+
+
+def test_an_aborted_encryption_ends_its_thread_and_finishes_no_stream(key):
+    import threading
+    import time as clock
+    path, recipient = key
+
+    class Slow(_Memory):
+        def write(self, data):
+            clock.sleep(0.2)
+            return super().write(data)
+    sink = Slow()
+    enc = Encrypting(sink, load_recipients([recipient], []))
+    for _ in range(12):
+        enc.write(os.urandom(65536))
+    enc.abort()
+    from tests.support.waiting import wait_for
+    wait_for(lambda: not [t for t in threading.enumerate() if t.name == "encrypt"], 30, "the encrypt thread to end")
+    import pyrage
+    with pytest.raises(Exception):  # noqa: B017 - whatever pyrage says, even with the right identity: no whole age file
+        pyrage.decrypt(sink.value(), load_identities(path))
+
+
 # ---------------------------------------------------------------------- key files, pure
 
 def test_recipients_that_do_not_parse_are_refused_naming_where(tmp_path):
@@ -131,10 +178,20 @@ def test_an_identity_file_that_does_not_parse_is_refused_without_printing_it(tmp
     path.write_text(secret + "\n")
     with pytest.raises(EncryptionError) as caught:
         load_identities(path)
-    assert secret not in str(caught.value) and "not a valid age or OpenSSH identity" in str(caught.value)
+    assert secret not in str(caught.value) and "not a valid age or SSH identity" in str(caught.value)
     path.write_text("nothing here\n")
     with pytest.raises(EncryptionError, match="holds no identity"):
         load_identities(path)
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)  # would block a plain read forever
+    with pytest.raises(EncryptionError, match="not a regular file"):
+        load_identities(fifo)
+    with pytest.raises(EncryptionError, match="not a regular file"):
+        load_recipients([], [fifo])
+    big = tmp_path / "big"
+    big.write_bytes(b"#" * (2 << 20))
+    with pytest.raises(EncryptionError, match="more than a key file holds"):
+        load_identities(big)
 
 
 # ---------------------------------------------------------------------- configuration: fail closed
@@ -161,6 +218,12 @@ def test_encryption_that_cannot_be_applied_or_does_not_cover_everything_is_refus
     assert "not a valid recipient" in _problems(tmp_path, {"encryption": {"recipients": ["age1nope"]}})
     assert "cannot be read" in _problems(tmp_path, {"encryption": {"recipients_file": str(tmp_path / "none")}})
     assert "names an identity but no recipient" in _problems(tmp_path, {"encryption": {"identity_file": str(path)}})
+    # a variable set to nothing, or a section left empty, never means "in the clear" silently
+    assert "recipients_file" in _problems(tmp_path, {"encryption": {"recipients_file": ""}})
+    assert "names no recipient" in _problems(tmp_path, {"encryption": {"recipients": []}})
+    assert "a drill decrypts the archive" in _problems(tmp_path, {
+        "targets": targets_, "encryption": {"recipients": [recipient]},
+        "schedules": [{"cron": "0 4 * * *", "target": "t", "action": "drill"}]})
     assert "set backup.encryption.identity_file" in _problems(
         tmp_path, {"verify_after_upload": "full", "encryption": {"recipients": [recipient]}})
     assert _problems(tmp_path, {"verify_after_upload": "full",

@@ -42,6 +42,11 @@ class ArchiveError(ReplicatorError):
     """The archive is invalid: corrupt, truncated, unsafe, or not ours."""
 
 
+class ArchiveSealed(ArchiveError):
+    """The archive is encrypted and cannot be read: no identity given, or
+    none of them opens it, or its ciphertext does not authenticate."""
+
+
 class SourceError(ReplicatorError):
     """A database folder could not be archived whole (unreadable, a link, a
     name readers would refuse): the backup fails, naming the path."""
@@ -79,16 +84,21 @@ def open_compressor(kind: str, level: int | None, raw: BinaryIO, threads: int | 
     raise ValueError(f"unknown compression {kind!r}")
 
 
-def open_decompressor(stream: BinaryIO, identities: Sequence[Any] | None = None) -> tuple[str, BinaryIO]:
+def open_decompressor(stream: BinaryIO, identities: Sequence[Any] | None = None,
+                      opened: list | None = None) -> tuple[str, BinaryIO]:
     """(kind, readable plain stream), the kind told by the magic bytes. An
     age-encrypted stream is decrypted with `identities` first (ArchiveError
-    when none are given)."""
+    when none are given); the decrypting stream goes into `opened`, for the
+    caller to close."""
     buffered = stream if isinstance(stream, io.BufferedReader) else io.BufferedReader(_Readable(stream), CHUNK)
-    if encryption.is_encrypted(buffered.peek(len(encryption.AGE_MAGIC))[:len(encryption.AGE_MAGIC)]):
+    if encryption.is_encrypted(buffered.peek(encryption.HEAD)[:encryption.HEAD]):
         if not identities:
-            raise ArchiveError("the archive is encrypted (age): give --identity FILE, or set "
-                               "backup.encryption.identity_file, to read it")
-        buffered = io.BufferedReader(encryption.Decrypting(buffered, identities), CHUNK)
+            raise ArchiveSealed("the archive is encrypted (age): give --identity FILE, or set "
+                                "backup.encryption.identity_file, to read it")
+        decrypting = encryption.Decrypting(buffered, identities)
+        if opened is not None:
+            opened.append(decrypting)
+        buffered = io.BufferedReader(decrypting, CHUNK)
     head = buffered.peek(4)[:4]
     if head.startswith(GZIP_MAGIC):
         from isal import igzip
@@ -418,6 +428,7 @@ class Verification:
     files: dict[str, FileEntry] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
     compression: str = ""
+    sealed: bool = False   # encrypted and not readable (no identity, another one, or changed ciphertext)
 
     @property
     def ok(self) -> bool:
@@ -433,7 +444,7 @@ def _damage_is_archive_error():
     try:
         yield
     except encryption.EncryptionError as exc:
-        raise ArchiveError(str(exc)) from None
+        raise ArchiveSealed(str(exc)) from None
     except (tarfile.TarError, EOFError, zlib.error, OSError, ValueError) as exc:
         raise ArchiveError(f"archive is truncated or corrupt: {exc}") from None
     except Exception as exc:
@@ -475,6 +486,18 @@ class _TarReader:
                 raise ArchiveError("archive is truncated or corrupt: unexpected end of data")
             data += more
         return data
+
+    def read_to_end(self) -> None:
+        """Read what follows the end-of-archive block to the end of the
+        stream: zeros only (the rest of the last record). Reading it is what
+        checks the gzip trailer and age's final chunk; anything else there is
+        damage, or data someone added."""
+        while True:
+            data = self.read(CHUNK)
+            if not data:
+                return
+            if data.count(0) != len(data):
+                raise ArchiveError("archive is damaged or was added to: data follows its end-of-archive blocks")
 
     def skip_to(self, offset: int) -> None:
         while self.position < offset:
@@ -519,15 +542,21 @@ def iterate(stream: BinaryIO, identities: Sequence[Any] | None = None,
     ArchiveError for an unsafe member and for corrupt or truncated data.
     Decompression (and decryption, with `identities`) runs ahead in a
     thread of its own."""
+    opened: list = []
     with _damage_is_archive_error():
-        kind, plain = open_decompressor(stream, identities)
+        kind, plain = open_decompressor(stream, identities, opened)
         ahead = _ReadAhead(plain)
         reader = _TarReader(io.BufferedReader(ahead, CHUNK))
-    with contextlib.closing(ahead):
+    with contextlib.ExitStack() as closing:
+        for decrypting in opened:
+            closing.callback(decrypting.close)
+        closing.callback(ahead.close)
         while True:
             with _damage_is_archive_error():
                 member = reader.next()
             if member is None:
+                with _damage_is_archive_error():
+                    reader.read_to_end()  # the compressor's and the cipher's own checks are at the very end
                 return
             problem = check_member(member)
             if problem:
@@ -607,6 +636,7 @@ def read(stream: BinaryIO, store: Store | None = None,
             result.files[name] = FileEntry(name, size, digest)
     except ArchiveError as exc:
         result.problems.append(str(exc))
+        result.sealed = isinstance(exc, ArchiveSealed)
         return result
     finally:
         hasher.close()

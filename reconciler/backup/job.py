@@ -106,6 +106,7 @@ class Backups:
         self.worker: threading.Thread | None = None
         self._recovering = False  # recover() holds the locks
         self._signer: ImmudbAdmin | None = None  # the primary, asked for signed states
+        self._reading: list | None = None  # the identities the full read-back decrypts with
 
     @property
     def running(self) -> bool:
@@ -194,6 +195,8 @@ class Backups:
         if not data_dir.is_dir():
             raise BackupError(f"replica data_dir {data_dir} is not a directory this process can read")
         recipients = self._recipients()  # before anything is unloaded: never an archive in the clear by mistake
+        # the full read-back decrypts: its identity is read now too, not after the archive is committed
+        self._reading = self._identities() if self.cfg.backup.verify_after_upload == "full" else None
         chosen = self.select()
         if not chosen:
             raise BackupError("no replica database to back up (defaultdb and systemdb cannot be unloaded)")
@@ -368,7 +371,7 @@ class Backups:
         from reconciler.trust.archives import HashingReader
         try:
             with contextlib.closing(HashingReader(target.read(name))) as stream:
-                checked = archive.read(stream, identities=self._identities())
+                checked = archive.read(stream, identities=self._reading)
                 stream.drain(written.size + 1 - stream.size)
             problems = checked.problems
             got_id = checked.manifest.backup_id if checked.manifest is not None else None

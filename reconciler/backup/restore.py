@@ -111,6 +111,8 @@ def restore(stream: BinaryIO, data_dir: Path, databases: list[str] | None = None
             seen = archive.read(stream, _Scratch(scratch, wanted), on_bytes=on_bytes, identities=identities)
         except OSError as exc:
             raise RestoreError(f"nothing restored: {exc.strerror or exc}: {exc.filename}") from None
+        if seen.sealed:
+            raise RestoreError(f"nothing restored: {seen.problems[0]}")
         if not seen.ok:
             raise RestoreError("archive invalid or damaged, nothing restored: " + "; ".join(seen.problems[:5]) +
                                (f" (and {len(seen.problems) - 5} more)" if len(seen.problems) > 5 else ""))

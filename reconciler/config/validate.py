@@ -277,6 +277,9 @@ def _encryption_problems(backup: dict, lines: Lines) -> list[str]:
         if encryption["identity_file"]:
             return [f"{at(path + ('identity_file',), lines)}: names an identity but no recipient: set recipients "
                     f"or recipients_file (archives are written unencrypted otherwise)"]
+        if any(p[:2] == path for p in lines):  # the section is written, and says nothing: never in the clear then
+            return [f"{at(path, lines)}: names no recipient (recipients or recipients_file): archives would be "
+                    f"written unencrypted; remove the section to mean that"]
         return []
     from reconciler.encryption import EncryptionError, load_identities, load_recipients
     problems = []
@@ -290,10 +293,15 @@ def _encryption_problems(backup: dict, lines: Lines) -> list[str]:
             load_identities(Path(encryption["identity_file"]))
         except EncryptionError as exc:
             problems.append(f"{at(path + ('identity_file',), lines)}: {exc}")
-    elif backup["verify_after_upload"] == "full":
-        problems.append(f"{at(('backup', 'verify_after_upload'), lines)}: full decrypts the archive read back: "
-                        f"set backup.encryption.identity_file, or use true (the stored bytes are proven "
-                        f"without decrypting)")
+    else:
+        if backup["verify_after_upload"] == "full":
+            problems.append(f"{at(('backup', 'verify_after_upload'), lines)}: full decrypts the archive read back: "
+                            f"set backup.encryption.identity_file, or use true (the stored bytes are proven "
+                            f"without decrypting)")
+        for i, schedule in enumerate(backup["schedules"]):
+            if schedule.get("action") == "drill":
+                problems.append(f"{at(('backup', 'schedules', i, 'action'), lines)}: a drill decrypts the archive: "
+                                f"set backup.encryption.identity_file (on the machine that drills)")
     return problems
 
 
