@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import os
 import subprocess
+import time
 
 import pytest
 import yaml
@@ -380,3 +381,29 @@ def test_journal_segments_are_encrypted_and_replay_only_with_the_identity(
                       "--data-dir", str(tmp_path / "r2"), "--identity", str(identity))
     assert done.returncode == 0, done.stdout + done.stderr
     assert f"transaction {want}" in done.stdout or str(want) in done.stdout, done.stdout
+
+
+def test_keys_over_time_a_new_recipient_applies_to_the_next_archive_and_old_ones_keep_theirs(
+        tmp_path, primary_server, replica_server, replicated, key):
+    prefix, _, _ = replicated
+    old_identity, old_recipient = key
+    new = x25519.Identity.generate()
+    new_identity = tmp_path / "new-key.txt"
+    new_identity.write_text(f"{new}\n")
+    listed = tmp_path / "recipients.txt"
+    listed.write_text(f"# the restore team\n{old_recipient}\n")
+    out = tmp_path / "out"
+    cfg = write_config(tmp_path, primary_server, replica_server, prefix, name="rotating.yaml",
+                       targets={"t": {"type": "file", "path": str(out / "r-{timestamp}.tar.gz"), "create_dirs": True}},
+                       encryption={"recipients_file": str(listed)})
+    assert replicator("backup", "-c", str(cfg), "--target", "t").returncode == 0
+    [first] = sorted(out.iterdir())
+    listed.write_text(f"{new.to_public()}\n")  # the old key retired: read again at the next backup
+    wait_for(lambda: time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) not in first.name, 5, "the next second")
+    assert replicator("backup", "-c", str(cfg), "--target", "t").returncode == 0
+    second = next(p for p in sorted(out.iterdir()) if p != first)
+    for archive_path, opens, refuses in ((first, old_identity, new_identity), (second, new_identity, old_identity)):
+        ok = replicator("verify", str(archive_path), "-c", str(cfg), "--identity", str(opens))
+        assert ok.returncode == 0, ok.stderr
+        no = replicator("verify", str(archive_path), "-c", str(cfg), "--identity", str(refuses))
+        assert no.returncode != 0 and "no given identity is among its recipients" in no.stderr, no.stderr
