@@ -95,3 +95,51 @@ def test_status_and_metrics_say_which_targets_lock(tmp_path, s3_server, primary_
         assert 'replicator_target_object_lock{target="plain"} 0.0' in text
     finally:
         d.stop()
+
+
+def test_journal_segments_and_bases_on_a_locked_bucket_are_locked_and_encrypted(
+        tmp_path, s3_server, primary_server, replica_server, followed, immudb_build):
+    """The journal at a locked S3 target with encryption: every segment and
+    base record under retention, every segment an age file without the
+    database's name or values; pruning the segments a base covers skips
+    them (locked) instead of failing."""
+    from pyrage import x25519
+
+    from reconciler.encryption import is_encrypted
+    from reconciler.journal.format import SUFFIX
+    from tests.support import immudb_data
+    from tests.support.waiting import wait_for
+    prefix, name = followed(0)
+    ident = x25519.Identity.generate()
+    bucket = _bucket(s3_server, locked=True)
+    target = _target(s3_server, bucket, object_lock={"mode": "GOVERNANCE", "retain_days": 1},
+                     retention={"keep_last": 1})
+    d = Daemon(tmp_path, primary_server, replica_server, prefix, reconcile={"interval": 1},
+               backup={"targets": {"t": target}, "encryption": {"recipients": [str(ident.to_public())]},
+                       "continuous": {"target": "t", "segment_max_seconds": 0.3,
+                                      "spool_dir": str(tmp_path / "spool")}}).start()
+    try:
+        written = immudb_data.write(primary_server, name, 4, prefix="secret_")
+        want = immudb_data.state(primary_server, name)[0]
+
+        def shipped() -> bool:
+            journals = {j["database"]: j for j in d.request("GET", "/status")[1]["journal"] or []}
+            return journals.get(name, {}).get("shipped_tx", 0) >= want
+        wait_for(shipped, 90, f"transaction {want} shipped")
+        assert d.request("POST", "/backup/start", {"target": "t"})[0] == 202  # a base: pruning may go
+        assert d.wait_backup(timeout=180)["last_result"]["result"] == "ok"
+    finally:
+        assert d.stop() == 0
+    client = s3_server.client()
+    objects = client.list_objects_v2(Bucket=bucket, Prefix=f"r/journal/{name}/")["Contents"]
+    segments = [o["Key"] for o in objects if o["Key"].endswith(SUFFIX)]
+    bases = [o["Key"] for o in objects if o["Key"].endswith(".base")]
+    assert segments and bases, objects
+    for key in segments + bases:
+        assert client.head_object(Bucket=bucket, Key=key)["ObjectLockMode"] == "GOVERNANCE", key
+    for key in segments:
+        blob = client.get_object(Bucket=bucket, Key=key)["Body"].read()
+        assert is_encrypted(blob[:32]) and name.encode() not in blob, key
+        assert not [v for v in written.values() if v in blob]
+    assert "Traceback" not in d.output() and "journal_bases_failed" not in d.output()
+    assert "segment_retained" in d.output()  # pruning reached the segments the base covers, and kept them
