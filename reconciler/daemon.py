@@ -217,6 +217,9 @@ class Service:
         new_hash = _file_hash(self.config_path)
         try:
             new = config_module.load(self.config_path, self.args)
+            problems = target_kinds.settings_problems(new.backup.targets)  # as at the start: object_lock, say
+            if problems:
+                raise ConfigError(problems)
         except ConfigError as exc:
             self.config_hash = new_hash  # do not retry the same broken content every few seconds
             self.last_reload_error = "; ".join(exc.problems)

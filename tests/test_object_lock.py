@@ -143,3 +143,21 @@ def test_journal_segments_and_bases_on_a_locked_bucket_are_locked_and_encrypted(
         assert not [v for v in written.values() if v in blob]
     assert "Traceback" not in d.output() and "journal_bases_failed" not in d.output()
     assert "segment_retained" in d.output()  # pruning reached the segments the base covers, and kept them
+
+
+def test_a_reload_that_adds_a_lock_on_a_bucket_without_it_is_rejected(
+        tmp_path, s3_server, primary_server, replica_server, replicated):
+    from tests.support.waiting import wait_for
+    prefix, _, _ = replicated
+    bucket = _bucket(s3_server, locked=False)
+    d = Daemon(tmp_path, primary_server, replica_server, prefix, backup={"targets": {"t": _target(s3_server, bucket)}})
+    d.start()
+    try:
+        d.data["backup"]["targets"]["t"]["object_lock"] = {"mode": "COMPLIANCE", "retain_days": 1}
+        d.write_config()
+        error = wait_for(lambda: d.request("GET", "/status")[1]["config"]["last_reload_error"], 30,
+                         "the reload to be rejected")
+        assert "has no Object Lock" in error
+        assert d.request("GET", "/status")[1]["targets"]["t"]["object_lock"] is None  # the old one stays in force
+    finally:
+        d.stop()
