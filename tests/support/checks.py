@@ -8,17 +8,26 @@ def is_unloaded(replica, name: str) -> bool:
     """Whether database `name` is unloaded. immudb before 1.11.1 cannot list
     while any database is unloaded: there, a failed listing counts as yes
     (for tests that unload nothing else)."""
-    from reconciler.admin import ImmudbError
+    from reconciler.admin import DatabaseClosed
     try:
         return not {d.name: d for d in replica.list_databases()}[name].loaded
-    except ImmudbError as exc:
-        if "already closed" not in exc.detail:
-            raise
+    except DatabaseClosed:
         return True
 
 
 def assert_all_loaded(replica, names) -> None:
-    infos = {d.name: d for d in replica.list_databases()}
+    """Every one of `names` is loaded on the replica. A replica that does
+    not answer at once (busy loading hundreds of databases again after a
+    backup, on a busy machine) is asked again until it answers."""
+    from reconciler.admin import Unreachable
+    from tests.support.waiting import wait_for
+
+    def listing() -> dict | None:
+        try:
+            return {d.name: d for d in replica.list_databases()}
+        except Unreachable:
+            return None
+    infos = wait_for(listing, 60, f"{replica.name} to answer a listing", interval=0.5)
     assert all(infos[n].loaded for n in names), {n: infos[n].loaded for n in names}
 
 
