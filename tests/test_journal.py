@@ -550,8 +550,10 @@ def test_defaultdbs_replica_is_journaled_like_any_other(tmp_path, pair):
 
 
 @pytest.mark.faults
+@pytest.mark.parametrize("encrypted", [False, True], ids=["clear", "encrypted"])
 def test_history_truncated_on_the_replica_goes_on_from_the_next_snapshot_base(tmp_path, followed, primary_server,
-                                                                           replica_server, replica, immudb_build):
+                                                                           replica_server, replica, immudb_build,
+                                                                           encrypted):
     """When the replica exports a transaction without its values (immudb's
     truncation), the journal cannot carry it and waits for a base; once a
     snapshot archive at or after it is on the journal's target, it goes on
@@ -561,14 +563,30 @@ def test_history_truncated_on_the_replica_goes_on_from_the_next_snapshot_base(tm
     without values exports as corrupted, not as truncated, so no truncated
     history can be made here: the journal is told where truncation starts
     (as its builder records it when the export says so; parse_tx's
-    recognition of that flag is tested in test_journal_format)."""
+    recognition of that flag is tested in test_journal_format).
+
+    Encrypted, the base's record is an age file too: the journal, which
+    holds no identity, finds the base by the record's name, and the
+    restore reads it with its identity."""
     prefix, name = followed(6)
     target = {"type": "file", "path": str(tmp_path / "t" / "immudb-{timestamp}.tar.gz")}
+    identity, encryption = None, {}
+    if encrypted:
+        from pyrage import x25519
+        key = x25519.Identity.generate()
+        identity = tmp_path / "key.txt"
+        identity.write_text(f"{key}\n")
+        encryption = {"encryption": {"recipients": [str(key.to_public())]}}
     cfg_path = write_config(tmp_path, primary_server, replica_server, prefix, name="truncated.yaml",
-                            targets={"local": target}, continuous={"target": "local", "spool_dir": str(tmp_path / "s")})
+                            targets={"local": target}, continuous={"target": "local", "spool_dir": str(tmp_path / "s")},
+                            **encryption)
     target_cfg = TargetConfig("local", "file", target["path"])
     done = run("backup", "-c", str(cfg_path), "--target", "local")  # the base: the database at transaction 6
     assert done.returncode == 0, done.stderr
+    [record] = (tmp_path / "t" / "journal" / name).glob("*.base")
+    body = record.read_bytes()
+    assert body.startswith(b"age-encryption.org/v1") == encrypted, body[:40]
+    assert (name.encode() in body) != encrypted
     immudb_data.write(primary_server, name, 2, prefix="after_base")
     want = immudb_data.state(primary_server, name)
     wait_for(lambda: immudb_data.state(replica_server, name) == want, 60, "immudb to replicate the writes")
@@ -588,9 +606,11 @@ def test_history_truncated_on_the_replica_goes_on_from_the_next_snapshot_base(tm
 
     restored = tmp_path / "restored"
     done = run("restore", "-c", str(cfg_path), "--target", "local", "--database", name, "--to-end", "--as", "again",
-               "--data-dir", str(restored), "--immudb-binary", str(immudb_build / "immudb"))
+               "--data-dir", str(restored), "--immudb-binary", str(immudb_build / "immudb"),
+               *(["--identity", str(identity)] if identity else []))
     assert done.returncode == 0, done.stderr
     assert "(transaction 6)" in done.stdout, done.stdout
+    assert "snapshot anchor local (state)" in done.stdout, done.stdout  # the base's archive is anchored
     with serving(restored, tmp_path / "check") as check:
         assert immudb_data.state(check, "again") == want
 

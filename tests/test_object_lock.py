@@ -137,7 +137,7 @@ def test_journal_segments_and_bases_on_a_locked_bucket_are_locked_and_encrypted(
     assert segments and bases, objects
     for key in segments + bases:
         assert client.head_object(Bucket=bucket, Key=key)["ObjectLockMode"] == "GOVERNANCE", key
-    for key in segments:
+    for key in segments + bases:  # base records too: they name the database and its archive
         blob = client.get_object(Bucket=bucket, Key=key)["Body"].read()
         assert is_encrypted(blob[:32]) and name.encode() not in blob, key
         assert not [v for v in written.values() if v in blob]

@@ -26,9 +26,14 @@ def seg(h: dict[int, bytes], first: int, last: int) -> SegmentName:
 
 @dataclass(frozen=True)
 class Base:
+    """A base as journal/bases.py's: its whole Alh, or (read from an
+    encrypted record's name) its first 4 bytes."""
     tx_id: int
     tx_hash: bytes
     archive: str = "a.tar.gz"
+
+    def confirmed_by(self, alh: bytes) -> bool:
+        return len(alh) == 32 and alh.startswith(self.tx_hash)
 
 
 class Replica:
@@ -143,6 +148,16 @@ def test_after_truncation_it_goes_on_from_the_oldest_confirmed_base_at_or_after_
     point = resume([seg(H, 1, 30)], [], replica, bases=bases, truncated_at=41)
     assert (point.next_tx, point.prev_alh, point.fills) == (46, H[45], ())
     assert point.rebased_on == bases[0] and point.shipped_tx == 45
+
+
+def test_a_base_known_by_its_short_hash_goes_on_from_the_replicas_whole_alh():
+    """An encrypted record is read by its name (4 bytes of the Alh): the
+    replica's Alh confirms it and is the one the journal chains from; a
+    short hash of another history is passed over."""
+    replica = Replica(H, 60)
+    bases = [Base(42, history("two")[42][:4]), Base(45, H[45][:4])]
+    point = resume([seg(H, 1, 30)], [], replica, bases=bases, truncated_at=41)
+    assert (point.next_tx, point.prev_alh, point.rebased_on) == (46, H[45], bases[1])
 
 
 def test_after_truncation_without_a_base_it_resumes_as_before():

@@ -402,6 +402,33 @@ def test_an_archive_rewritten_in_place_is_refused_by_its_local_checkpoint(archiv
     assert done.returncode == 1 and "not the ones this replicator wrote" in done.stderr, done.stdout + done.stderr
 
 
+def test_a_snapshot_base_rewritten_in_place_is_refused_by_a_journal_restore(archived, tmp_path, immudb_build):
+    """A restore to a point takes the newest snapshot base, then the
+    journal. The base's archive rewritten consistently (a value changed in
+    its files, the manifest recomputed) would chain to the journal as well
+    as the real one (the Alh is of the transaction log, not the values): it
+    must be checked against the archive's own anchors first."""
+    a, b, made = archived
+
+    def flip(tree: Path, manifest: dict) -> None:
+        for f in sorted((tree / a.name).rglob("*")):
+            if f.is_file() and f.stat().st_size and "val_" in f.parent.name:
+                data = bytearray(f.read_bytes())
+                data[-1] ^= 1
+                f.write_bytes(bytes(data))
+                return
+        raise AssertionError(f"no value log in {sorted((tree / a.name).rglob('*'))}")
+    real = a.restore("--to-end", "--immudb-binary", str(immudb_build / "immudb"))
+    assert real.returncode == 0 and "snapshot immudb-" in real.stdout, real.stdout + real.stderr
+    assert "snapshot anchor local (state)" in real.stdout, real.stdout
+    rebuild_archive(made, made, tmp_path, flip)
+    for extra in ((), ("--no-live",)):
+        done = a.restore("--to-end", "--immudb-binary", str(immudb_build / "immudb"), *extra)
+        assert done.returncode == 1 and "snapshot base" in done.stderr, done.stdout + done.stderr
+        assert "not the ones this replicator wrote" in done.stderr and "Traceback" not in done.stderr, done.stderr
+    assert len([p for p in tmp_path.glob("restored*") if any(p.iterdir())]) == 1  # only the real one's
+
+
 def test_a_real_archive_is_vouched_for_by_every_anchor(archived):
     a, b, made = archived
     done = run("verify", "-c", str(a.config), str(made))

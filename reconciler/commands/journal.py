@@ -96,11 +96,13 @@ def restore_to_point(args: argparse.Namespace) -> int:
         raise ReplicatorError(f"{data_dir} is not an empty folder: a journal is restored into a new one")
     from reconciler.encryption import Sealing
     bar = _Bar()
+    base_verdicts: list = []
     with JournalStore(target_cfg, database, Sealing(identities=identities_for(args, cfg))) as store, journal_anchors(
             cfg, target_cfg, database, live=not args.no_live, unanchored=args.unanchored,
             allow_rollback=args.allow_rollback) as anchors:
         limits = _limits(anchors, cfg, database)
-        planned = plan(store, point, bases(target_cfg, database, store.archives()), snapshots=data_dir is not None,
+        planned = plan(store, point, bases(target_cfg, database, store.archives(), store.sealing, complete=True),
+                       snapshots=data_dir is not None,
                        anchors=anchors, limits=limits)
         bar.start(planned.last - planned.first + 1, len(planned.segments))
         try:
@@ -111,7 +113,8 @@ def restore_to_point(args: argparse.Namespace) -> int:
             else:
                 with _new_folder(data_dir):
                     if planned.base is not None:
-                        _restore_base(cfg, target_cfg, planned.base, data_dir, restore_as)
+                        base_verdicts = _restore_base(cfg, target_cfg, planned.base, data_dir, restore_as, args,
+                                                      store.sealing.identities)
                     with _throwaway(cfg, args, data_dir) as admin:
                         result = replay(store, planned, admin, restore_as, progress=bar.update)
                 where = f"in {data_dir} (start immudb with --dir {data_dir})"
@@ -125,6 +128,8 @@ def restore_to_point(args: argparse.Namespace) -> int:
           f"replayed in {result.seconds:.2f}s; the restored state is the proven state of transaction {result.tx_id}.")
     for verdict in result.anchors:
         print(f"  anchor {verdict.line()}")
+    for verdict in base_verdicts:
+        print(f"  snapshot anchor {verdict.line()}")
     return 0
 
 
@@ -170,16 +175,32 @@ def _new_folder(data_dir: Path):
         raise
 
 
-def _restore_base(cfg, target_cfg, base, data_dir: Path, restore_as: str) -> None:
-    """The snapshot base's database, extracted (checked) into `data_dir`
-    under the restored name."""
+def _restore_base(cfg, target_cfg, base, data_dir: Path, restore_as: str, args: argparse.Namespace,
+                  identities) -> list:
+    """The snapshot base's database, extracted into `data_dir` under the
+    restored name: every file checked against the manifest, and the
+    manifest against the archive's anchors (as `restore ARCHIVE` does:
+    whoever can write to the target could rebuild an archive consistently,
+    hashes and base record included). Its verdicts."""
     from reconciler import targets
     from reconciler.backup.restore import restore as restore_archive
-    with targets.build(target_cfg) as target:
-        with target.read(base.archive) as stream:
-            restore_archive(stream, data_dir, [base.database])
+    from reconciler.signed import TrustError
+    from reconciler.trust.archives import HashingReader
+    from reconciler.trust.sources import vouch_for_archive
+    with targets.build(target_cfg) as target, target.read(base.archive) as stream:
+        location, reader = target.location(base.archive), HashingReader(stream)
+
+        def vouch(manifest):
+            try:
+                return vouch_for_archive(cfg, target_cfg, base.archive, location, manifest, reader,
+                                         live=not args.no_live, unanchored=args.unanchored)
+            except TrustError as exc:
+                raise TrustError(f"nothing restored: snapshot base {exc}") from None
+
+        result = restore_archive(reader, data_dir, [base.database], vouch=vouch, identities=identities)
     if restore_as != base.database:
         (data_dir / base.database).rename(data_dir / restore_as)
+    return list(result.vouched or [])
 
 
 class _Bar:

@@ -5,8 +5,15 @@ archive on the journal's target is one too: its manifest records each
 database's transaction id and Alh when it was copied, and replaying the
 journal from the next transaction on top of it reaches any later point.
 When such a backup completes, a small record per database goes next to the
-segments (`journal/<database>/<tx:020d>-<alh 8 hex>.base`, naming the
-archive), so that finding bases never means reading archives.
+segments, so that finding bases never means reading archives:
+`journal/<database>/<tx:020d>-<alh 8 hex>-<archive 16 hex>.base`, whose body
+(JSON: the database, the whole Alh, the archive's name and backup id) is
+encrypted like the segments when `backup.encryption` is set. Its name holds
+what the journal itself needs (the transaction, a short hash the replica
+confirms, and the first 16 hex of the SHA-256 of the archive's name), so
+the daemon, which holds no identity, never reads a body; a restore reads
+them, decrypted with its identity. Records of earlier versions
+(`<tx>-<alh 8 hex>.base`, clear) are read by their body.
 
 Retention follows the archives': on a target with a retention policy, a
 base whose archive is gone (deleted by that policy) no longer counts, and
@@ -16,13 +23,16 @@ base, nothing is deleted: the journal from transaction 1 stays a base.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import re
 from dataclasses import dataclass
 
 from reconciler import targets
 from reconciler.config.model import Config, TargetConfig
-from reconciler.journal.store import JournalStore, under
+from reconciler.encryption import EncryptionError, Sealing
+from reconciler.journal.store import JournalStore, under, writing_sealing
 from reconciler.log import event
 from reconciler.manifest import Manifest
 from reconciler.targets import TargetError
@@ -30,17 +40,36 @@ from reconciler.targets import TargetError
 log = logging.getLogger(__name__)
 
 BASE_TEMPLATE = "{base}.base"
-targets.register_placeholder("{base}", r"\d{20}-[0-9a-f]{8}")  # the base's transaction and a short hash
+# the base's transaction, a short hash of its Alh and (since records may be encrypted) of its archive's name
+targets.register_placeholder("{base}", r"\d{20}-[0-9a-f]{8}(?:-[0-9a-f]{16})?")
+_NAME = re.compile(r"(\d{20})-([0-9a-f]{8})(?:-([0-9a-f]{16}))?\.base")
+_BODY_MAX = 64 * 1024
 
 
 @dataclass(frozen=True)
 class Base:
     database: str
     tx_id: int
-    tx_hash: bytes
+    tx_hash: bytes        # its Alh; only the first 4 bytes when read from the record's name (`complete`: all 32)
     archive: str          # its name at the target
     backup_id: str
     name: str             # the record's name
+
+    @property
+    def complete(self) -> bool:
+        return len(self.tx_hash) == 32
+
+    def confirmed_by(self, alh: bytes) -> bool:
+        """Whether `alh` (the replica's, of transaction tx_id) is this base's."""
+        return len(alh) == 32 and alh.startswith(self.tx_hash)
+
+
+def record_name(tx_id: int, tx_hash: bytes, archive: str) -> str:
+    return f"{tx_id:020d}-{tx_hash.hex()[:8]}-{archive_digest(archive)}.base"
+
+
+def archive_digest(archive: str) -> str:
+    return hashlib.sha256(archive.encode()).hexdigest()[:16]
 
 
 def _base_target(cfg: TargetConfig, database: str):
@@ -56,32 +85,34 @@ def after_archive(cfg: Config, target_cfg: TargetConfig, archive: str, manifest:
     if continuous is None or continuous.target != target_cfg.name:
         return
     try:
-        recorded = record(target_cfg, archive, manifest)
+        recorded = record(target_cfg, archive, manifest, writing_sealing(cfg.backup.encryption))
         if target_cfg.retention is not None:  # archives are deleted: segments only their bases needed may go
             prune(target_cfg)
-    except (TargetError, OSError) as exc:
+    except (TargetError, OSError, EncryptionError) as exc:  # EncryptionError: no record in the clear either
         event(log, "journal_bases_failed", logging.WARNING, target=target_cfg.name, archive=archive,
               error=str(exc))
         return
     event(log, "journal_bases_recorded", target=target_cfg.name, archive=archive, databases=len(recorded))
 
 
-def record(cfg: TargetConfig, archive: str, manifest: Manifest) -> list[str]:
-    """Records for every database of a completed archive at target `cfg`;
-    the databases recorded."""
+def record(cfg: TargetConfig, archive: str, manifest: Manifest, sealing: Sealing | None = None) -> list[str]:
+    """Records for every database of a completed archive at target `cfg`,
+    their bodies encrypted to `sealing`'s recipients; the databases
+    recorded."""
+    sealing = sealing or Sealing()
     done = []
     for entry in manifest.databases:
         if entry.state is None:
             continue
         tx_id, tx_hash = entry.state
-        name = f"{tx_id:020d}-{tx_hash.hex()[:8]}.base"
-        body = json.dumps({"database": entry.name, "tx_id": tx_id, "tx_hash": tx_hash.hex(),
-                           "archive": archive, "backup_id": manifest.backup_id}).encode()
+        name = record_name(tx_id, tx_hash, archive)
+        body = sealing.seal(json.dumps({"database": entry.name, "tx_id": tx_id, "tx_hash": tx_hash.hex(),
+                                        "archive": archive, "backup_id": manifest.backup_id}).encode())
         with _base_target(cfg, entry.name) as target:
             try:
                 upload = target.open(name, size_hint=len(body))
             except targets.ArchiveExists:
-                continue  # an archive of the same state recorded already
+                continue  # recorded already (the hook ran again for this archive)
             try:
                 upload.write(body)
                 upload.commit()
@@ -92,31 +123,67 @@ def record(cfg: TargetConfig, archive: str, manifest: Manifest) -> list[str]:
     return done
 
 
-def bases(cfg: TargetConfig, database: str, archives: set[str]) -> list[Base]:
+def bases(cfg: TargetConfig, database: str, archives: set[str], sealing: Sealing | None = None,
+          complete: bool = False) -> list[Base]:
     """The bases of `database` at target `cfg` whose archive is among
     `archives` (the target's archives now), oldest first. Records of
-    archives that are gone are deleted."""
+    archives that are gone are deleted.
+
+    A record's name says enough for the journal (transaction, short Alh,
+    archive); `complete` reads every body instead (whole Alh, for a
+    replay), decrypted with `sealing`'s identities: a record that cannot be
+    read then is left out (logged)."""
+    sealing = sealing or Sealing()
+    by_digest = {archive_digest(a): a for a in archives}
     found = []
     with _base_target(cfg, database) as target:
         for info in target.list():
-            try:
-                with target.read(info.name) as stream:
-                    d = json.loads(stream.read(64 * 1024))
-                base = Base(d["database"], int(d["tx_id"]), bytes.fromhex(d["tx_hash"]), str(d["archive"]),
-                            str(d.get("backup_id", "")), info.name)
-            except (ValueError, KeyError, TypeError, TargetError, OSError):
-                event(log, "journal_base_unreadable", logging.WARNING, database=database, record=info.name)
+            named = _NAME.fullmatch(info.name)
+            if named is None:
                 continue
-            if base.database != database or len(base.tx_hash) != 32:
+            tx_id, short, digest = int(named[1]), bytes.fromhex(named[2]), named[3]
+            if digest is not None and digest not in by_digest:
+                _forget(target, info.name)  # its archive is gone
+                continue
+            if digest is not None and not complete:
+                found.append(Base(database, tx_id, short, by_digest[digest], "", info.name))
+                continue
+            base = _read(target, info.name, database, sealing)
+            if base is None:
+                continue
+            if base.tx_id != tx_id or not base.tx_hash.startswith(short) or (
+                    digest is not None and archive_digest(base.archive) != digest):
+                event(log, "journal_base_unreadable", logging.WARNING, database=database, record=info.name,
+                      reason="its body does not match its name")
                 continue
             if base.archive not in archives:
-                try:
-                    target.delete(info.name)
-                except TargetError:
-                    pass
+                _forget(target, info.name)
                 continue
             found.append(base)
     return sorted(found, key=lambda b: (b.tx_id, b.name))
+
+
+def _read(target, name: str, database: str, sealing: Sealing) -> Base | None:
+    """Record `name`'s body as a Base of `database`, or None (logged)."""
+    try:
+        with target.read(name) as raw, sealing.opened(raw, f"base record {name}") as stream:
+            d = json.loads(stream.read(_BODY_MAX))
+        base = Base(d["database"], int(d["tx_id"]), bytes.fromhex(d["tx_hash"]), str(d["archive"]),
+                    str(d.get("backup_id", "")), name)
+    except (ValueError, KeyError, TypeError, TargetError, OSError, EncryptionError) as exc:
+        event(log, "journal_base_unreadable", logging.WARNING, database=database, record=name,
+              reason=str(exc) if isinstance(exc, EncryptionError) else type(exc).__name__)
+        return None
+    if base.database != database or not base.complete:
+        return None
+    return base
+
+
+def _forget(target, name: str) -> None:
+    try:
+        target.delete(name)
+    except TargetError:  # Retained (Object Lock) among them: it goes at a later prune
+        pass
 
 
 def prune(cfg: TargetConfig) -> dict[str, list[str]]:

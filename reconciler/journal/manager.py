@@ -11,9 +11,9 @@ from pathlib import Path
 
 from reconciler.admin import ImmudbAdmin, ImmudbError
 from reconciler.config.model import Config, ContinuousConfig
-from reconciler.encryption import EncryptionError, Sealing, load_recipients
+from reconciler.encryption import EncryptionError, Sealing
 from reconciler.journal.shipper import Journal, Witnesses
-from reconciler.journal.store import JournalStore
+from reconciler.journal.store import JournalStore, writing_sealing
 from reconciler.log import event
 
 log = logging.getLogger(__name__)
@@ -92,11 +92,8 @@ class Journals:
         """The segments' encryption (backup.encryption's recipients, read
         now): a Sealing, one that leaves them as they are when encryption is
         off, or None (logged) when it is on and cannot be applied."""
-        enc = self.cfg.backup.encryption
-        if not enc.enabled:
-            return Sealing()
         try:
-            return Sealing(load_recipients(enc.recipients, [enc.recipients_file] if enc.recipients_file else []))
+            return writing_sealing(self.cfg.backup.encryption)
         except EncryptionError as exc:
             event(log, "journal_not_started", logging.ERROR, error=str(exc),
                   detail="backup.encryption cannot be applied: no segment is shipped in the clear")

@@ -33,16 +33,16 @@ from reconciler.journal.store import chain_to, newest
 
 class BaseRecord(Protocol):
     """A snapshot base (journal/bases.py's Base): an archive at the target
-    holds the database at `tx_id`, whose Alh is `tx_hash`."""
+    holds the database at `tx_id`, whose Alh `confirmed_by` recognises
+    (the record may hold only a short prefix of it)."""
 
     @property
     def tx_id(self) -> int: ...
 
     @property
-    def tx_hash(self) -> bytes: ...
-
-    @property
     def archive(self) -> str: ...
+
+    def confirmed_by(self, alh: bytes) -> bool: ...
 
 
 B = TypeVar("B", bound=BaseRecord)
@@ -122,9 +122,10 @@ def _rebase(segments: Sequence[SegmentName], truncated_at: int, replica_tx: Call
     for base in sorted(bases(), key=lambda b: b.tx_id):
         if base.tx_id < max(truncated_at - 1, held) or base.tx_id > replica_tx():
             continue
-        if alh_of(base.tx_id) != base.tx_hash:
+        alh = alh_of(base.tx_id)
+        if not base.confirmed_by(alh):
             continue  # a base of another history of this name
-        return ResumePoint(base.tx_id + 1, base.tx_hash, shipped_tx=base.tx_id, rebased_on=base,
+        return ResumePoint(base.tx_id + 1, alh, shipped_tx=base.tx_id, rebased_on=base,
                            replica_tx=replica_tx())
     return None
 

@@ -8,12 +8,23 @@ from typing import BinaryIO
 
 from reconciler import targets
 from reconciler.config.model import TargetConfig
-from reconciler.encryption import Sealing
+from reconciler.encryption import Sealing, load_recipients
 from reconciler.journal.format import SUFFIX, SegmentInfo, SegmentName, parse_name, read_header
 
 SEGMENT_TEMPLATE = "{segment}" + SUFFIX
 # a segment's name without its suffix (format.py's _NAME): the targets list only names their template matches
 targets.register_placeholder("{segment}", r"\d{20}-\d{20}-[0-9a-f]{8}-[0-9a-f]{8}")
+
+
+def writing_sealing(encryption) -> Sealing:
+    """What the journal's objects (segments, base records) are written
+    with: encrypted to backup.encryption's recipients, read now, or as
+    they are when encryption is off. Raises EncryptionError when it is on
+    and cannot be applied: nothing is then written in the clear."""
+    if not encryption.enabled:
+        return Sealing()
+    return Sealing(load_recipients(encryption.recipients,
+                                   [encryption.recipients_file] if encryption.recipients_file else []))
 
 
 def journal_target(cfg: TargetConfig, database: str) -> TargetConfig:
