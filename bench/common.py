@@ -54,10 +54,10 @@ def timed(argv, shell=False) -> float:
 
 
 def write_config(root: Path, primary, replica, timeout: float = 30, reconcile: dict | None = None,
-                 **backup) -> Path:
-    """bench.yaml in `root`: the databases bench_* of these servers (the
-    tests' configuration builder), `reconcile` and `backup` keys added."""
-    return configs.write_config(root, primary, replica, "bench_", "follower", name="bench.yaml",
+                 name: str = "bench.yaml", **backup) -> Path:
+    """`name` (bench.yaml) in `root`: the databases bench_* of these servers
+    (the tests' configuration builder), `reconcile` and `backup` keys added."""
+    return configs.write_config(root, primary, replica, "bench_", "follower", name=name,
                                 password="Bench-follower-1", timeout=timeout, reconcile=reconcile or {},
                                 backup=backup)
 

@@ -14,7 +14,9 @@ For each data size (the same databases, filled up to that size):
   cache, writing to /dev/null (`limit`, below);
 - `replicator restore` of the archive into an empty folder against
   `tar -xzf` of it;
-- CPU seconds and peak RSS of each process (wait4).
+- CPU seconds and peak RSS of each process (wait4);
+- with `--encrypted`, the same backup and restore with `backup.encryption`
+  (one age recipient; the restore given its identity) beside them.
 
 Every measurement of a round runs once before the next round starts, so a
 machine that slows down in the middle slows every method alike; medians of
@@ -151,24 +153,44 @@ def measure_size(root: Path, primary, replica, names: list[str], args, go, size_
     out.mkdir()
     cfg = write_config(root, primary, replica, databases={"include": names},
                        targets={"t": {"type": "file", "path": str(out / "r-{timestamp}.tar.gz")}})
+    sealed_out, identity = root / f"sealed-{size_mb}", root / "key.txt"
+    if args.encrypted:
+        from pyrage import x25519
+        key = x25519.Identity.generate()
+        identity.write_text(f"{key}\n")
+        shutil.rmtree(sealed_out, ignore_errors=True)
+        sealed_out.mkdir()
+        sealed_cfg = write_config(root, primary, replica, name="sealed.yaml", databases={"include": names},
+                                  encryption={"recipients": [str(key.to_public())]},
+                                  targets={"t": {"type": "file", "path": str(sealed_out / "r-{timestamp}.tar.gz")}})
     methods: dict[str, list[dict]] = {}
     tar_too = size_mb <= args.tar_max_mb
     last_archive: Path | None = None
     last_mtime = 0.0
 
-    def ours():
-        r = _measure([script, "backup", "-c", str(cfg), "--target", "t"], away)
-        made = sorted(out.glob("r-*.tar.gz"))
+    def ours(config: Path = cfg, folder: Path = out):
+        r = _measure([script, "backup", "-c", str(config), "--target", "t"], away)
+        made = sorted(folder.glob("r-*.tar.gz"))
         if len(made) != 1:
-            raise RuntimeError(f"expected one archive in {out}, found {made}")
+            raise RuntimeError(f"expected one archive in {folder}, found {made}")
         r["bytes"] = made[0].stat().st_size
         return r, made[0]
 
+    sealed_archive: Path | None = None
     for round_ in range(args.rounds):
-        order = ["ours", "go", "tar", "limit"] if round_ % 2 == 0 else ["limit", "tar", "go", "ours"]
-        for method in order:
+        order = ["ours", "encrypted", "go", "tar", "limit"]
+        for method in order if round_ % 2 == 0 else order[::-1]:
             subprocess.run(["sync"], check=True)
-            if method == "ours":
+            if method == "encrypted":
+                if not args.encrypted:
+                    continue
+                if sealed_archive is not None:
+                    sealed_archive.unlink()
+                while int(time.time()) == int(last_mtime):  # archives are named by the second
+                    time.sleep(0.05)
+                r, sealed_archive = ours(sealed_cfg, sealed_out)
+                last_mtime = sealed_archive.stat().st_mtime
+            elif method == "ours":
                 if last_archive is not None:
                     last_archive.unlink()
                     last_archive = None
@@ -197,19 +219,26 @@ def measure_size(root: Path, primary, replica, names: list[str], args, go, size_
     # restore: ours (a new, empty folder each time) against tar -xzf of the same archive
     assert last_archive is not None
     for round_ in range(args.rounds):
-        for method in (["ours", "tar"] if round_ % 2 == 0 else ["tar", "ours"]):
+        order = ["ours", "encrypted", "tar"] if args.encrypted else ["ours", "tar"]
+        for method in order if round_ % 2 == 0 else order[::-1]:
             dest = root / f"restored-{method}"
             shutil.rmtree(dest, ignore_errors=True)
             dest.mkdir()
             subprocess.run(["sync"], check=True)
             if method == "ours":
                 r = _measure([script, "restore", "-c", str(cfg), str(last_archive), "--data-dir", str(dest)], away)
+            elif method == "encrypted":
+                assert sealed_archive is not None
+                r = _measure([script, "restore", "-c", str(sealed_cfg), str(sealed_archive), "--data-dir", str(dest),
+                              "--identity", str(identity)], away)
             else:
                 r = _measure(["tar", "-xzf", str(last_archive), "-C", str(dest)], away)
             r.pop("stdout", None)
             methods.setdefault(f"restore_{method}", []).append(r)
             shutil.rmtree(dest, ignore_errors=True)
     last_archive.unlink()
+    if sealed_archive is not None:
+        sealed_archive.unlink()
     summary = {"size_mb": size_mb, "data_bytes": data, "databases": len(names), "rounds": args.rounds}
     for method, rows in methods.items():
         summary[method] = {key: _median([r[key] for r in rows]) for key in rows[0]}
@@ -222,9 +251,10 @@ def report(s: dict) -> None:
     print(f"\n== {s['data_bytes'] / MB:.0f} MB in {s['databases']} databases, medians of {s['rounds']} alternating "
           f"rounds, whole commands")
     print(f"{'':34} {'seconds':>8} {'CPU s':>7} {'RSS MB':>7} {'archive MB':>11} {'ours x':>7}")
-    labels = {"ours": "replicator backup (default)", "go": "Go replicator", "tar": "tar -czf",
+    labels = {"ours": "replicator backup (default)", "encrypted": "replicator backup, encrypted",
+              "go": "Go replicator", "tar": "tar -czf",
               "limit": "limit: ISA-L + SHA-256 to /dev/null", "restore_ours": "replicator restore",
-              "restore_tar": "tar -xzf"}
+              "restore_encrypted": "replicator restore, encrypted", "restore_tar": "tar -xzf"}
     for key, label in labels.items():
         if key not in s:
             continue
@@ -239,6 +269,9 @@ def report(s: dict) -> None:
     if "tar" in s:
         print(f"ours vs tar -czf: {s['tar']['seconds'] / ours['seconds']:.2f}x speed")
     print(f"ours vs the limit: {ours['seconds'] / s['limit']['seconds']:.2f}x its time")
+    if "encrypted" in s:
+        print(f"encryption costs the backup {s['encrypted']['seconds'] / ours['seconds']:.2f}x its time, "
+              f"the restore {s['restore_encrypted']['seconds'] / s['restore_ours']['seconds']:.2f}x")
     print(f"restore vs tar -xzf: {s['restore_tar']['seconds'] / s['restore_ours']['seconds']:.2f}x speed")
 
 
@@ -250,6 +283,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--tar-max-mb", type=int, default=200, help="compare with tar -czf up to this size")
     parser.add_argument("--go-tool", metavar="PATH", help="the Go replicator's binary (bench/go_tool.py)")
+    parser.add_argument("--encrypted", action="store_true", help="also back up and restore with backup.encryption")
     parser.add_argument("--keep", metavar="DIR", help="servers and data in DIR, kept for the next run")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "speed.json"))
     args = parser.parse_args()

@@ -110,6 +110,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "(its newest segments are missing or behind)")
     p.add_argument("--immudb-binary", metavar="PATH", help="with --data-dir: the immudb server to open it with "
                                                            "(default: backup.drill.immudb_binary, else immudb on PATH)")
+    p.add_argument("--all", action="store_true",
+                   help="every database whose journal the target holds (--database narrows it), to --to-time or "
+                        "--to-end, into one new --data-dir: a whole server")
+    p.add_argument("--if-empty", action="store_true",
+                   help="with --all: do nothing (exit 0) when --data-dir already holds something (an init container "
+                        "before immudb)")
+    p.add_argument("--parallel", type=int, metavar="N", default=None,
+                   help="with --all: databases replayed at once (default 4)")
     p.add_argument("-c", "--config", metavar="FILE", default=os.environ.get("REPLICATOR_CONFIG") or None,
                    help="configuration, for the credentials of remote archives")
 

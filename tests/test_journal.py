@@ -7,7 +7,6 @@ gives exactly that state; a tampered segment is refused naming the
 transaction."""
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
 import signal
@@ -29,7 +28,7 @@ from tests.support.cli import replicator
 from tests.support.configs import unique_name, write_config
 from tests.support.daemon import Daemon
 from tests.support.exported import open_segment, reseal
-from tests.support.servers import admin_for
+from tests.support.servers import admin_for, serving
 from tests.support.targets import KINDS, sftp_target, target_config
 from tests.support.waiting import wait_for
 
@@ -85,21 +84,6 @@ def process_tree(pid: int) -> list[int]:
         tree.append(current)
         todo += children.get(current, [])
     return tree
-
-
-@contextlib.contextmanager
-def serving(data_dir: Path, root: Path):
-    """An immudb server started on `data_dir` (a restore's folder, moved
-    under `root`), stopped afterwards."""
-    from tests.support.servers import ImmudbServer
-    server = ImmudbServer("check", root)
-    server.root.mkdir()
-    data_dir.rename(server.data_dir)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def primary_alh(primary, name: str, tx_id: int) -> bytes:

@@ -98,6 +98,11 @@ def _print_verdicts(verdicts) -> None:
 
 def restore(args: argparse.Namespace) -> int:
     from pathlib import Path
+    if args.all:
+        from reconciler.commands.recovery import restore_all
+        return restore_all(args)
+    if args.if_empty or args.parallel is not None:
+        raise ReplicatorError("--if-empty and --parallel are for --all")
     if args.to_tx is not None or args.to_time is not None or args.to_end:
         from reconciler.commands.journal import restore_to_point
         return restore_to_point(args)

@@ -113,8 +113,10 @@ def restore_to_point(args: argparse.Namespace) -> int:
             else:
                 with _new_folder(data_dir):
                     if planned.base is not None:
-                        base_verdicts = _restore_base(cfg, target_cfg, planned.base, data_dir, restore_as, args,
+                        base_verdicts = _restore_base(cfg, target_cfg, [planned.base], data_dir, args,
                                                       store.sealing.identities)
+                        if restore_as != planned.base.database:
+                            (data_dir / planned.base.database).rename(data_dir / restore_as)
                     with _throwaway(cfg, args, data_dir) as admin:
                         result = replay(store, planned, admin, restore_as, progress=bar.update)
                 where = f"in {data_dir} (start immudb with --dir {data_dir})"
@@ -175,31 +177,32 @@ def _new_folder(data_dir: Path):
         raise
 
 
-def _restore_base(cfg, target_cfg, base, data_dir: Path, restore_as: str, args: argparse.Namespace,
-                  identities) -> list:
-    """The snapshot base's database, extracted into `data_dir` under the
-    restored name: every file checked against the manifest, and the
-    manifest against the archive's anchors (as `restore ARCHIVE` does:
-    whoever can write to the target could rebuild an archive consistently,
-    hashes and base record included). Its verdicts."""
+def _restore_base(cfg, target_cfg, bases: list, data_dir: Path, args: argparse.Namespace, identities,
+                  beside_others: bool = False) -> list:
+    """The snapshot bases' databases (all of one archive), extracted into
+    `data_dir`: every file checked against the manifest, and the manifest
+    against the archive's anchors (as `restore ARCHIVE` does: whoever can
+    write to the target could rebuild an archive consistently, hashes and
+    base record included). `data_dir` is empty, or with `beside_others`
+    holds other databases (none of these). Its verdicts."""
     from reconciler import targets
     from reconciler.backup.restore import restore as restore_archive
     from reconciler.signed import TrustError
     from reconciler.trust.archives import HashingReader
     from reconciler.trust.sources import vouch_for_archive
-    with targets.build(target_cfg) as target, target.read(base.archive) as stream:
-        location, reader = target.location(base.archive), HashingReader(stream)
+    [archive] = {b.archive for b in bases}
+    with targets.build(target_cfg) as target, target.read(archive) as stream:
+        location, reader = target.location(archive), HashingReader(stream)
 
         def vouch(manifest):
             try:
-                return vouch_for_archive(cfg, target_cfg, base.archive, location, manifest, reader,
+                return vouch_for_archive(cfg, target_cfg, archive, location, manifest, reader,
                                          live=not args.no_live, unanchored=args.unanchored)
             except TrustError as exc:
                 raise TrustError(f"nothing restored: snapshot base {exc}") from None
 
-        result = restore_archive(reader, data_dir, [base.database], vouch=vouch, identities=identities)
-    if restore_as != base.database:
-        (data_dir / base.database).rename(data_dir / restore_as)
+        result = restore_archive(reader, data_dir, [b.database for b in bases], force=beside_others, vouch=vouch,
+                                 identities=identities)
     return list(result.vouched or [])
 
 

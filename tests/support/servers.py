@@ -637,3 +637,17 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+@contextlib.contextmanager
+def serving(data_dir: Path, root: Path):
+    """An immudb server started on `data_dir` (a restore's folder, moved
+    under `root`), stopped afterwards."""
+    server = ImmudbServer("check", root)
+    server.root.mkdir()
+    data_dir.rename(server.data_dir)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -1,0 +1,257 @@
+"""`replicator restore --all`: every database a target's journal holds,
+restored into one new data directory to one point (a time, or the end).
+
+For each database: the newest snapshot base at or before the point (its
+archive checked against its anchors, extracted once for every database it
+holds), then its journal, replayed by one throwaway immudb on the folder,
+databases in parallel (bounded). A database that fails leaves nothing in
+the folder; the others go on. Exit 0 only when every database reached its
+point. `--if-empty` makes it an init container's step: nothing happens when
+the folder already holds databases."""
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from reconciler.commands import identities_for, load_config
+from reconciler.errors import ReplicatorError
+
+# what a fresh volume may hold and still be empty: ext4's lost+found (a Kubernetes volume has one)
+_VOLUME_ENTRIES = frozenset({"lost+found"})
+MAX_PARALLEL = 4
+
+
+@dataclass
+class Outcome:
+    """What became of one database."""
+
+    database: str
+    planned: object | None = None           # its ReplayPlan
+    result: object | None = None            # its ReplayResult, once replayed
+    error: str | None = None
+    base_verdicts: list = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.result is not None
+
+
+def held_entries(data_dir: Path) -> list[str]:
+    """What `data_dir` holds that a fresh volume does not."""
+    if not data_dir.is_dir():
+        return []
+    return sorted(e.name for e in data_dir.iterdir() if e.name not in _VOLUME_ENTRIES)
+
+
+def restore_all(args: argparse.Namespace) -> int:
+    from reconciler.commands.journal import _journal_databases, _journal_target
+    from reconciler.journal.replay import Point, parse_time
+    from reconciler.state import SERVER_DATABASES
+    for flag, value in (("an archive", args.archive), ("--to-tx", args.to_tx), ("--as", args.restore_as),
+                        ("--server", args.server), ("--force", args.force)):
+        if value:
+            raise ReplicatorError(f"--all restores every database into a new --data-dir: not with {flag}")
+    if not args.data_dir:
+        raise ReplicatorError("--all needs --data-dir DIR: a new folder (or an empty volume) for every database")
+    if args.to_time is None and not args.to_end:
+        raise ReplicatorError("--all needs the point: --to-time TIME or --to-end")
+    parallel = MAX_PARALLEL if args.parallel is None else args.parallel
+    if parallel < 1:
+        raise ReplicatorError("--parallel must be 1 or more")
+    data_dir = Path(args.data_dir)
+    if data_dir.is_symlink() or data_dir.exists() and not data_dir.is_dir():
+        raise ReplicatorError(f"{data_dir} is not a folder")
+    held = held_entries(data_dir)
+    if held and args.if_empty:
+        print(f"{data_dir} holds {', '.join(held[:5])}{' ...' if len(held) > 5 else ''} already: nothing restored "
+              f"(--if-empty)")
+        return 0
+    if held:
+        raise ReplicatorError(f"{data_dir} is not empty (it holds {', '.join(held[:5])}): --all restores into a new "
+                              f"folder; add --if-empty to leave a folder that holds databases as it is")
+    point = Point(time=parse_time(args.to_time) if args.to_time is not None else None)
+    cfg = load_config(args, setup_logging=False)
+    target_cfg = _journal_target(cfg, args.target)
+    journaled = _journal_databases(target_cfg)
+    wanted = journaled if not args.database else list(dict.fromkeys(args.database))
+    missing = sorted(set(wanted) - set(journaled))
+    if missing:
+        raise ReplicatorError(f"no journal of {', '.join(missing)} at target {target_cfg.name} (it holds "
+                              f"{', '.join(journaled) or 'none'})")
+    skipped = sorted(set(wanted) & SERVER_DATABASES)
+    wanted = [d for d in wanted if d not in SERVER_DATABASES]
+    if not wanted:
+        raise ReplicatorError(f"nothing to restore: target {target_cfg.name} holds no journal of a database "
+                              f"but {', '.join(skipped) or 'none'}")
+    identities = identities_for(args, cfg)
+    started = time.monotonic()
+    outcomes = [Outcome(d) for d in wanted]
+    made = not data_dir.exists()
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        _plan_all(cfg, target_cfg, outcomes, point, args, identities)
+        _restore_bases(cfg, target_cfg, outcomes, data_dir, args, identities)
+        _replay_all(cfg, target_cfg, outcomes, data_dir, args, identities, parallel)
+    except BaseException:
+        _empty(data_dir, made)
+        raise
+    for outcome in outcomes:
+        if not outcome.ok:
+            _remove(data_dir / outcome.database)
+    if not any(o.ok for o in outcomes) and made:
+        _empty(data_dir, made)
+    _report(outcomes, skipped, point, data_dir, time.monotonic() - started)
+    return 0 if all(o.ok for o in outcomes) else 1
+
+
+def _plan_all(cfg, target_cfg, outcomes: list[Outcome], point, args, identities) -> None:
+    """Each database's plan to the point: base and segments, proven
+    against the journal's anchors. A database whose plan fails is marked."""
+    from reconciler.commands.journal import _limits
+    from reconciler.encryption import Sealing
+    from reconciler.journal.bases import bases
+    from reconciler.journal.replay import plan
+    from reconciler.journal.store import JournalStore
+    from reconciler.trust.sources import journal_anchors
+    for outcome in outcomes:
+        try:
+            with JournalStore(target_cfg, outcome.database, Sealing(identities=identities)) as store, \
+                    journal_anchors(cfg, target_cfg, outcome.database, live=not args.no_live,
+                                    unanchored=args.unanchored, allow_rollback=args.allow_rollback) as anchors:
+                outcome.planned = plan(store, point, bases(target_cfg, outcome.database, store.archives(),
+                                                           store.sealing, complete=True),
+                                       snapshots=True, anchors=anchors, limits=_limits(anchors, cfg, outcome.database))
+        except ReplicatorError as exc:
+            outcome.error = str(exc)
+
+
+def _restore_bases(cfg, target_cfg, outcomes: list[Outcome], data_dir: Path, args, identities) -> None:
+    """Every snapshot base extracted, each archive read once for all the
+    databases it is the base of, checked against its anchors."""
+    from reconciler.commands.journal import _restore_base
+    by_archive: dict[str, list[Outcome]] = {}
+    for outcome in outcomes:
+        base = getattr(outcome.planned, "base", None)
+        if outcome.error is None and base is not None:
+            by_archive.setdefault(base.archive, []).append(outcome)
+    for _archive, group in sorted(by_archive.items()):
+        bases = [o.planned.base for o in group]  # type: ignore[attr-defined]
+        try:
+            verdicts = _restore_base(cfg, target_cfg, bases, data_dir, args, identities, beside_others=True)
+        except ReplicatorError as exc:
+            for outcome in group:
+                outcome.error = str(exc)
+                _remove(data_dir / outcome.database)
+            continue
+        for outcome in group:
+            outcome.base_verdicts = verdicts
+
+
+def _replay_all(cfg, target_cfg, outcomes: list[Outcome], data_dir: Path, args, identities, parallel: int) -> None:
+    """One throwaway immudb on the folder; every planned journal replayed
+    into it, `--parallel` at a time."""
+    from reconciler.commands.journal import _throwaway
+    from reconciler.encryption import Sealing
+    from reconciler.journal.replay import replay
+    from reconciler.journal.store import JournalStore
+    todo = [o for o in outcomes if o.error is None and o.planned is not None]
+    if not todo:
+        return
+    bar = _Bar(sum(o.planned.last - o.planned.first + 1 for o in todo), len(todo))  # type: ignore[attr-defined]
+
+    def one(outcome: Outcome) -> None:
+        try:
+            with JournalStore(target_cfg, outcome.database, Sealing(identities=identities)) as store:
+                outcome.result = replay(store, outcome.planned, admin, outcome.database,  # type: ignore[arg-type]
+                                        progress=bar.update)
+        except ReplicatorError as exc:
+            outcome.error = str(exc)
+        finally:
+            bar.database_done()
+
+    try:
+        with _throwaway(cfg, args, data_dir) as admin:
+            with ThreadPoolExecutor(max_workers=min(parallel, len(todo)),
+                                    thread_name_prefix="restore") as pool:
+                list(pool.map(one, todo))
+    finally:
+        bar.close()
+
+
+def _report(outcomes: list[Outcome], skipped: list[str], point, data_dir: Path, seconds: float) -> None:
+    from reconciler.journal.replay import _iso
+    width = max(len("DATABASE"), *(len(o.database) for o in outcomes))
+    print(f"{'DATABASE':<{width}}  {'TX':>10}  {'TIME':<20}  {'ALH':<16}  ANCHORS / ERROR")
+    for o in outcomes:
+        if o.ok:
+            r = o.result
+            anchors = ", ".join(sorted({v.anchor for v in (*r.anchors, *o.base_verdicts) if v.vouched}))  # type: ignore[union-attr]
+            when = _iso(r.tx_time) if r.tx_time else "-"  # type: ignore[union-attr]
+            base = f"; base {o.planned.base.archive}" if o.planned.base else ""  # type: ignore[union-attr]
+            print(f"{o.database:<{width}}  {r.tx_id:>10}  {when:<20}  {r.alh.hex()[:16]}  "  # type: ignore[union-attr]
+                  f"{anchors or 'UNANCHORED'}{base}")
+        else:
+            print(f"{o.database:<{width}}  {'-':>10}  {'-':<20}  {'-':<16}  FAILED: {o.error}")
+    for name in skipped:
+        print(f"{name:<{width}}  {'-':>10}  {'-':<20}  {'-':<16}  skipped: immudb makes its own {name}; restore "
+              f"its journal with --database {name} --as NAME")
+    done = [o for o in outcomes if o.ok]
+    print(f"{len(done)} of {len(outcomes)} databases restored to {point.describe()} in {data_dir} in {seconds:.1f}s"
+          + (f"; start immudb with --dir {data_dir}" if done else ""))
+    if len(done) != len(outcomes):
+        print(f"NOT every database reached its point: {', '.join(o.database for o in outcomes if not o.ok)} failed "
+              f"(nothing of them was left in {data_dir})", file=sys.stderr)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _empty(data_dir: Path, made: bool) -> None:
+    """`data_dir` as it was: removed when made here, else emptied (a volume's
+    own entries kept)."""
+    if made:
+        shutil.rmtree(data_dir, ignore_errors=True)
+        return
+    for entry in data_dir.iterdir():
+        if entry.name in _VOLUME_ENTRIES:
+            continue
+        shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+
+
+class _Bar:
+    """One progress bar over every database's transactions (tqdm, on a
+    terminal only); updated from the replaying threads."""
+
+    def __init__(self, transactions: int, databases: int):
+        self.bar = None
+        self.lock = threading.Lock()
+        self.databases, self.done = databases, 0
+        if sys.stderr.isatty() and transactions > 0:
+            from tqdm import tqdm
+            self.bar = tqdm(total=transactions, unit="tx", file=sys.stderr, dynamic_ncols=True, mininterval=0.5,
+                            desc=f"replaying [0/{databases} databases]")
+
+    def update(self, tx_id: int, _size: int) -> None:
+        if self.bar is not None:
+            with self.lock:
+                self.bar.update(1)
+
+    def database_done(self) -> None:
+        with self.lock:
+            self.done += 1
+            if self.bar is not None:
+                self.bar.set_description_str(f"replaying [{self.done}/{self.databases} databases]", refresh=False)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
