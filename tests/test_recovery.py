@@ -22,11 +22,21 @@ pytestmark = pytest.mark.faults
 
 class Server:
     """Three journaled databases on a file target, with a snapshot archive
-    in the middle of their histories; the daemon stopped."""
+    in the middle of their histories, and one more that only the archive
+    holds (not journaled); the daemon stopped."""
 
-    def __init__(self, tmp_path: Path, config: Path, names: list[str], immudb: Path):
+    def __init__(self, tmp_path: Path, config: Path, names: list[str], archived: str, immudb: Path):
         self.tmp_path, self.config, self.names, self.immudb = tmp_path, config, names, immudb
+        self.archived = archived
         self.journal = tmp_path / "t" / "journal"
+
+    def at_end(self) -> dict[str, tuple[tuple[int, bytes], dict[str, bool]]]:
+        """What every database holds restored to the end: the journaled ones
+        everything, the archived one what it held at the backup."""
+        every = {"before": True, "after": True, "late": True}
+        want = {n: (self.states["late"][n], every) for n in self.names}
+        want[self.archived] = (self.states["before"][self.archived], {"before": True, "after": False, "late": False})
+        return want
 
     def restore(self, *args: str):
         return replicator("restore", "-c", str(self.config), "--target", "local", "--all",
@@ -41,23 +51,26 @@ def shipped(d: Daemon, name: str) -> int:
 @pytest.fixture
 def server(tmp_path, followed, primary_server, replica_server, immudb_build):
     prefix, first = followed(0)
-    names = [first]
+    names, archived = [first], f"{prefix}arc"
     with admin_for(primary_server, "primary") as admin:
-        for i in (1, 2):
-            names.append(f"{prefix}db{i}")
-            admin.create_database(names[-1])
+        for name in (f"{prefix}db1", f"{prefix}db2", archived):
+            admin.create_database(name)
+    names += [f"{prefix}db1", f"{prefix}db2"]
     target = {"type": "file", "path": str(tmp_path / "t" / "immudb-{timestamp}.tar.gz")}
     d = Daemon(tmp_path, primary_server, replica_server, prefix, reconcile={"interval": 1},
                backup={"targets": {"local": target},
                        "continuous": {"target": "local", "segment_max_seconds": 0.3,
-                                      "spool_dir": str(tmp_path / "spool")},
+                                      "spool_dir": str(tmp_path / "spool"),
+                                      "databases": {"exclude": [archived]}},
                        "trust": {"state_dir": str(tmp_path / "state")}}).start()
     states: dict[str, dict[str, tuple[int, bytes]]] = {}
 
     def write_round(tag: str, count: int) -> None:
-        for n in names:
+        for n in [*names, archived]:
             immudb_data.write(primary_server, n, count, prefix=f"{tag}_{n}_")
-        want = {n: immudb_data.state(primary_server, n) for n in names}
+        want = {n: immudb_data.state(primary_server, n) for n in [*names, archived]}
+        wait_for(lambda: immudb_data.state(replica_server, archived) == want[archived], 60,
+                 f"{archived} replicated")
         for n in names:
             wait_for(lambda n=n: shipped(d, n) >= want[n][0], 90, f"transaction {want[n][0]} of {n} shipped")
         states[tag] = want
@@ -73,19 +86,19 @@ def server(tmp_path, followed, primary_server, replica_server, immudb_build):
         write_round("late", 2)
     finally:
         assert d.stop() == 0
-    s = Server(tmp_path, d.config_path, names, immudb_build / "immudb")
+    s = Server(tmp_path, d.config_path, names, archived, immudb_build / "immudb")
     s.states, s.mark = states, int(mark) + 1
     return s
 
 
-def assert_served(folder: Path, root: Path, want: dict[str, tuple[int, bytes]], tags: dict[str, bool]) -> None:
-    """immudb opened on `folder` serves exactly `want`'s databases at those
-    states, with the keys of each written round present or absent."""
+def assert_served(folder: Path, root: Path, want: dict[str, tuple[tuple[int, bytes], dict[str, bool]]]) -> None:
+    """immudb opened on `folder` serves exactly `want`'s databases, each at
+    its state, the first key of each written round present or absent."""
     with serving(folder, root) as check:
         with admin_for(check, "check") as admin:
             served = {d.name for d in admin.list_databases()} - {"defaultdb", "systemdb"}
         assert served == set(want), served
-        for name, state in want.items():
+        for name, (state, tags) in want.items():
             assert immudb_data.state(check, name) == state, name
             for tag, present in tags.items():
                 got = immudb_data.read(check, name, [f"{tag}_{name}_0".encode()])
@@ -101,9 +114,12 @@ def test_a_whole_server_comes_back_to_its_end_from_bases_and_journals(server, tm
         tx, alh = server.states["late"][name][0], server.states["late"][name][1].hex()[:16]
         assert f" {tx} " in line and alh in line and "base immudb-" in line, line
         assert "local" in line, line  # the anchor it was checked against
-    assert "3 of 3 databases restored" in done.stdout, done.stdout
-    assert sorted(p.name for p in folder.iterdir()) == sorted(server.names)  # no server's own folders left
-    assert_served(folder, tmp_path / "check", server.states["late"], {"before": True, "after": True, "late": True})
+    line = next(ln for ln in done.stdout.splitlines() if ln.startswith(server.archived + " "))
+    assert f" {server.states['before'][server.archived][0]} " in line and "no journal: its point" in line, line
+    assert "4 of 4 databases restored" in done.stdout, done.stdout
+    # no server's own folders left
+    assert sorted(p.name for p in folder.iterdir()) == sorted([*server.names, server.archived])
+    assert_served(folder, tmp_path / "check", server.at_end())
 
 
 def test_a_whole_server_to_a_time_and_narrowed_to_some_databases(server, tmp_path):
@@ -113,8 +129,8 @@ def test_a_whole_server_to_a_time_and_narrowed_to_some_databases(server, tmp_pat
     done = server.restore("--to-time", when, "--data-dir", str(folder), *[a for n in some for a in ("--database", n)])
     assert done.returncode == 0, done.stdout + done.stderr
     assert "2 of 2 databases restored" in done.stdout, done.stdout
-    assert_served(folder, tmp_path / "check", {n: server.states["after"][n] for n in some},
-                  {"before": True, "after": True, "late": False})
+    assert_served(folder, tmp_path / "check",
+                  {n: (server.states["after"][n], {"before": True, "after": True, "late": False}) for n in some})
 
 
 def test_if_empty_leaves_a_folder_that_holds_something_and_fills_an_empty_volume(server, tmp_path):
@@ -122,7 +138,7 @@ def test_if_empty_leaves_a_folder_that_holds_something_and_fills_an_empty_volume
     (volume / "lost+found").mkdir(parents=True)  # what a fresh ext4 volume holds
     done = server.restore("--to-end", "--data-dir", str(volume), "--if-empty")
     assert done.returncode == 0, done.stdout + done.stderr
-    assert sorted(p.name for p in volume.iterdir()) == sorted([*server.names, "lost+found"])
+    assert sorted(p.name for p in volume.iterdir()) == sorted([*server.names, server.archived, "lost+found"])
     before = {p: p.stat().st_mtime_ns for p in volume.rglob("*")}
     again = server.restore("--to-end", "--data-dir", str(volume), "--if-empty")
     assert again.returncode == 0 and "nothing restored (--if-empty)" in again.stdout, again.stdout + again.stderr
@@ -145,10 +161,9 @@ def test_one_database_that_cannot_reach_its_point_fails_the_command_and_leaves_n
     line = next(ln for ln in done.stdout.splitlines() if ln.startswith(victim + " "))
     assert "FAILED" in line, line
     assert "NOT every database reached its point" in done.stderr and "Traceback" not in done.stderr, done.stderr
-    others = [n for n in server.names if n != victim]
+    others = {n: w for n, w in server.at_end().items() if n != victim}
     assert sorted(p.name for p in folder.iterdir()) == sorted(others)
-    assert_served(folder, tmp_path / "check", {n: server.states["late"][n] for n in others},
-                  {"before": True, "after": True, "late": True})
+    assert_served(folder, tmp_path / "check", others)
 
 
 @pytest.mark.parametrize("args, said", [
@@ -157,7 +172,7 @@ def test_one_database_that_cannot_reach_its_point_fails_the_command_and_leaves_n
     (["--to-tx", "3", "--data-dir", "X"], "not with --to-tx"),
     (["--to-end", "--data-dir", "X", "--as", "other"], "not with --as"),
     (["--to-end", "--data-dir", "X", "--parallel", "0"], "--parallel must be 1 or more"),
-    (["--to-end", "--data-dir", "X", "--database", "nosuchdb"], "no journal of nosuchdb"),
+    (["--to-end", "--data-dir", "X", "--database", "nosuchdb"], "no journal or archive of nosuchdb"),
     (["--to-end", "--data-dir", "X"], "nothing to restore"),
 ])
 def test_what_a_whole_server_restore_refuses(tmp_path, primary_server, replica_server, args, said):
@@ -168,6 +183,17 @@ def test_what_a_whole_server_restore_refuses(tmp_path, primary_server, replica_s
     assert done.returncode == 1 and said in done.stderr, done.stdout + done.stderr
     assert "Traceback" not in done.stderr
     assert not (tmp_path / "X").exists()
+
+
+def test_if_empty_on_a_target_that_holds_nothing_yet_leaves_the_folder_empty(tmp_path, primary_server,
+                                                                             replica_server):
+    """A new deployment: the init container runs before any backup."""
+    config = write_config(tmp_path, primary_server, replica_server, "none_",
+                          targets={"local": {"type": "file", "path": str(tmp_path / "t" / "immudb-{timestamp}.tar.gz")}})
+    done = replicator("restore", "-c", str(config), "--target", "local", "--all", "--to-end", "--if-empty",
+                      "--data-dir", str(tmp_path / "volume"))
+    assert done.returncode == 0 and "nothing restored" in done.stdout, done.stdout + done.stderr
+    assert not (tmp_path / "volume").exists() or not any((tmp_path / "volume").iterdir())
 
 
 def test_if_empty_and_parallel_belong_to_all(tmp_path):

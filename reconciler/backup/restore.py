@@ -45,11 +45,12 @@ class _Scratch:
     """archive.Store writing into a private folder: only the databases
     wanted, never outside it, never more than the free space."""
 
-    def __init__(self, root: Path, wanted: set[str] | None):
-        self.root, self.wanted = root, wanted
+    def __init__(self, root: Path, wanted: set[str] | None, exclude: frozenset[str] = frozenset()):
+        self.root, self.wanted, self.exclude = root, wanted, exclude
 
     def _path(self, name: str) -> Path | None:
-        if self.wanted is not None and name.split("/", 1)[0] not in self.wanted:
+        database = name.split("/", 1)[0]
+        if self.wanted is not None and database not in self.wanted or database in self.exclude:
             return None
         path = self.root / name
         if not inside(path, self.root):
@@ -83,8 +84,9 @@ class _Discard:
 def restore(stream: BinaryIO, data_dir: Path, databases: list[str] | None = None, force: bool = False,
             on_bytes: Callable[[int], None] = lambda n: None,
             vouch: Callable[[Manifest], object] | None = None,
-            identities: Sequence[Any] | None = None) -> RestoreResult:
-    """Extract the archive's databases (all, or `databases`) into `data_dir`.
+            identities: Sequence[Any] | None = None, exclude: Sequence[str] = ()) -> RestoreResult:
+    """Extract the archive's databases (all, or `databases`; never those in
+    `exclude`) into `data_dir`.
     `vouch(manifest)`, when given, is asked once the archive has been read
     and checked, before anything in the destination changes: whatever it
     raises stops the restore there (trust: the anchors); what it returns is
@@ -108,7 +110,8 @@ def restore(stream: BinaryIO, data_dir: Path, databases: list[str] | None = None
         raise RestoreError(f"nothing restored: {exc.strerror or exc}: {exc.filename}") from None
     try:
         try:
-            seen = archive.read(stream, _Scratch(scratch, wanted), on_bytes=on_bytes, identities=identities)
+            seen = archive.read(stream, _Scratch(scratch, wanted, frozenset(exclude)), on_bytes=on_bytes,
+                                identities=identities)
         except OSError as exc:
             raise RestoreError(f"nothing restored: {exc.strerror or exc}: {exc.filename}") from None
         if seen.sealed:
@@ -119,7 +122,7 @@ def restore(stream: BinaryIO, data_dir: Path, databases: list[str] | None = None
         if wanted is not None and wanted - set(seen.databases):
             raise RestoreError(f"not in the archive: {', '.join(sorted(wanted - set(seen.databases)))} "
                                f"(it holds {', '.join(seen.databases) or 'nothing'})")
-        chosen = [n for n in seen.databases if wanted is None or n in wanted]
+        chosen = [n for n in seen.databases if (wanted is None or n in wanted) and n not in exclude]
         assert seen.manifest is not None  # seen.ok
         vouched = vouch(seen.manifest) if vouch is not None else None
         for name in chosen:

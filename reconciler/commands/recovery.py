@@ -36,10 +36,24 @@ class Outcome:
     result: object | None = None            # its ReplayResult, once replayed
     error: str | None = None
     base_verdicts: list = field(default_factory=list)
+    archived: tuple[int, bytes, str, str] | None = None  # no journal: (tx, Alh, taken at, archive) restored
 
     @property
     def ok(self) -> bool:
-        return self.error is None and self.result is not None
+        return self.error is None and (self.result is not None or self.archived is not None)
+
+    def row(self) -> tuple[str, str, str, str]:
+        """(tx, time, Alh, anchors and source) for the closing table."""
+        from reconciler.journal.replay import _iso
+        anchors = ", ".join(sorted({v.anchor for v in (*getattr(self.result, "anchors", ()), *self.base_verdicts)
+                                    if v.vouched})) or "UNANCHORED"
+        if self.archived is not None:
+            tx, alh, taken, archive = self.archived
+            return str(tx), taken, alh.hex()[:16], f"{anchors}; archive {archive} (no journal: its point)"
+        r = self.result
+        base = getattr(self.planned, "base", None)
+        return (str(r.tx_id), _iso(r.tx_time) if r.tx_time else "-", r.alh.hex()[:16],  # type: ignore[union-attr]
+                anchors + (f"; base {base.archive}" if base else ""))
 
 
 def held_entries(data_dir: Path) -> list[str]:
@@ -79,16 +93,25 @@ def restore_all(args: argparse.Namespace) -> int:
     cfg = load_config(args, setup_logging=False)
     target_cfg = _journal_target(cfg, args.target)
     journaled = _journal_databases(target_cfg)
-    wanted = journaled if not args.database else list(dict.fromkeys(args.database))
-    missing = sorted(set(wanted) - set(journaled))
-    if missing:
-        raise ReplicatorError(f"no journal of {', '.join(missing)} at target {target_cfg.name} (it holds "
-                              f"{', '.join(journaled) or 'none'})")
-    skipped = sorted(set(wanted) & SERVER_DATABASES)
+    newest = _newest_archive(target_cfg, point)
+    if not journaled and newest is None and args.if_empty:  # a new deployment: no backup yet, immudb starts empty
+        print(f"no journal or archive at target {target_cfg.name}: nothing restored, {data_dir} stays empty "
+              f"(--if-empty)")
+        return 0
+    named = list(dict.fromkeys(args.database or []))
+    wanted = [d for d in named if d in journaled] if named else list(journaled)
+    archived_only = [d for d in named if d not in journaled] if named else None  # None: whatever the archive holds
+    if archived_only and newest is None:
+        raise ReplicatorError(f"no journal or archive of {', '.join(archived_only)} at target {target_cfg.name} "
+                              f"(its journals: {', '.join(journaled) or 'none'}; no archive "
+                              f"{'at or before that time' if point.time is not None else 'there'})")
+    skipped = sorted(set(wanted) & SERVER_DATABASES | set(archived_only or ()) & SERVER_DATABASES)
     wanted = [d for d in wanted if d not in SERVER_DATABASES]
-    if not wanted:
-        raise ReplicatorError(f"nothing to restore: target {target_cfg.name} holds no journal of a database "
-                              f"but {', '.join(skipped) or 'none'}")
+    if archived_only is not None:
+        archived_only = [d for d in archived_only if d not in SERVER_DATABASES]
+    if not wanted and newest is None or not wanted and archived_only == []:
+        raise ReplicatorError(f"nothing to restore: target {target_cfg.name} holds no journal or archive of a "
+                              f"database but {', '.join(skipped) or 'none'}")
     identities = identities_for(args, cfg)
     started = time.monotonic()
     outcomes = [Outcome(d) for d in wanted]
@@ -97,6 +120,9 @@ def restore_all(args: argparse.Namespace) -> int:
     try:
         _plan_all(cfg, target_cfg, outcomes, point, args, identities)
         _restore_bases(cfg, target_cfg, outcomes, data_dir, args, identities)
+        if newest is not None and archived_only != []:
+            outcomes += _restore_archived(cfg, target_cfg, newest.name, archived_only, data_dir, args, identities,
+                                          exclude=set(journaled) | SERVER_DATABASES)
         _replay_all(cfg, target_cfg, outcomes, data_dir, args, identities, parallel)
     except BaseException:
         _empty(data_dir, made)
@@ -104,6 +130,9 @@ def restore_all(args: argparse.Namespace) -> int:
     for outcome in outcomes:
         if not outcome.ok:
             _remove(data_dir / outcome.database)
+    if not outcomes:
+        raise ReplicatorError(f"nothing to restore: the newest archive at target {target_cfg.name} holds no database "
+                              f"without a journal, and there is no journal")
     if not any(o.ok for o in outcomes) and made:
         _empty(data_dir, made)
     _report(outcomes, skipped, point, data_dir, time.monotonic() - started)
@@ -129,6 +158,50 @@ def _plan_all(cfg, target_cfg, outcomes: list[Outcome], point, args, identities)
                                        snapshots=True, anchors=anchors, limits=_limits(anchors, cfg, outcome.database))
         except ReplicatorError as exc:
             outcome.error = str(exc)
+
+
+def _newest_archive(target_cfg, point):
+    """The target's newest archive (written at or before the point's time)."""
+    from reconciler import targets
+    with targets.build(target_cfg) as target:
+        archives = [a for a in target.list() if point.time is None or a.modified <= point.time]
+    return max(archives, key=lambda a: (a.modified, a.name), default=None)
+
+
+def _restore_archived(cfg, target_cfg, archive: str, names: list[str] | None, data_dir: Path, args, identities,
+                      exclude: set[str]) -> list[Outcome]:
+    """The databases without a journal, from archive `archive` as it holds
+    them (`names`, or every one not in `exclude`), checked against its
+    anchors: their point is the archive's."""
+    from reconciler import targets
+    from reconciler.backup.restore import restore as restore_archive
+    from reconciler.signed import TrustError
+    from reconciler.trust.archives import HashingReader
+    from reconciler.trust.sources import vouch_for_archive
+    try:
+        with targets.build(target_cfg) as target, target.read(archive) as stream:
+            location, reader = target.location(archive), HashingReader(stream)
+
+            def vouch(manifest):
+                try:
+                    return vouch_for_archive(cfg, target_cfg, archive, location, manifest, reader,
+                                             live=not args.no_live, unanchored=args.unanchored)
+                except TrustError as exc:
+                    raise TrustError(f"nothing restored: {exc}") from None
+
+            result = restore_archive(reader, data_dir, names, force=True, vouch=vouch, identities=identities,
+                                     exclude=sorted(exclude))
+    except ReplicatorError as exc:
+        return [Outcome(name, error=str(exc)) for name in (names or [f"(archive {archive})"])]
+    assert result.manifest is not None
+    states = {e.name: e for e in result.manifest.databases}
+    outcomes = []
+    for name in result.databases:
+        entry = states[name]
+        outcome = Outcome(name, base_verdicts=list(result.vouched or []))
+        outcome.archived = (entry.tx_id or 0, entry.tx_hash or b"", result.manifest.started_at, archive)
+        outcomes.append(outcome)
+    return outcomes
 
 
 def _restore_bases(cfg, target_cfg, outcomes: list[Outcome], data_dir: Path, args, identities) -> None:
@@ -185,22 +258,13 @@ def _replay_all(cfg, target_cfg, outcomes: list[Outcome], data_dir: Path, args, 
 
 
 def _report(outcomes: list[Outcome], skipped: list[str], point, data_dir: Path, seconds: float) -> None:
-    from reconciler.journal.replay import _iso
-    width = max(len("DATABASE"), *(len(o.database) for o in outcomes))
+    rows = [(o.database, *(o.row() if o.ok else ("-", "-", "-", f"FAILED: {o.error}"))) for o in outcomes]
+    rows += [(name, "-", "-", "-", f"skipped: immudb makes its own {name}; restore its journal with --database "
+                                   f"{name} --as NAME") for name in skipped]
+    width = max(len("DATABASE"), *(len(r[0]) for r in rows))
     print(f"{'DATABASE':<{width}}  {'TX':>10}  {'TIME':<20}  {'ALH':<16}  ANCHORS / ERROR")
-    for o in outcomes:
-        if o.ok:
-            r = o.result
-            anchors = ", ".join(sorted({v.anchor for v in (*r.anchors, *o.base_verdicts) if v.vouched}))  # type: ignore[union-attr]
-            when = _iso(r.tx_time) if r.tx_time else "-"  # type: ignore[union-attr]
-            base = f"; base {o.planned.base.archive}" if o.planned.base else ""  # type: ignore[union-attr]
-            print(f"{o.database:<{width}}  {r.tx_id:>10}  {when:<20}  {r.alh.hex()[:16]}  "  # type: ignore[union-attr]
-                  f"{anchors or 'UNANCHORED'}{base}")
-        else:
-            print(f"{o.database:<{width}}  {'-':>10}  {'-':<20}  {'-':<16}  FAILED: {o.error}")
-    for name in skipped:
-        print(f"{name:<{width}}  {'-':>10}  {'-':<20}  {'-':<16}  skipped: immudb makes its own {name}; restore "
-              f"its journal with --database {name} --as NAME")
+    for name, tx, when, alh, rest in rows:
+        print(f"{name:<{width}}  {tx:>10}  {when:<20}  {alh:<16}  {rest}")
     done = [o for o in outcomes if o.ok]
     print(f"{len(done)} of {len(outcomes)} databases restored to {point.describe()} in {data_dir} in {seconds:.1f}s"
           + (f"; start immudb with --dir {data_dir}" if done else ""))

@@ -85,7 +85,8 @@ def after_archive(cfg: Config, target_cfg: TargetConfig, archive: str, manifest:
     if continuous is None or continuous.target != target_cfg.name:
         return
     try:
-        recorded = record(target_cfg, archive, manifest, writing_sealing(cfg.backup.encryption))
+        journaled = [e.name for e in manifest.databases if e.name in continuous.databases]
+        recorded = record(target_cfg, archive, manifest, writing_sealing(cfg.backup.encryption), journaled)
         if target_cfg.retention is not None:  # archives are deleted: segments only their bases needed may go
             prune(target_cfg)
     except (TargetError, OSError, EncryptionError) as exc:  # EncryptionError: no record in the clear either
@@ -95,14 +96,15 @@ def after_archive(cfg: Config, target_cfg: TargetConfig, archive: str, manifest:
     event(log, "journal_bases_recorded", target=target_cfg.name, archive=archive, databases=len(recorded))
 
 
-def record(cfg: TargetConfig, archive: str, manifest: Manifest, sealing: Sealing | None = None) -> list[str]:
-    """Records for every database of a completed archive at target `cfg`,
-    their bodies encrypted to `sealing`'s recipients; the databases
-    recorded."""
+def record(cfg: TargetConfig, archive: str, manifest: Manifest, sealing: Sealing | None = None,
+           databases: list[str] | None = None) -> list[str]:
+    """Records for every database of a completed archive at target `cfg`
+    (or those of `databases`: the journaled ones), their bodies encrypted
+    to `sealing`'s recipients; the databases recorded."""
     sealing = sealing or Sealing()
     done = []
     for entry in manifest.databases:
-        if entry.state is None:
+        if entry.state is None or databases is not None and entry.name not in databases:
             continue
         tx_id, tx_hash = entry.state
         name = record_name(tx_id, tx_hash, archive)
