@@ -102,6 +102,74 @@ def test_probes_data_volume_and_ports_match_the_config(tmp_path):
     assert state["name"] != backups["name"]
 
 
+def restore_container():
+    pod = manifests()["StatefulSet"]["spec"]["template"]["spec"]
+    names = [c["name"] for c in pod["initContainers"]]
+    return names, pod["initContainers"][names.index("restore")]
+
+
+def test_the_restore_init_container_fills_an_empty_data_volume_before_immudb_and_the_sidecar(tmp_path):
+    """It runs to completion first (no restartPolicy: a plain init
+    container, before the native sidecar), restores every database from
+    the journal's target into the volume immudb serves, and leaves a volume
+    that holds anything as it is."""
+    from reconciler.cli import build_parser
+    names, restore = restore_container()
+    _, sidecar, immudb = sidecar_and_immudb()
+    assert names.index("restore") < names.index("replicator") and "restartPolicy" not in restore
+    args = build_parser().parse_args(restore["args"])
+    assert (args.command, args.all, args.if_empty, args.to_end) == ("restore", True, True, True)
+    data = next(m for m in restore["volumeMounts"] if m["name"] == "data")
+    assert not data.get("readOnly") and args.data_dir == data["mountPath"]
+    assert immudb["args"][immudb["args"].index("--dir") + 1] == data["mountPath"]
+    assert restore["image"] == sidecar["image"]
+    for var in restore["env"]:
+        assert var["name"] in KNOWN_ENV and var in sidecar["env"], var
+    mounts = {m["mountPath"]: m for m in restore["volumeMounts"]}
+    assert Path(args.config).parent.as_posix() in mounts
+    # what it reads is mounted: the journal's target, and the local checkpoints its anchors are
+    cfg = configmap_config(tmp_path)
+    assert cfg.backup.continuous is not None
+    target = cfg.backup.targets[args.target or cfg.backup.continuous.target]
+    assert target.kind == "file" and str(Path(target.path).parent) in mounts
+    assert str(cfg.backup.trust.state_folder) in mounts
+    assert restore["securityContext"]["runAsUser"] == sidecar["securityContext"]["runAsUser"]
+
+
+def test_the_image_carries_the_immudb_the_tests_run():
+    """The restore container and drills run immudb from the image: built
+    from the Go module at the version the suite tests, as the suite builds
+    it, and installed on PATH (backup.drill.immudb_binary's fallback)."""
+    from tests.support.servers import IMMUDB_MODULE, IMMUDB_VERSION
+    text = (ROOT / "Dockerfile").read_text()
+    assert re.search(rf"^ARG IMMUDB_VERSION={re.escape(IMMUDB_VERSION)}$", text, re.M), "Dockerfile's immudb version"
+    assert f"go mod download -json {IMMUDB_MODULE}@v${{IMMUDB_VERSION}}" in text
+    assert f"-X {IMMUDB_MODULE}/cmd/version.Version=${{IMMUDB_VERSION}}" in text and "./cmd/immudb" in text
+    assert "COPY --from=immudb /out/immudb /usr/local/bin/immudb" in text
+    cfg_text = manifests()["ConfigMap"]["data"]["replicator.yaml"]
+    assert "immudb_binary" not in cfg_text  # so the image's immudb on PATH is the one used
+
+
+def test_the_manifests_are_valid_kubernetes_objects():
+    """Against Kubernetes' own OpenAPI schemas (kubernetes-validate), strict:
+    no unknown field. The oldest version checked is the first with native
+    sidecars (restartPolicy on an init container)."""
+    import copy
+
+    import kubernetes_validate
+    for version in ("1.29", "1.33"):
+        for doc in manifests().values():
+            kubernetes_validate.validate(doc, version, strict=True)
+    broken = copy.deepcopy(manifests()["StatefulSet"])
+    broken["spec"]["template"]["spec"]["initContainers"][0]["volumeMount"] = []  # a typo
+    try:
+        kubernetes_validate.validate(broken, "1.33", strict=True)
+    except kubernetes_validate.ValidationError:
+        pass
+    else:
+        raise AssertionError("a manifest with an unknown field passed: the check checks nothing")
+
+
 def test_dockerfile_runs_the_command_the_manifest_expects():
     text = (ROOT / "Dockerfile").read_text()
     _, sidecar, _ = sidecar_and_immudb()
