@@ -357,11 +357,7 @@ def test_journal_segments_are_encrypted_and_replay_only_with_the_identity(
     try:
         written = immudb_data.write(primary_server, name, 6, prefix="secret_")
         want = immudb_data.state(primary_server, name)[0]
-
-        def shipped() -> bool:
-            journals = {j["database"]: j for j in d.request("GET", "/status")[1]["journal"] or []}
-            return journals.get(name, {}).get("shipped_tx", 0) >= want
-        wait_for(shipped, 90, f"transaction {want} of {name} shipped")
+        d.wait_shipped(name, want)
     finally:
         assert d.stop() == 0
     segments = sorted(p for p in (tmp_path / "t" / "journal" / name).iterdir() if p.name.endswith(SUFFIX))

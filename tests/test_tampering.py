@@ -98,15 +98,11 @@ def shipped(tmp_path, followed, primary_server, replica_server, immudb_build):
                            "drill": {"immudb_binary": str(immudb_build / "immudb"),
                                      "scratch_dir": str(tmp_path / "scratch")}}).start()
         try:
-            def shipped_all(want: dict[str, int]) -> bool:
-                journals = {j["database"]: j for j in d.request("GET", "/status")[1]["journal"] or []}
-                return all(journals.get(n, {}).get("shipped_tx", 0) >= want[n] for n in names)
-
             for i in range(count):  # one transaction at a time, each shipped: a segment each
                 for n in names:
                     immudb_data.write(primary_server, n, 1, prefix=f"{n}_v{i}_")  # histories differ
-                want = {n: immudb_data.state(primary_server, n)[0] for n in names}
-                wait_for(lambda: shipped_all(want), 90, f"transaction {i + 1} shipped")
+                for n in names:
+                    d.wait_shipped(n, immudb_data.state(primary_server, n)[0])
         finally:
             assert d.stop() == 0
         return [Shipped(tmp_path, d.config_path, n, prefix, target) for n in names]
