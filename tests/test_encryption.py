@@ -28,7 +28,7 @@ from reconciler.encryption import (
     load_recipients,
 )
 from reconciler.errors import ConfigError
-from reconciler.journal.format import SUFFIX
+from reconciler.journal.format import SUFFIX, parse_name
 from reconciler.manifest import from_dict as manifest_from_dict
 from tests.support import immudb_data
 from tests.support.cli import replicator, system_binary
@@ -462,3 +462,76 @@ def test_keys_over_time_a_new_recipient_applies_to_the_next_archive_and_old_ones
         assert ok.returncode == 0, ok.stderr
         no = replicator("verify", str(archive_path), "-c", str(cfg), "--identity", str(refuses))
         assert no.returncode != 0 and "no given identity is among its recipients" in no.stderr, no.stderr
+
+
+def _opens(blob: bytes, identity: Path) -> bool:
+    try:
+        pyrage.decrypt(blob, load_identities(identity))
+    except pyrage.DecryptError:
+        return False
+    return True
+
+
+def test_a_journal_switching_recipients_encrypts_what_follows_to_the_new_key_and_restores_with_both(
+        tmp_path, followed, primary_server, replica_server, replica, key):
+    """recipients_file changes from key A to key B while the daemon runs:
+    its journal restarts on it by itself (reconcile.interval stays an hour:
+    only the journals' own check sees the file), and every segment after
+    opens with B only, every one before with A only. A restore to the end
+    needs both: one identity alone is refused naming the first segment it
+    cannot open; a file holding both identities restores everything."""
+    a_identity, a_recipient = key
+    b = x25519.Identity.generate()
+    b_identity = tmp_path / "b-key.txt"
+    b_identity.write_text(f"{b}\n")
+    both = tmp_path / "both-keys.txt"
+    both.write_text(a_identity.read_text() + b_identity.read_text())
+    listed = tmp_path / "recipients.txt"
+    listed.write_text(f"{a_recipient}\n")
+    prefix, name = followed(0)
+    folder = tmp_path / "t" / "journal" / name
+    d = Daemon(tmp_path, primary_server, replica_server, prefix,
+               backup={"targets": {"local": {"type": "file", "path": str(tmp_path / "t" / "immudb-{timestamp}.tar.gz")}},
+                       "encryption": {"recipients_file": str(listed)},
+                       "continuous": {"target": "local", "segment_max_seconds": 0.3,
+                                      "spool_dir": str(tmp_path / "spool")}}).start()
+
+    def segments() -> list[Path]:
+        return sorted(p for p in folder.iterdir() if p.name.endswith(SUFFIX))
+    try:
+        written = immudb_data.write(primary_server, name, 3, prefix="before_")
+        d.wait_shipped(name, immudb_data.state(primary_server, name)[0])
+        old = segments()
+        changed_at = time.time()
+        staged = listed.with_suffix(".new")
+        staged.write_text(f"# key A retired\n{b.to_public()}\n")
+        staged.replace(listed)
+        wait_for(lambda: (d.journal(name) or {}).get("since", 0) > changed_at, 30,
+                 "the journal restarted on the new recipients (README: within 30 s)")
+        written.update(immudb_data.write(primary_server, name, 3, prefix="after_"))
+        want = immudb_data.state(primary_server, name)[0]
+        d.wait_shipped(name, want)
+    finally:
+        assert d.stop() == 0
+    new = [p for p in segments() if p not in old]
+    assert old and new, (old, new)
+    assert parse_name(new[0].name).first_tx > parse_name(old[-1].name).last_tx  # what followed, not copies
+    for segment in old:
+        blob = segment.read_bytes()
+        assert _opens(blob, a_identity) and not _opens(blob, b_identity), segment.name
+    for segment in new:
+        blob = segment.read_bytes()
+        assert _opens(blob, b_identity) and not _opens(blob, a_identity), segment.name
+
+    restore = ("restore", "-c", str(d.config_path), "--target", "local", "--database", name, "--to-end",
+               "--server", "replica")
+    for identity, unreadable in ((a_identity, new[0]), (b_identity, old[0])):
+        attempt = unique_name("onekey")
+        line = _one_error_line(replicator(*restore, "--as", attempt, "--identity", str(identity)))
+        assert f"segment {unreadable.name} cannot be decrypted: no given identity is among its recipients" in line, \
+            line
+        assert attempt not in _databases(replica)  # nothing half-restored
+    back = unique_name("back")
+    done = replicator(*restore, "--as", back, "--identity", str(both))
+    assert done.returncode == 0 and f"transaction {want}" in done.stdout, done.stdout + done.stderr
+    assert immudb_data.read(replica_server, back, written) == written
