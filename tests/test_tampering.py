@@ -438,6 +438,54 @@ def test_an_archive_rewritten_in_place_is_refused_by_its_local_checkpoint(archiv
     assert done.returncode == 1 and "not the ones this replicator wrote" in done.stderr, done.stdout + done.stderr
 
 
+def test_an_encrypted_archive_forged_with_the_public_key_is_refused_by_its_local_checkpoint(shipped, tmp_path):
+    """Anyone holding the recipient (a public key) can write an archive that
+    decrypts. The tool's own encrypted archive, decrypted, a value changed in
+    the database's files, rebuilt consistently (files, checksums, manifest;
+    its states and the primary's signatures kept) and encrypted to the same
+    recipient, in place of the original: age authenticates it and it checks
+    out by itself, the signatures and the live servers vouch for the states
+    it records (unchanged). What refuses it is the local checkpoint of the
+    bytes written; without that (a new machine), the drill."""
+    [j] = shipped(count=4, encrypted=True)
+    done = run("backup", "-c", str(j.config), "--target", "local")
+    assert done.returncode == 0, done.stderr
+    [made] = sorted(j.folder.parent.parent.glob("immudb-*.tar.gz"))
+    key = j.identity_args
+    real = run("verify", "-c", str(j.config), "--target", "local", made.name, *key)
+    assert real.returncode == 0 and "anchor local" in real.stdout and "anchor signed" in real.stdout, real.stderr
+    plain = tmp_path / "plain.tar.gz"
+    plain.write_bytes(j.opened(made.read_bytes()))
+    value = f"value-{j.name}_v2_-0".encode()  # the third transaction's value (shipped's writes)
+
+    def change(tree: Path, manifest: dict) -> None:
+        holding = [f for f in sorted((tree / j.name).rglob("*")) if f.is_file() and value in f.read_bytes()]
+        assert holding, "the value is in none of the database's files"
+        for f in holding:
+            f.write_bytes(f.read_bytes().replace(value, b"FORGED" + value[6:]))
+    forged = rebuild_archive(plain, tmp_path / "forged.tar.gz", tmp_path, change)
+    made.write_bytes(j.sealed(forged.read_bytes()))
+    from reconciler.backup import archive
+    with open(made, "rb") as stream:  # age and the archive's own checks pass: only an anchor can tell
+        assert archive.verify(stream, identities=load_identities(j.identity)).ok
+
+    refused = run("verify", "-c", str(j.config), "--target", "local", made.name, *key)
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    assert f"{made.name}: its bytes are not the ones this replicator wrote" in refused.stderr, refused.stderr
+    dest = tmp_path / "restored-archive"
+    restored = run("restore", "-c", str(j.config), "--target", "local", made.name, "--data-dir", str(dest), *key)
+    assert restored.returncode == 1, restored.stdout + restored.stderr
+    assert "nothing restored" in restored.stderr and f"{made.name}: its bytes are not the ones this replicator " \
+        "wrote" in restored.stderr, restored.stderr
+    assert not dest.exists() or list(dest.iterdir()) == []
+    for done in (refused, restored):
+        assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    drilled = run("drill", "-c", str(j.configured(state_dir=tmp_path / "empty-state")), "--target", "local",
+                  made.name, *key)
+    assert drilled.returncode == 1 and "drill failed" in drilled.stderr, drilled.stdout + drilled.stderr
+    assert f"FAIL {j.name}: " in drilled.stderr, drilled.stderr  # its restored transactions do not hold
+
+
 def test_a_real_archive_is_vouched_for_by_every_anchor(archived):
     a, b, made = archived
     done = run("verify", "-c", str(a.config), str(made))
