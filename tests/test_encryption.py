@@ -10,7 +10,9 @@ import io
 import os
 import subprocess
 import time
+from pathlib import Path
 
+import pyrage
 import pytest
 import yaml
 from pyrage import x25519
@@ -26,13 +28,13 @@ from reconciler.encryption import (
     load_recipients,
 )
 from reconciler.errors import ConfigError
-from reconciler.journal.format import SUFFIX
+from reconciler.journal.format import SUFFIX, parse_name
 from reconciler.manifest import from_dict as manifest_from_dict
 from tests.support import immudb_data
 from tests.support.cli import replicator, system_binary
-from tests.support.configs import write_config
+from tests.support.configs import unique_name, write_config
 from tests.support.daemon import Daemon
-from tests.support.targets import KINDS, target_config
+from tests.support.targets import KINDS, target_config, target_dict
 from tests.support.waiting import wait_for
 
 
@@ -357,11 +359,7 @@ def test_journal_segments_are_encrypted_and_replay_only_with_the_identity(
     try:
         written = immudb_data.write(primary_server, name, 6, prefix="secret_")
         want = immudb_data.state(primary_server, name)[0]
-
-        def shipped() -> bool:
-            journals = {j["database"]: j for j in d.request("GET", "/status")[1]["journal"] or []}
-            return journals.get(name, {}).get("shipped_tx", 0) >= want
-        wait_for(shipped, 90, f"transaction {want} of {name} shipped")
+        d.wait_shipped(name, want)
     finally:
         assert d.stop() == 0
     segments = sorted(p for p in (tmp_path / "t" / "journal" / name).iterdir() if p.name.endswith(SUFFIX))
@@ -381,6 +379,63 @@ def test_journal_segments_are_encrypted_and_replay_only_with_the_identity(
                       "--data-dir", str(tmp_path / "r2"), "--identity", str(identity))
     assert done.returncode == 0, done.stdout + done.stderr
     assert f"transaction {want}" in done.stdout or str(want) in done.stdout, done.stdout
+
+
+def _one_error_line(done) -> str:
+    """The single line a refused command printed (no traceback, nothing else)."""
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 1 and len(lines) == 1 and lines[0].startswith("error: "), done.stdout + done.stderr
+    return lines[0]
+
+
+def _databases(admin) -> set[str]:
+    return {db.name for db in admin.list_databases()}
+
+
+def test_journal_segments_at_an_sftp_target_hold_no_plaintext_and_replay_only_with_the_identity(
+        tmp_path, request, followed, primary_server, replica_server, replica, sftp_server, key):
+    """The segments as the SFTP server stores them (its own files, read
+    raw): age files in which no key, value or the database's name appears.
+    The values are random bytes, which zstd keeps as they are: decrypted,
+    the same files hold every one of them (the check can fail)."""
+    identity, recipient = key
+    prefix, name = followed(0)
+    target = target_dict("sftp", tmp_path, request)
+    stored = Path(target["path"]).parent  # the target's folder, on the SFTP server's disk
+    d = Daemon(tmp_path, primary_server, replica_server, prefix, reconcile={"interval": 1},
+               backup={"targets": {"remote": target}, "encryption": {"recipients": [recipient]},
+                       "continuous": {"target": "remote", "segment_max_seconds": 0.3,
+                                      "spool_dir": str(tmp_path / "spool")}}).start()
+    try:
+        written = immudb_data.write_random(primary_server, name, 6)
+        want = immudb_data.state(primary_server, name)[0]
+        d.wait_shipped(name, want)
+    finally:
+        assert d.stop() == 0
+    files = sorted(p for p in stored.rglob("*") if p.is_file())
+    assert files and all(p.parent == stored / "journal" / name and p.name.endswith(SUFFIX) for p in files), files
+    secrets = [*written, *written.values(), name.encode()]
+    for segment in files:
+        blob = segment.read_bytes()
+        assert is_encrypted(blob[:32]), segment.name
+        assert [s for s in secrets if s in blob] == [], segment.name
+    opened = b"".join(pyrage.decrypt(p.read_bytes(), load_identities(identity)) for p in files)
+    assert [s for s in secrets if s not in opened] == []  # what an unencrypted journal would have stored
+
+    restore = ("restore", "-c", str(d.config_path), "--target", "remote", "--database", name, "--to-end",
+               "--server", "replica")
+    nokey, wrongkey = unique_name("nokey"), unique_name("wrongkey")
+    line = _one_error_line(replicator(*restore, "--as", nokey))
+    assert "is encrypted (age): give --identity" in line, line
+    other = tmp_path / "other.txt"
+    other.write_text(f"{x25519.Identity.generate()}\n")
+    line = _one_error_line(replicator(*restore, "--as", wrongkey, "--identity", str(other)))
+    assert "cannot be decrypted: no given identity is among its recipients" in line, line
+    assert not {nokey, wrongkey} & _databases(replica)  # nothing half-restored
+    back = unique_name("back")
+    done = replicator(*restore, "--as", back, "--identity", str(identity))
+    assert done.returncode == 0 and f"transaction {want}" in done.stdout, done.stdout + done.stderr
+    assert immudb_data.read(replica_server, back, written) == written
 
 
 def test_keys_over_time_a_new_recipient_applies_to_the_next_archive_and_old_ones_keep_theirs(
@@ -407,3 +462,76 @@ def test_keys_over_time_a_new_recipient_applies_to_the_next_archive_and_old_ones
         assert ok.returncode == 0, ok.stderr
         no = replicator("verify", str(archive_path), "-c", str(cfg), "--identity", str(refuses))
         assert no.returncode != 0 and "no given identity is among its recipients" in no.stderr, no.stderr
+
+
+def _opens(blob: bytes, identity: Path) -> bool:
+    try:
+        pyrage.decrypt(blob, load_identities(identity))
+    except pyrage.DecryptError:
+        return False
+    return True
+
+
+def test_a_journal_switching_recipients_encrypts_what_follows_to_the_new_key_and_restores_with_both(
+        tmp_path, followed, primary_server, replica_server, replica, key):
+    """recipients_file changes from key A to key B while the daemon runs:
+    its journal restarts on it by itself (reconcile.interval stays an hour:
+    only the journals' own check sees the file), and every segment after
+    opens with B only, every one before with A only. A restore to the end
+    needs both: one identity alone is refused naming the first segment it
+    cannot open; a file holding both identities restores everything."""
+    a_identity, a_recipient = key
+    b = x25519.Identity.generate()
+    b_identity = tmp_path / "b-key.txt"
+    b_identity.write_text(f"{b}\n")
+    both = tmp_path / "both-keys.txt"
+    both.write_text(a_identity.read_text() + b_identity.read_text())
+    listed = tmp_path / "recipients.txt"
+    listed.write_text(f"{a_recipient}\n")
+    prefix, name = followed(0)
+    folder = tmp_path / "t" / "journal" / name
+    d = Daemon(tmp_path, primary_server, replica_server, prefix,
+               backup={"targets": {"local": {"type": "file", "path": str(tmp_path / "t" / "immudb-{timestamp}.tar.gz")}},
+                       "encryption": {"recipients_file": str(listed)},
+                       "continuous": {"target": "local", "segment_max_seconds": 0.3,
+                                      "spool_dir": str(tmp_path / "spool")}}).start()
+
+    def segments() -> list[Path]:
+        return sorted(p for p in folder.iterdir() if p.name.endswith(SUFFIX))
+    try:
+        written = immudb_data.write(primary_server, name, 3, prefix="before_")
+        d.wait_shipped(name, immudb_data.state(primary_server, name)[0])
+        old = segments()
+        changed_at = time.time()
+        staged = listed.with_suffix(".new")
+        staged.write_text(f"# key A retired\n{b.to_public()}\n")
+        staged.replace(listed)
+        wait_for(lambda: (d.journal(name) or {}).get("since", 0) > changed_at, 30,
+                 "the journal restarted on the new recipients (README: within 30 s)")
+        written.update(immudb_data.write(primary_server, name, 3, prefix="after_"))
+        want = immudb_data.state(primary_server, name)[0]
+        d.wait_shipped(name, want)
+    finally:
+        assert d.stop() == 0
+    new = [p for p in segments() if p not in old]
+    assert old and new, (old, new)
+    assert parse_name(new[0].name).first_tx > parse_name(old[-1].name).last_tx  # what followed, not copies
+    for segment in old:
+        blob = segment.read_bytes()
+        assert _opens(blob, a_identity) and not _opens(blob, b_identity), segment.name
+    for segment in new:
+        blob = segment.read_bytes()
+        assert _opens(blob, b_identity) and not _opens(blob, a_identity), segment.name
+
+    restore = ("restore", "-c", str(d.config_path), "--target", "local", "--database", name, "--to-end",
+               "--server", "replica")
+    for identity, unreadable in ((a_identity, new[0]), (b_identity, old[0])):
+        attempt = unique_name("onekey")
+        line = _one_error_line(replicator(*restore, "--as", attempt, "--identity", str(identity)))
+        assert f"segment {unreadable.name} cannot be decrypted: no given identity is among its recipients" in line, \
+            line
+        assert attempt not in _databases(replica)  # nothing half-restored
+    back = unique_name("back")
+    done = replicator(*restore, "--as", back, "--identity", str(both))
+    assert done.returncode == 0 and f"transaction {want}" in done.stdout, done.stdout + done.stderr
+    assert immudb_data.read(replica_server, back, written) == written

@@ -108,7 +108,6 @@ def test_journal_segments_and_bases_on_a_locked_bucket_are_locked_and_encrypted(
     from reconciler.encryption import is_encrypted
     from reconciler.journal.format import SUFFIX
     from tests.support import immudb_data
-    from tests.support.waiting import wait_for
     prefix, name = followed(0)
     ident = x25519.Identity.generate()
     bucket = _bucket(s3_server, locked=True)
@@ -121,11 +120,7 @@ def test_journal_segments_and_bases_on_a_locked_bucket_are_locked_and_encrypted(
     try:
         written = immudb_data.write(primary_server, name, 4, prefix="secret_")
         want = immudb_data.state(primary_server, name)[0]
-
-        def shipped() -> bool:
-            journals = {j["database"]: j for j in d.request("GET", "/status")[1]["journal"] or []}
-            return journals.get(name, {}).get("shipped_tx", 0) >= want
-        wait_for(shipped, 90, f"transaction {want} shipped")
+        d.wait_shipped(name, want)
         assert d.request("POST", "/backup/start", {"target": "t"})[0] == 202  # a base: pruning may go
         assert d.wait_backup(timeout=180)["last_result"]["result"] == "ok"
     finally:

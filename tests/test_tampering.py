@@ -13,10 +13,13 @@ import sys
 import time
 from pathlib import Path
 
+import pyrage
 import pytest
 import yaml
+from pyrage import x25519
 
 from reconciler.config.model import TargetConfig
+from reconciler.encryption import is_encrypted, load_identities
 from reconciler.journal import format as jf
 from reconciler.journal.store import JournalStore
 from reconciler.manifest import from_dict as manifest_from_dict
@@ -36,27 +39,48 @@ run = replicator
 
 
 class Shipped:
-    """A journal a daemon shipped: its configuration, target and folder."""
+    """A journal a daemon shipped: its configuration, target and folder; and
+    when it was encrypted, the age identity that reads it and the recipient
+    (the public key) that anyone may encrypt to."""
 
-    def __init__(self, tmp_path: Path, config: Path, name: str, prefix: str, target: dict):
+    def __init__(self, tmp_path: Path, config: Path, name: str, prefix: str, target: dict,
+                 identity: Path | None = None, recipient: str | None = None):
         self.tmp_path, self.config, self.name, self.prefix = tmp_path, config, name, prefix
         self.target_cfg = TargetConfig("local", "file", target["path"])
         self.folder = Path(target["path"]).parent / "journal" / name
+        self.identity, self.recipient = identity, recipient
 
     def segments(self) -> list[Path]:
         return sorted(p for p in self.folder.iterdir() if p.name.endswith(jf.SUFFIX))
 
+    @property
+    def identity_args(self) -> tuple[str, ...]:
+        return ("--identity", str(self.identity)) if self.identity else ()
+
+    def opened(self, blob: bytes) -> bytes:
+        """`blob` as written before encryption (decrypted with the identity)."""
+        return pyrage.decrypt(blob, load_identities(self.identity)) if self.identity else blob
+
+    def sealed(self, blob: bytes) -> bytes:
+        """`blob` encrypted to the recipient, as anyone holding the public key can."""
+        return pyrage.encrypt(blob, [x25519.Recipient.from_str(self.recipient)]) if self.recipient else blob
+
+    def plaintexts(self) -> list[bytes]:
+        """Every segment's bytes, decrypted when the journal is encrypted."""
+        return [self.opened(p.read_bytes()) for p in self.segments()]
+
     def restore(self, *args: str, config: Path | None = None) -> subprocess.CompletedProcess:
         dest = self.tmp_path / unique_name("restored")
         return run("restore", "-c", str(config or self.config), "--target", "local", "--database", self.name,
-                   "--as", "back", "--data-dir", str(dest), *args)
+                   "--as", "back", "--data-dir", str(dest), *self.identity_args, *args)
 
     def replace(self, files: list[tuple[str, bytes]]) -> None:
-        """The journal's segments replaced by `files` (name, bytes)."""
+        """The journal's segments replaced by `files` (name, bytes), each
+        encrypted to the recipient when the journal is encrypted."""
         for p in self.segments():
             p.unlink()
         for name, blob in files:
-            (self.folder / name).write_bytes(blob)
+            (self.folder / name).write_bytes(self.sealed(blob))
 
     def configured(self, state_dir: Path | None = None, key: bool = True) -> Path:
         """The same configuration with another state folder, or without the
@@ -76,10 +100,12 @@ class Shipped:
 
 @pytest.fixture
 def shipped(tmp_path, followed, primary_server, replica_server, immudb_build):
-    """make(count, segment_seconds): a database with `count` transactions
-    after the first write, journaled by a daemon to a file target, the daemon
+    """make(count, segment_seconds, databases, encrypted): a database with
+    `count` transactions after the first write, journaled by a daemon to a
+    file target (encrypted to a new age key: backup.encryption), the daemon
     stopped; a Shipped."""
-    def make(count: int = 12, segment_seconds: float = 0.3, databases: int = 1) -> list[Shipped]:
+    def make(count: int = 12, segment_seconds: float = 0.3, databases: int = 1,
+             encrypted: bool = False) -> list[Shipped]:
         prefix, name = followed(0)
         names = [name]
         from tests.support.servers import admin_for
@@ -89,8 +115,14 @@ def shipped(tmp_path, followed, primary_server, replica_server, immudb_build):
             admin.create_database(names[-1])
         admin.close()
         target = {"type": "file", "path": str(tmp_path / "t" / "immudb-{timestamp}.tar.gz")}
+        identity, recipient, sealing = None, None, {}
+        if encrypted:
+            key = x25519.Identity.generate()
+            identity, recipient = tmp_path / "restore-key.txt", str(key.to_public())
+            identity.write_text(f"{key}\n")
+            sealing = {"encryption": {"recipients": [recipient]}}
         d = Daemon(tmp_path, primary_server, replica_server, prefix, reconcile={"interval": 1},
-                   backup={"targets": {"local": target},
+                   backup={"targets": {"local": target}, **sealing,
                            "continuous": {"target": "local", "segment_max_seconds": segment_seconds,
                                           "spool_dir": str(tmp_path / "spool")},
                            "trust": {"public_key_file": str(primary_server.public_key),
@@ -98,27 +130,27 @@ def shipped(tmp_path, followed, primary_server, replica_server, immudb_build):
                            "drill": {"immudb_binary": str(immudb_build / "immudb"),
                                      "scratch_dir": str(tmp_path / "scratch")}}).start()
         try:
-            def shipped_all(want: dict[str, int]) -> bool:
-                journals = {j["database"]: j for j in d.request("GET", "/status")[1]["journal"] or []}
-                return all(journals.get(n, {}).get("shipped_tx", 0) >= want[n] for n in names)
-
             for i in range(count):  # one transaction at a time, each shipped: a segment each
                 for n in names:
                     immudb_data.write(primary_server, n, 1, prefix=f"{n}_v{i}_")  # histories differ
-                want = {n: immudb_data.state(primary_server, n)[0] for n in names}
-                wait_for(lambda: shipped_all(want), 90, f"transaction {i + 1} shipped")
+                for n in names:
+                    d.wait_shipped(n, immudb_data.state(primary_server, n)[0])
         finally:
             assert d.stop() == 0
-        return [Shipped(tmp_path, d.config_path, n, prefix, target) for n in names]
+        return [Shipped(tmp_path, d.config_path, n, prefix, target, identity, recipient) for n in names]
     return make
 
 
-def test_a_consistently_rewritten_journal_is_refused_by_every_anchor(shipped, tmp_path):
+@pytest.mark.parametrize("encrypted", [False, True], ids=["clear", "encrypted"])
+def test_a_consistently_rewritten_journal_is_refused_by_every_anchor(shipped, tmp_path, encrypted):
     """A value changed and every hash after it recomputed (Eh, the Alh chain,
     BlRoot, names, headers, checksums): the journal is valid by itself. The
-    primary's signatures cannot be recomputed: dropped, or left as they were."""
-    [j] = shipped()
-    original = [p.read_bytes() for p in j.segments()]
+    primary's signatures cannot be recomputed: dropped, or left as they were.
+    Encrypted, the forged segments are encrypted to the journal's recipient,
+    as anyone holding the public key can: age authenticates them, and every
+    anchor refuses them all the same (read with the identity)."""
+    [j] = shipped(encrypted=encrypted)
+    original = j.plaintexts()
 
     def change(txs: list[Tx]) -> None:
         victim = txs[5]
@@ -138,7 +170,11 @@ def test_a_consistently_rewritten_journal_is_refused_by_every_anchor(shipped, tm
     assert signed.returncode == 1 and "the primary signed" in signed.stderr, signed.stderr
     for done in (live, local, unsigned, signed):
         assert "Traceback" not in done.stderr
+    for done in (live, local, unsigned):
+        assert j.name in done.stderr, done.stderr  # naming the journal
+    assert any(f"segment {p.name}: " in signed.stderr for p in j.segments()), signed.stderr  # naming the segment
     assert not any(tmp_path.glob("restored*/*"))  # nothing half-restored anywhere
+    assert all(is_encrypted(p.read_bytes()[:32]) == encrypted for p in j.segments())  # what was refused
 
     # what no anchor can tell: with every anchor set aside, the operator's word is taken, and the output says so
     trusted = j.restore("--to-end", "--no-live", "--unanchored",
@@ -427,6 +463,54 @@ def test_a_snapshot_base_rewritten_in_place_is_refused_by_a_journal_restore(arch
         assert done.returncode == 1 and "snapshot base" in done.stderr, done.stdout + done.stderr
         assert "not the ones this replicator wrote" in done.stderr and "Traceback" not in done.stderr, done.stderr
     assert len([p for p in tmp_path.glob("restored*") if any(p.iterdir())]) == 1  # only the real one's
+
+
+def test_an_encrypted_archive_forged_with_the_public_key_is_refused_by_its_local_checkpoint(shipped, tmp_path):
+    """Anyone holding the recipient (a public key) can write an archive that
+    decrypts. The tool's own encrypted archive, decrypted, a value changed in
+    the database's files, rebuilt consistently (files, checksums, manifest;
+    its states and the primary's signatures kept) and encrypted to the same
+    recipient, in place of the original: age authenticates it and it checks
+    out by itself, the signatures and the live servers vouch for the states
+    it records (unchanged). What refuses it is the local checkpoint of the
+    bytes written; without that (a new machine), the drill."""
+    [j] = shipped(count=4, encrypted=True)
+    done = run("backup", "-c", str(j.config), "--target", "local")
+    assert done.returncode == 0, done.stderr
+    [made] = sorted(j.folder.parent.parent.glob("immudb-*.tar.gz"))
+    key = j.identity_args
+    real = run("verify", "-c", str(j.config), "--target", "local", made.name, *key)
+    assert real.returncode == 0 and "anchor local" in real.stdout and "anchor signed" in real.stdout, real.stderr
+    plain = tmp_path / "plain.tar.gz"
+    plain.write_bytes(j.opened(made.read_bytes()))
+    value = f"value-{j.name}_v2_-0".encode()  # the third transaction's value (shipped's writes)
+
+    def change(tree: Path, manifest: dict) -> None:
+        holding = [f for f in sorted((tree / j.name).rglob("*")) if f.is_file() and value in f.read_bytes()]
+        assert holding, "the value is in none of the database's files"
+        for f in holding:
+            f.write_bytes(f.read_bytes().replace(value, b"FORGED" + value[6:]))
+    forged = rebuild_archive(plain, tmp_path / "forged.tar.gz", tmp_path, change)
+    made.write_bytes(j.sealed(forged.read_bytes()))
+    from reconciler.backup import archive
+    with open(made, "rb") as stream:  # age and the archive's own checks pass: only an anchor can tell
+        assert archive.verify(stream, identities=load_identities(j.identity)).ok
+
+    refused = run("verify", "-c", str(j.config), "--target", "local", made.name, *key)
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    assert f"{made.name}: its bytes are not the ones this replicator wrote" in refused.stderr, refused.stderr
+    dest = tmp_path / "restored-archive"
+    restored = run("restore", "-c", str(j.config), "--target", "local", made.name, "--data-dir", str(dest), *key)
+    assert restored.returncode == 1, restored.stdout + restored.stderr
+    assert "nothing restored" in restored.stderr and f"{made.name}: its bytes are not the ones this replicator " \
+        "wrote" in restored.stderr, restored.stderr
+    assert not dest.exists() or list(dest.iterdir()) == []
+    for done in (refused, restored):
+        assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    drilled = run("drill", "-c", str(j.configured(state_dir=tmp_path / "empty-state")), "--target", "local",
+                  made.name, *key)
+    assert drilled.returncode == 1 and "drill failed" in drilled.stderr, drilled.stdout + drilled.stderr
+    assert f"FAIL {j.name}: " in drilled.stderr, drilled.stderr  # its restored transactions do not hold
 
 
 def test_a_real_archive_is_vouched_for_by_every_anchor(archived):

@@ -98,6 +98,20 @@ class Daemon:
             return body if not body["running"] and body["last_result"] else None
         return wait_for(finished, timeout, "the backup to finish", interval=0.2)
 
+    def journal(self, database: str) -> dict | None:
+        """The journal of `database` as /status shows it, or None (not running)."""
+        status, body = self.request("GET", "/status")
+        assert status == 200, body
+        return next((j for j in body["journal"] or [] if j["database"] == database), None)
+
+    def wait_shipped(self, database: str, tx: int, timeout: float = 90) -> dict:
+        """Until the journal of `database` has shipped transaction `tx` (its
+        /status `shipped_tx` is at least `tx`); that journal's status then."""
+        def shipped() -> dict | None:
+            journal = self.journal(database)
+            return journal if journal is not None and journal["shipped_tx"] >= tx else None
+        return wait_for(shipped, timeout, f"transaction {tx} of {database} shipped")
+
     def wait_backup_stalled(self, timeout: float = 120, window: float = 2.0) -> dict:
         """Until the running backup has read nothing for `window` seconds (its
         target stopped taking data); the backup status then."""

@@ -30,6 +30,23 @@ def write(server, database: str, count: int, prefix: str = "key") -> dict[bytes,
     return written
 
 
+def write_random(server, database: str, count: int, size: int = 4096) -> dict[bytes, bytes]:
+    """`count` keys of random bytes with random values of `size` bytes, one
+    transaction each; returns what was written. A leak check can find them
+    in a journal segment, compressed: zstd stores literals this random as
+    they are (at 4 KiB; not write()'s repetitive text, nor short values
+    among the transactions' headers, which it Huffman-codes)."""
+    import os
+    c = client(server, database)
+    written = {}
+    for _ in range(count):
+        key, value = b"rk" + os.urandom(30), os.urandom(size)
+        c.set(key, value)
+        written[key] = value
+    c.shutdown()
+    return written
+
+
 def write_blobs(server, database: str, count: int, size: int = 512 * 1024) -> None:
     """`count` incompressible values of `size` bytes, one transaction each."""
     import os
