@@ -108,8 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-rollback", action="store_true",
                    help="restore to the journal's end although a live server or the local checkpoint holds more "
                         "(its newest segments are missing or behind)")
-    p.add_argument("--immudb-binary", metavar="PATH", help="with --data-dir: the immudb server to open it with "
-                                                           "(default: backup.drill.immudb_binary, else immudb on PATH)")
+    p.add_argument("--immudb-binary", metavar="PATH",
+                   help="the immudb server that opens restored data: to replay a journal, and to prove an archive's "
+                        "values when no local checkpoint vouches for its bytes (default: backup.drill.immudb_binary, "
+                        "else immudb on PATH)")
     p.add_argument("--all", action="store_true",
                    help="every database whose journal the target holds (--database narrows it), to --to-time or "
                         "--to-end, into one new --data-dir: a whole server")

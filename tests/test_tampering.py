@@ -507,18 +507,38 @@ def test_an_encrypted_archive_forged_with_the_public_key_is_refused_by_its_local
     assert not dest.exists() or list(dest.iterdir()) == []
     for done in (refused, restored):
         assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
-    drilled = run("drill", "-c", str(j.configured(state_dir=tmp_path / "empty-state")), "--target", "local",
-                  made.name, *key)
+    new_machine = j.configured(state_dir=tmp_path / "empty-state")
+    drilled = run("drill", "-c", str(new_machine), "--target", "local", made.name, *key)
     assert drilled.returncode == 1 and "drill failed" in drilled.stderr, drilled.stdout + drilled.stderr
     assert f"FAIL {j.name}: " in drilled.stderr, drilled.stderr  # its restored transactions do not hold
+    # a restore on a new machine (no checkpoint): signed and live vouch for the states, so the values are proven
+    # by opening the extracted files before anything is put in place
+    dest = tmp_path / "restored-new-machine"
+    restored = run("restore", "-c", str(new_machine), "--target", "local", made.name, "--data-dir", str(dest), *key)
+    assert restored.returncode == 1, restored.stdout + restored.stderr
+    assert "its files do not hold the history its anchors vouch for" in restored.stderr, restored.stderr
+    assert "Traceback" not in restored.stderr and (not dest.exists() or list(dest.iterdir()) == [])
 
 
-def test_a_real_archive_is_vouched_for_by_every_anchor(archived):
+def test_a_real_archive_is_vouched_for_by_every_anchor(archived, tmp_path):
     a, b, made = archived
     done = run("verify", "-c", str(a.config), str(made))
     assert done.returncode == 0, done.stderr
     for anchor in ("anchor local", "anchor signed", "anchor live"):
         assert anchor in done.stdout, done.stdout
+    # on a new machine (no checkpoint) a restore proves the values by opening the files, then restores
+    new_machine = a.configured(state_dir=tmp_path / "empty-state")
+    restored = run("restore", "-c", str(new_machine), str(made), "--data-dir", str(tmp_path / "new-machine"))
+    assert restored.returncode == 0, restored.stdout + restored.stderr
+    assert sorted(p.name for p in (tmp_path / "new-machine").iterdir()) == sorted([a.name, b.name])
+    # without an immudb to prove them with, it says what is missing instead of restoring unproven values
+    data = yaml.safe_load(new_machine.read_text())
+    data["backup"]["drill"]["immudb_binary"] = str(tmp_path / "no-immudb")
+    no_binary = new_machine.with_name("no-binary.yaml")
+    no_binary.write_text(yaml.safe_dump(data))
+    refused = run("restore", "-c", str(no_binary), str(made), "--data-dir", str(tmp_path / "unproven"))
+    assert refused.returncode == 1 and "not for the values in its files" in refused.stderr, refused.stderr
+    assert "--immudb-binary" in refused.stderr and not (tmp_path / "unproven").exists()
     drilled = run("drill", "-c", str(a.config), str(made))
     assert drilled.returncode == 0, drilled.stdout + drilled.stderr
     assert "exported and chained to it" in drilled.stdout

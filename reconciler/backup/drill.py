@@ -213,6 +213,26 @@ def _whole_history(admin, name: str, want) -> str | None:
     return None
 
 
+def prove_history(binary: str, folder: Path, entries: Sequence[DatabaseEntry], timeout: float,
+                  scratch_dir: Path | None = None) -> None:
+    """That the databases extracted in `folder` hold exactly the history
+    their manifest entries record: a throwaway immudb opens them, and each
+    one's state and every transaction up to it (values hashing to their
+    entries, chained to the recorded Alh) are checked, as a drill does.
+    What it makes in `folder` for itself is left there (the caller's
+    private scratch). Raises DrillError naming the first database that
+    does not hold."""
+    if scratch_dir is not None:
+        scratch_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="replicator-prove-", dir=scratch_dir) as home:
+        with throwaway_immudb(binary, Path(home), timeout, folder) as admin:
+            opened = {d.name for d in admin.list_databases()}
+            for entry in entries:
+                verdict = _check_database(admin, entry, opened, sample=0)
+                if verdict.startswith("FAIL"):
+                    raise DrillError(f"{entry.name}: {verdict.removeprefix('FAIL: ')}")
+
+
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))

@@ -84,13 +84,16 @@ class _Discard:
 def restore(stream: BinaryIO, data_dir: Path, databases: list[str] | None = None, force: bool = False,
             on_bytes: Callable[[int], None] = lambda n: None,
             vouch: Callable[[Manifest], object] | None = None,
-            identities: Sequence[Any] | None = None, exclude: Sequence[str] = ()) -> RestoreResult:
+            identities: Sequence[Any] | None = None, exclude: Sequence[str] = (),
+            prove: Callable[[Path, list[str], Manifest, object], None] | None = None) -> RestoreResult:
     """Extract the archive's databases (all, or `databases`; never those in
     `exclude`) into `data_dir`.
     `vouch(manifest)`, when given, is asked once the archive has been read
     and checked, before anything in the destination changes: whatever it
     raises stops the restore there (trust: the anchors); what it returns is
-    the result's `vouched`. Raises RestoreError (refused: non-empty
+    the result's `vouched`. `prove(folder, databases, manifest, vouched)`,
+    when given, is asked next, with the extracted databases in a private
+    folder: whatever it raises stops the restore there too. Raises RestoreError (refused: non-empty
     destination without `force`, a destination folder that is a link or a
     mount point, unknown database, archive invalid or damaged; failed: a
     file system error), always with the destination as it was."""
@@ -102,6 +105,7 @@ def restore(stream: BinaryIO, data_dir: Path, databases: list[str] | None = None
         raise RestoreError(f"{data_dir} is not empty ({len(existing)} entries); restore into an empty directory, "
                            f"or pass --force to replace the archive's databases there")
     wanted = set(databases) if databases else None
+    made = not data_dir.exists()
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
         scratch = data_dir / f".restore-{uuid.uuid4().hex[:12]}"
@@ -127,11 +131,17 @@ def restore(stream: BinaryIO, data_dir: Path, databases: list[str] | None = None
         vouched = vouch(seen.manifest) if vouch is not None else None
         for name in chosen:
             (scratch / name).mkdir(mode=0o700, exist_ok=True)  # a database archived with no file at all
+        if prove is not None:
+            prove(scratch, chosen, seen.manifest, vouched)
         replaced = _check_destinations(data_dir, chosen)
         _swap_in(data_dir, scratch, chosen, replaced)
         files = {p: f for p, f in seen.files.items() if p.split("/", 1)[0] in chosen}
         return RestoreResult(data_dir, sorted(chosen), sorted(set(chosen) - set(replaced)), sorted(replaced),
                              len(files), sum(f.size for f in files.values()), seen.manifest, vouched)
+    except BaseException:
+        if made:  # a folder made here goes again: nothing was restored
+            shutil.rmtree(data_dir, ignore_errors=True)
+        raise
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 

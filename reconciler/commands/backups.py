@@ -5,7 +5,7 @@ import argparse
 import sys
 import time
 
-from reconciler.commands import identities_for, load_config, size
+from reconciler.commands import identities_for, load_config, size, values_prover
 from reconciler.errors import ReplicatorError
 
 
@@ -108,8 +108,7 @@ def restore(args: argparse.Namespace) -> int:
         return restore_to_point(args)
     if not args.archive or not args.data_dir:
         raise ReplicatorError("restore needs an archive and --data-dir (or --to-tx/--to-time to replay a journal)")
-    for flag, value in (("--as", args.restore_as), ("--server", args.server), ("--immudb-binary", args.immudb_binary),
-                        ("--allow-rollback", args.allow_rollback)):
+    for flag, value in (("--as", args.restore_as), ("--server", args.server), ("--allow-rollback", args.allow_rollback)):
         if value:
             raise ReplicatorError(f"{flag} is for replaying a journal (--to-tx, --to-time, --to-end)")
     from reconciler.backup.locate import archive_target, opened_archive
@@ -131,7 +130,7 @@ def restore(args: argparse.Namespace) -> int:
                 raise TrustError(f"nothing restored: {exc}") from None
 
         result = restore_archive(reader, Path(args.data_dir), args.database, args.force, vouch=vouch,
-                                 identities=identities)
+                                 identities=identities, prove=values_prover(args, cfg))
     print(f"restored {', '.join(result.databases)} ({result.files} files, {size(result.bytes)}) from {location} "
           f"into {result.data_dir}; every file matched the manifest.")
     _print_verdicts(result.vouched or [])

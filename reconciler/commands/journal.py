@@ -8,7 +8,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from reconciler.commands import identities_for, load_config, size
+from reconciler.commands import identities_for, load_config, size, values_prover
 from reconciler.errors import ReplicatorError
 
 
@@ -202,7 +202,7 @@ def _restore_base(cfg, target_cfg, bases: list, data_dir: Path, args: argparse.N
                 raise TrustError(f"nothing restored: snapshot base {exc}") from None
 
         result = restore_archive(reader, data_dir, [b.database for b in bases], force=beside_others, vouch=vouch,
-                                 identities=identities)
+                                 identities=identities, prove=values_prover(args, cfg))
     return list(result.vouched or [])
 
 

@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from reconciler.commands import identities_for, load_config
+from reconciler.commands import identities_for, load_config, values_prover
 from reconciler.errors import ReplicatorError
 
 # what a fresh volume may hold and still be empty: ext4's lost+found (a Kubernetes volume has one)
@@ -190,7 +190,7 @@ def _restore_archived(cfg, target_cfg, archive: str, names: list[str] | None, da
                     raise TrustError(f"nothing restored: {exc}") from None
 
             result = restore_archive(reader, data_dir, names, force=True, vouch=vouch, identities=identities,
-                                     exclude=sorted(exclude))
+                                     exclude=sorted(exclude), prove=values_prover(args, cfg))
     except ReplicatorError as exc:
         return [Outcome(name, error=str(exc)) for name in (names or [f"(archive {archive})"])]
     assert result.manifest is not None
