@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from reconciler.errors import ReplicatorError
+from reconciler.streams import Readable
 
 AGE_MAGIC = b"age-encryption.org/v1\n"
 ARMORED_MAGIC = b"-----BEGIN AGE ENCRYPTED FILE-----"
@@ -363,7 +364,7 @@ class Sealing:
     def opened(self, stream: BinaryIO, what: str) -> BinaryIO:
         """`stream` to read, decrypted when it is an age file. Raises
         EncryptionError when it is one and there is no identity."""
-        buffered = stream if isinstance(stream, io.BufferedReader) else io.BufferedReader(_Raw(stream))
+        buffered = stream if isinstance(stream, io.BufferedReader) else io.BufferedReader(Readable(stream, owns=True))
         if not is_encrypted(buffered.peek(HEAD)[:HEAD]):
             return buffered
         if not self.identities:
@@ -371,23 +372,3 @@ class Sealing:
                                   f"backup.encryption.identity_file, to read it")
         return io.BufferedReader(Decrypting(buffered, self.identities, what))
 
-
-class _Raw(io.RawIOBase):
-    """Any object with read(n) as a raw stream, for io.BufferedReader."""
-
-    def __init__(self, stream: Any):
-        self.stream = stream
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        data = self.stream.read(len(buffer))
-        buffer[:len(data)] = data
-        return len(data)
-
-    def close(self) -> None:
-        close = getattr(self.stream, "close", None)
-        if close is not None:
-            close()
-        super().close()

@@ -33,6 +33,7 @@ from reconciler.manifest import NAME as MANIFEST
 from reconciler.manifest import FileRecord, Manifest
 from reconciler.manifest import parse as parse_manifest
 from reconciler.state import is_database_name
+from reconciler.streams import Readable
 
 CHUNK = 1024 * 1024
 GZIP_MAGIC, ZSTD_MAGIC = b"\x1f\x8b", b"\x28\xb5\x2f\xfd"
@@ -90,7 +91,7 @@ def open_decompressor(stream: BinaryIO, identities: Sequence[Any] | None = None,
     age-encrypted stream is decrypted with `identities` first (ArchiveError
     when none are given); the decrypting stream goes into `opened`, for the
     caller to close."""
-    buffered = stream if isinstance(stream, io.BufferedReader) else io.BufferedReader(_Readable(stream), CHUNK)
+    buffered = stream if isinstance(stream, io.BufferedReader) else io.BufferedReader(Readable(stream, owns=False), CHUNK)
     if encryption.is_encrypted(buffered.peek(encryption.HEAD)[:encryption.HEAD]):
         if not identities:
             raise ArchiveSealed("the archive is encrypted (age): give --identity FILE, or set "
@@ -163,21 +164,6 @@ class _ReadAhead(io.RawIOBase):
     def close(self) -> None:
         self.stopping.set()
         super().close()
-
-
-class _Readable(io.RawIOBase):
-    """Adapts anything with read(n) (boto3's StreamingBody, paramiko files)."""
-
-    def __init__(self, source):
-        self.source = source
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer) -> int:
-        data = self.source.read(len(buffer))
-        buffer[: len(data)] = data
-        return len(data)
 
 
 # --------------------------------------------------------------------------- writing
