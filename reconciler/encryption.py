@@ -362,13 +362,26 @@ class Sealing:
             raise EncryptionError(f"encrypting failed: {type(exc).__name__}: {exc}") from None
 
     def opened(self, stream: BinaryIO, what: str) -> BinaryIO:
-        """`stream` to read, decrypted when it is an age file. Raises
-        EncryptionError when it is one and there is no identity."""
-        buffered = stream if isinstance(stream, io.BufferedReader) else io.BufferedReader(Readable(stream, owns=True))
-        if not is_encrypted(buffered.peek(HEAD)[:HEAD]):
-            return buffered
-        if not self.identities:
-            raise EncryptionError(f"{what} is encrypted (age): give --identity FILE, or set "
-                                  f"backup.encryption.identity_file, to read it")
-        return io.BufferedReader(Decrypting(buffered, self.identities, what))
+        """`stream` to read, decrypted when it is an age file; closing it
+        closes `stream`. Raises EncryptionError when it is one and there is
+        no identity."""
+        return open_plaintext(stream, self.identities, what, owns=True)[0]
+
+
+def open_plaintext(stream: BinaryIO, identities: Sequence[Any] | None, what: str, *, owns: bool,
+                   buffer_size: int = io.DEFAULT_BUFFER_SIZE) -> tuple[io.BufferedReader, Decrypting | None]:
+    """(`stream` to read, decrypted when its first bytes start an age file;
+    the Decrypting stream then, else None): the one place that tells an
+    encrypted archive or segment from a plain one. `stream` is used as it
+    is when it is an io.BufferedReader; `owns` is streams.Readable's. Raises
+    EncryptionError when it is encrypted and `identities` are none."""
+    buffered = (stream if isinstance(stream, io.BufferedReader)
+                else io.BufferedReader(Readable(stream, owns=owns), buffer_size))
+    if not is_encrypted(buffered.peek(HEAD)[:HEAD]):
+        return buffered, None
+    if not identities:
+        raise EncryptionError(f"{what} is encrypted (age): give --identity FILE, or set "
+                              f"backup.encryption.identity_file, to read it")
+    decrypting = Decrypting(buffered, identities, what)
+    return io.BufferedReader(decrypting, buffer_size), decrypting
 

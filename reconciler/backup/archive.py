@@ -33,7 +33,6 @@ from reconciler.manifest import NAME as MANIFEST
 from reconciler.manifest import FileRecord, Manifest
 from reconciler.manifest import parse as parse_manifest
 from reconciler.state import is_database_name
-from reconciler.streams import Readable
 
 CHUNK = 1024 * 1024
 GZIP_MAGIC, ZSTD_MAGIC = b"\x1f\x8b", b"\x28\xb5\x2f\xfd"
@@ -88,18 +87,17 @@ def open_compressor(kind: str, level: int | None, raw: BinaryIO, threads: int | 
 def open_decompressor(stream: BinaryIO, identities: Sequence[Any] | None = None,
                       opened: list | None = None) -> tuple[str, BinaryIO]:
     """(kind, readable plain stream), the kind told by the magic bytes. An
-    age-encrypted stream is decrypted with `identities` first (ArchiveError
-    when none are given); the decrypting stream goes into `opened`, for the
-    caller to close."""
-    buffered = stream if isinstance(stream, io.BufferedReader) else io.BufferedReader(Readable(stream, owns=False), CHUNK)
-    if encryption.is_encrypted(buffered.peek(encryption.HEAD)[:encryption.HEAD]):
-        if not identities:
-            raise ArchiveSealed("the archive is encrypted (age): give --identity FILE, or set "
-                                "backup.encryption.identity_file, to read it")
-        decrypting = encryption.Decrypting(buffered, identities)
-        if opened is not None:
-            opened.append(decrypting)
-        buffered = io.BufferedReader(decrypting, CHUNK)
+    age-encrypted stream (encryption.open_plaintext tells) is decrypted with
+    `identities` first (ArchiveSealed when none are given); the decrypting
+    stream goes into `opened`, for the caller to close. `stream` stays open:
+    it is the caller's."""
+    try:
+        buffered, decrypting = encryption.open_plaintext(stream, identities, "the archive", owns=False,
+                                                         buffer_size=CHUNK)
+    except encryption.EncryptionError as exc:
+        raise ArchiveSealed(str(exc)) from None
+    if decrypting is not None and opened is not None:
+        opened.append(decrypting)
     head = buffered.peek(4)[:4]
     if head.startswith(GZIP_MAGIC):
         from isal import igzip
