@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from reconciler.errors import ReplicatorError
-from reconciler.streams import Readable
+from reconciler.streams import ChunkReader, Readable
 
 AGE_MAGIC = b"age-encryption.org/v1\n"
 ARMORED_MAGIC = b"-----BEGIN AGE ENCRYPTED FILE-----"
@@ -126,35 +126,27 @@ def load_identities(path: Path) -> list[Any]:
     return found
 
 
-class _QueueReader(io.RawIOBase):
+class _QueueReader(ChunkReader):
     """What pyrage reads from: the chunks put in `chunks`, then EOF at None.
     Once `aborted` is set it fails instead, so that pyrage stops without
     writing the end of the stream."""
 
     def __init__(self, chunks: queue.Queue, aborted: threading.Event):
-        self.chunks, self.pending, self.done, self.aborted = chunks, memoryview(b""), False, aborted
+        self.chunks, self.done, self.aborted = chunks, False, aborted
 
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        while not self.pending:
+    def next_chunk(self) -> bytes | None:
+        while True:
             if self.aborted.is_set():
                 raise BrokenPipeError("aborted")
             if self.done:
-                return 0
+                return None
             try:
                 chunk = self.chunks.get(timeout=0.2)
             except queue.Empty:
                 continue
             if chunk is None:
                 self.done = True
-                return 0
-            self.pending = memoryview(chunk)
-        n = min(len(buffer), len(self.pending))
-        buffer[:n] = self.pending[:n]
-        self.pending = self.pending[n:]
-        return n
+            return chunk
 
 
 class _SinkWriter(io.RawIOBase):
@@ -273,7 +265,7 @@ def put(chunks: queue.Queue, item: Any, stop: threading.Event) -> None:
             continue
 
 
-class Decrypting(io.RawIOBase):
+class Decrypting(ChunkReader):
     """The plaintext of the age file `stream`, decrypted in a thread as it
     is read. A wrong identity, or a ciphertext changed, cut or lengthened,
     surfaces as EncryptionError from read() (no plaintext of an
@@ -283,7 +275,6 @@ class Decrypting(io.RawIOBase):
         pyrage = _pyrage()
         self.what = what
         self._chunks: queue.Queue = queue.Queue(maxsize=_QUEUE_DEPTH)
-        self._pending = memoryview(b"")
         self._eof = False
         self._error: BaseException | None = None
         self._stop = threading.Event()
@@ -301,25 +292,15 @@ class Decrypting(io.RawIOBase):
         self._thread = threading.Thread(target=run, name="decrypt", daemon=True)
         self._thread.start()
 
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        while not self._pending:
-            if self._eof:
-                return 0
-            chunk = self._chunks.get()
-            if chunk is None:
-                self._eof = True
-                if self._error is not None:
-                    raise EncryptionError(f"{self.what} cannot be decrypted: {_decrypt_reason(self._error)}")
-                return 0
-            self._pending = memoryview(chunk)
-        n = min(len(buffer), len(self._pending))
-        buffer[:n] = self._pending[:n]
-        self._pending = self._pending[n:]
-        return n
-
+    def next_chunk(self) -> bytes | None:
+        if self._eof:
+            return None
+        chunk = self._chunks.get()
+        if chunk is None:
+            self._eof = True
+            if self._error is not None:
+                raise EncryptionError(f"{self.what} cannot be decrypted: {_decrypt_reason(self._error)}")
+        return chunk
 
     def close(self) -> None:
         """Stop early: the decrypting thread's next write fails, so it ends

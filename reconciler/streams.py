@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+from abc import abstractmethod
 from typing import Any
 
 
@@ -32,3 +33,31 @@ class Readable(io.RawIOBase):
             if close is not None:
                 close()
         super().close()
+
+
+class ChunkReader(io.RawIOBase):
+    """A raw stream over chunks of bytes that come from elsewhere (a queue
+    another thread fills): readinto hands out what is left of the current
+    chunk, without copying it, and asks next_chunk for another when it is
+    used up."""
+
+    _pending = memoryview(b"")
+
+    def readable(self) -> bool:
+        return True
+
+    @abstractmethod
+    def next_chunk(self) -> bytes | None:
+        """The next chunk (b"" is skipped), or None at the end; raises what
+        the reader is to see."""
+
+    def readinto(self, buffer: Any) -> int:
+        while not self._pending:
+            chunk = self.next_chunk()
+            if chunk is None:
+                return 0
+            self._pending = memoryview(chunk)
+        n = min(len(buffer), len(self._pending))
+        buffer[:n] = self._pending[:n]
+        self._pending = self._pending[n:]
+        return n

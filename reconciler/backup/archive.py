@@ -33,6 +33,7 @@ from reconciler.manifest import NAME as MANIFEST
 from reconciler.manifest import FileRecord, Manifest
 from reconciler.manifest import parse as parse_manifest
 from reconciler.state import is_database_name
+from reconciler.streams import ChunkReader
 
 CHUNK = 1024 * 1024
 GZIP_MAGIC, ZSTD_MAGIC = b"\x1f\x8b", b"\x28\xb5\x2f\xfd"
@@ -108,7 +109,7 @@ def open_decompressor(stream: BinaryIO, identities: Sequence[Any] | None = None,
     return "none", buffered
 
 
-class _ReadAhead(io.RawIOBase):
+class _ReadAhead(ChunkReader):
     """Reads `source` in a thread of its own, up to `depth` chunks ahead:
     decompression (which lets go of the GIL) overlaps the tar parsing and
     hashing of what came before. Errors reach the reader in order."""
@@ -117,7 +118,6 @@ class _ReadAhead(io.RawIOBase):
         import queue
         self.source = source
         self.chunks: queue.Queue = queue.Queue(maxsize=depth)
-        self.pending = b""
         self.done = False
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._fill, name="archive-read", daemon=True)
@@ -142,22 +142,17 @@ class _ReadAhead(io.RawIOBase):
             except queue.Full:
                 continue
 
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer) -> int:
-        if not self.pending and not self.done:
-            item = self.chunks.get()
-            if isinstance(item, BaseException):
-                self.done = True
-                raise item
-            if not item:
-                self.done = True
-            self.pending = item
-        n = min(len(buffer), len(self.pending))
-        buffer[:n] = self.pending[:n]
-        self.pending = self.pending[n:]
-        return n
+    def next_chunk(self) -> bytes | None:
+        if self.done:
+            return None
+        item = self.chunks.get()
+        if isinstance(item, BaseException):
+            self.done = True
+            raise item
+        if not item:
+            self.done = True
+            return None
+        return item
 
     def close(self) -> None:
         self.stopping.set()
