@@ -126,6 +126,30 @@ def load_identities(path: Path) -> list[Any]:
     return found
 
 
+class IdentityFile(Sequence[Any]):
+    """The identities in the identity file `path`, read (load_identities,
+    raising EncryptionError as it does) the first time they are asked for:
+    only an archive or segment that is encrypted needs the private key, and
+    reading a plain one never touches it. A configured identity_file is
+    still checked whole when the configuration is loaded
+    (config/validate.py): a broken one is a configuration error then."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._loaded: list[Any] | None = None
+
+    def _identities(self) -> list[Any]:
+        if self._loaded is None:
+            self._loaded = load_identities(self.path)
+        return self._loaded
+
+    def __len__(self) -> int:
+        return len(self._identities())
+
+    def __getitem__(self, index: Any) -> Any:
+        return self._identities()[index]
+
+
 class _QueueReader(ChunkReader):
     """What pyrage reads from: the chunks put in `chunks`, then EOF at None.
     Once `aborted` is set it fails instead, so that pyrage stops without
@@ -273,6 +297,7 @@ class Decrypting(ChunkReader):
 
     def __init__(self, stream: BinaryIO, identities: Sequence[Any], what: str = "the archive"):
         pyrage = _pyrage()
+        identities = list(identities)  # an IdentityFile is read here, not in the thread (its error is no bad ciphertext)
         self.what = what
         self._chunks: queue.Queue = queue.Queue(maxsize=_QUEUE_DEPTH)
         self._eof = False
@@ -281,7 +306,7 @@ class Decrypting(ChunkReader):
 
         def run() -> None:
             try:
-                pyrage.decrypt_io(stream, _QueueWriter(self._chunks, self._stop), list(identities))
+                pyrage.decrypt_io(stream, _QueueWriter(self._chunks, self._stop), identities)
             except BaseException as exc:  # noqa: BLE001 - handed to the reader
                 self._error = exc
             finally:
@@ -331,7 +356,7 @@ class Sealing:
 
     def __init__(self, recipients: Sequence[Any] | None = None, identities: Sequence[Any] | None = None):
         self.recipients = list(recipients) if recipients else None
-        self.identities = list(identities) if identities else None
+        self.identities = identities  # as given: an IdentityFile is read only for the first encrypted segment
 
     def seal(self, blob: bytes) -> bytes:
         """`blob` encrypted to the recipients (as it is without any)."""
@@ -355,14 +380,16 @@ def open_plaintext(stream: BinaryIO, identities: Sequence[Any] | None, what: str
     the Decrypting stream then, else None): the one place that tells an
     encrypted archive or segment from a plain one. `stream` is used as it
     is when it is an io.BufferedReader; `owns` is streams.Readable's. Raises
-    EncryptionError when it is encrypted and `identities` are none."""
+    EncryptionError when it is encrypted and `identities` are none, or (an
+    IdentityFile, read only now) cannot be read."""
     buffered = (stream if isinstance(stream, io.BufferedReader)
                 else io.BufferedReader(Readable(stream, owns=owns), buffer_size))
     if not is_encrypted(buffered.peek(HEAD)[:HEAD]):
         return buffered, None
-    if not identities:
+    keys = list(identities or ())
+    if not keys:
         raise EncryptionError(f"{what} is encrypted (age): give --identity FILE, or set "
                               f"backup.encryption.identity_file, to read it")
-    decrypting = Decrypting(buffered, identities, what)
+    decrypting = Decrypting(buffered, keys, what)
     return io.BufferedReader(decrypting, buffer_size), decrypting
 

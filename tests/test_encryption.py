@@ -21,6 +21,8 @@ from reconciler.encryption import (
     Decrypting,
     Encrypting,
     EncryptionError,
+    IdentityFile,
+    Sealing,
     is_encrypted,
     load_identities,
     load_recipients,
@@ -164,7 +166,6 @@ def test_a_segment_closes_its_stream_with_it_and_an_archive_leaves_its_stream_to
     reader collected, it is still open."""
     import gc
 
-    from reconciler.encryption import Sealing
     from reconciler.trust.archives import HashingReader
     path, recipient = key
     sealing = Sealing(load_recipients([recipient], []), load_identities(path))
@@ -256,6 +257,40 @@ def _problems(tmp_path, backup: dict) -> str:
     except ConfigError as exc:
         return "\n".join(exc.problems)
     return ""
+
+
+def test_the_identity_file_is_read_only_for_what_is_encrypted(tmp_path, key):
+    """--identity (or backup.encryption.identity_file) names the private
+    key, and only an encrypted archive or segment reads it: a plain archive
+    verifies and restores with an identity file that cannot be read; an
+    encrypted one is refused saying why, nothing restored. A configured
+    identity_file that cannot be read is still refused when the
+    configuration is loaded."""
+    path, recipient = key
+    missing = tmp_path / "no-such-key.txt"
+    plain, sealed = _archive(tmp_path, None), _archive(tmp_path, recipient)
+    assert archive.verify(io.BytesIO(plain), identities=IdentityFile(missing)).ok
+    refused = archive.verify(io.BytesIO(sealed), identities=IdentityFile(missing))
+    assert refused.sealed and f"identity file {missing}: cannot be read" in refused.problems[0], refused.problems
+    assert archive.verify(io.BytesIO(sealed), identities=IdentityFile(path)).ok
+    sealing = Sealing(load_recipients([recipient], []), IdentityFile(missing))
+    assert sealing.opened(io.BytesIO(b"segment"), "segment s").read() == b"segment"
+    with pytest.raises(EncryptionError, match="cannot be read"):
+        sealing.opened(io.BytesIO(sealing.seal(b"segment")), "segment s")
+
+    (tmp_path / "plain.tar").write_bytes(plain)
+    (tmp_path / "sealed.tar").write_bytes(sealed)
+    done = replicator("restore", str(tmp_path / "plain.tar"), "--data-dir", str(tmp_path / "r1"),
+                      "--identity", str(missing), "--unanchored")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert (tmp_path / "r1" / "db1" / "values").read_bytes() == b"the-secret-value-" * 1000
+    done = replicator("restore", str(tmp_path / "sealed.tar"), "--data-dir", str(tmp_path / "r2"),
+                      "--identity", str(missing), "--unanchored")
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert f"nothing restored: identity file {missing}: cannot be read" in done.stderr, done.stderr
+    assert not (tmp_path / "r2").exists() or list((tmp_path / "r2").iterdir()) == []
+    assert f"identity file {missing}: cannot be read" in _problems(tmp_path, {
+        "encryption": {"recipients": [recipient], "identity_file": str(missing)}})
 
 
 def test_encryption_that_cannot_be_applied_or_does_not_cover_everything_is_refused(tmp_path, key):
