@@ -582,8 +582,8 @@ def read(stream: BinaryIO, store: Store | None = None,
     read), every file hashed (and handed to `store`, if given), the manifest
     checked against its schema, and everything compared with it at the end.
     The one reader behind `verify` and `restore`: they cannot disagree.
-    Never raises ArchiveError: the problems are in the result. OSError from
-    `store` propagates."""
+    Never raises ArchiveError: the problems are in the result. What `store`
+    and its files raise (OSError) propagates."""
     result = Verification()
     seen: set[str] = set()
     manifest_read = False
