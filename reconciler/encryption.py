@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from reconciler.errors import ReplicatorError
+from reconciler.streams import ChunkReader, Readable
 
 AGE_MAGIC = b"age-encryption.org/v1\n"
 ARMORED_MAGIC = b"-----BEGIN AGE ENCRYPTED FILE-----"
@@ -125,35 +126,51 @@ def load_identities(path: Path) -> list[Any]:
     return found
 
 
-class _QueueReader(io.RawIOBase):
+class IdentityFile(Sequence[Any]):
+    """The identities in the identity file `path`, read (load_identities,
+    raising EncryptionError as it does) the first time they are asked for:
+    only an archive or segment that is encrypted needs the private key, and
+    reading a plain one never touches it. A configured identity_file is
+    still checked whole when the configuration is loaded
+    (config/validate.py): a broken one is a configuration error then."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._loaded: list[Any] | None = None
+
+    def _identities(self) -> list[Any]:
+        if self._loaded is None:
+            self._loaded = load_identities(self.path)
+        return self._loaded
+
+    def __len__(self) -> int:
+        return len(self._identities())
+
+    def __getitem__(self, index: Any) -> Any:
+        return self._identities()[index]
+
+
+class _QueueReader(ChunkReader):
     """What pyrage reads from: the chunks put in `chunks`, then EOF at None.
     Once `aborted` is set it fails instead, so that pyrage stops without
     writing the end of the stream."""
 
     def __init__(self, chunks: queue.Queue, aborted: threading.Event):
-        self.chunks, self.pending, self.done, self.aborted = chunks, memoryview(b""), False, aborted
+        self.chunks, self.done, self.aborted = chunks, False, aborted
 
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        while not self.pending:
+    def next_chunk(self) -> bytes | None:
+        while True:
             if self.aborted.is_set():
                 raise BrokenPipeError("aborted")
             if self.done:
-                return 0
+                return None
             try:
                 chunk = self.chunks.get(timeout=0.2)
             except queue.Empty:
                 continue
             if chunk is None:
                 self.done = True
-                return 0
-            self.pending = memoryview(chunk)
-        n = min(len(buffer), len(self.pending))
-        buffer[:n] = self.pending[:n]
-        self.pending = self.pending[n:]
-        return n
+            return chunk
 
 
 class _SinkWriter(io.RawIOBase):
@@ -272,7 +289,7 @@ def put(chunks: queue.Queue, item: Any, stop: threading.Event) -> None:
             continue
 
 
-class Decrypting(io.RawIOBase):
+class Decrypting(ChunkReader):
     """The plaintext of the age file `stream`, decrypted in a thread as it
     is read. A wrong identity, or a ciphertext changed, cut or lengthened,
     surfaces as EncryptionError from read() (no plaintext of an
@@ -280,16 +297,16 @@ class Decrypting(io.RawIOBase):
 
     def __init__(self, stream: BinaryIO, identities: Sequence[Any], what: str = "the archive"):
         pyrage = _pyrage()
+        identities = list(identities)  # an IdentityFile is read here, not in the thread (its error is no bad ciphertext)
         self.what = what
         self._chunks: queue.Queue = queue.Queue(maxsize=_QUEUE_DEPTH)
-        self._pending = memoryview(b"")
         self._eof = False
         self._error: BaseException | None = None
         self._stop = threading.Event()
 
         def run() -> None:
             try:
-                pyrage.decrypt_io(stream, _QueueWriter(self._chunks, self._stop), list(identities))
+                pyrage.decrypt_io(stream, _QueueWriter(self._chunks, self._stop), identities)
             except BaseException as exc:  # noqa: BLE001 - handed to the reader
                 self._error = exc
             finally:
@@ -300,25 +317,15 @@ class Decrypting(io.RawIOBase):
         self._thread = threading.Thread(target=run, name="decrypt", daemon=True)
         self._thread.start()
 
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        while not self._pending:
-            if self._eof:
-                return 0
-            chunk = self._chunks.get()
-            if chunk is None:
-                self._eof = True
-                if self._error is not None:
-                    raise EncryptionError(f"{self.what} cannot be decrypted: {_decrypt_reason(self._error)}")
-                return 0
-            self._pending = memoryview(chunk)
-        n = min(len(buffer), len(self._pending))
-        buffer[:n] = self._pending[:n]
-        self._pending = self._pending[n:]
-        return n
-
+    def next_chunk(self) -> bytes | None:
+        if self._eof:
+            return None
+        chunk = self._chunks.get()
+        if chunk is None:
+            self._eof = True
+            if self._error is not None:
+                raise EncryptionError(f"{self.what} cannot be decrypted: {_decrypt_reason(self._error)}")
+        return chunk
 
     def close(self) -> None:
         """Stop early: the decrypting thread's next write fails, so it ends
@@ -349,7 +356,7 @@ class Sealing:
 
     def __init__(self, recipients: Sequence[Any] | None = None, identities: Sequence[Any] | None = None):
         self.recipients = list(recipients) if recipients else None
-        self.identities = list(identities) if identities else None
+        self.identities = identities  # as given: an IdentityFile is read only for the first encrypted segment
 
     def seal(self, blob: bytes) -> bytes:
         """`blob` encrypted to the recipients (as it is without any)."""
@@ -361,33 +368,28 @@ class Sealing:
             raise EncryptionError(f"encrypting failed: {type(exc).__name__}: {exc}") from None
 
     def opened(self, stream: BinaryIO, what: str) -> BinaryIO:
-        """`stream` to read, decrypted when it is an age file. Raises
-        EncryptionError when it is one and there is no identity."""
-        buffered = stream if isinstance(stream, io.BufferedReader) else io.BufferedReader(_Raw(stream))
-        if not is_encrypted(buffered.peek(HEAD)[:HEAD]):
-            return buffered
-        if not self.identities:
-            raise EncryptionError(f"{what} is encrypted (age): give --identity FILE, or set "
-                                  f"backup.encryption.identity_file, to read it")
-        return io.BufferedReader(Decrypting(buffered, self.identities, what))
+        """`stream` to read, decrypted when it is an age file; closing it
+        closes `stream`. Raises EncryptionError when it is one and there is
+        no identity."""
+        return open_plaintext(stream, self.identities, what, owns=True)[0]
 
 
-class _Raw(io.RawIOBase):
-    """Any object with read(n) as a raw stream, for io.BufferedReader."""
+def open_plaintext(stream: BinaryIO, identities: Sequence[Any] | None, what: str, *, owns: bool,
+                   buffer_size: int = io.DEFAULT_BUFFER_SIZE) -> tuple[io.BufferedReader, Decrypting | None]:
+    """(`stream` to read, decrypted when its first bytes start an age file;
+    the Decrypting stream then, else None): the one place that tells an
+    encrypted archive or segment from a plain one. `stream` is used as it
+    is when it is an io.BufferedReader; `owns` is streams.Readable's. Raises
+    EncryptionError when it is encrypted and `identities` are none, or (an
+    IdentityFile, read only now) cannot be read."""
+    buffered = (stream if isinstance(stream, io.BufferedReader)
+                else io.BufferedReader(Readable(stream, owns=owns), buffer_size))
+    if not is_encrypted(buffered.peek(HEAD)[:HEAD]):
+        return buffered, None
+    keys = list(identities or ())
+    if not keys:
+        raise EncryptionError(f"{what} is encrypted (age): give --identity FILE, or set "
+                              f"backup.encryption.identity_file, to read it")
+    decrypting = Decrypting(buffered, keys, what)
+    return io.BufferedReader(decrypting, buffer_size), decrypting
 
-    def __init__(self, stream: Any):
-        self.stream = stream
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        data = self.stream.read(len(buffer))
-        buffer[:len(data)] = data
-        return len(data)
-
-    def close(self) -> None:
-        close = getattr(self.stream, "close", None)
-        if close is not None:
-            close()
-        super().close()

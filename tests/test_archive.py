@@ -443,6 +443,30 @@ def test_restore_force_puts_the_old_folders_back_when_a_move_fails(tmp_path, mon
 
 
 @pytest.mark.faults
+def test_a_write_the_destination_refuses_names_the_file_and_says_what_to_do(tmp_path):
+    """A file-size limit (prlimit --fsize, as `ulimit -f` or a unit's
+    LimitFSIZE= sets it) refuses a database file half written. The write's
+    OSError names no file, and restore said "File too large: None"; it names
+    the file and the destination, says what to do, and changes nothing."""
+    from tests.support.cli import replicator, system_binary
+    size = 3 << 20
+    archived = tmp_path / "big.tar"
+    archived.write_bytes(_archive_of(tmp_path, alpha=os.urandom(size)))
+    dest = tmp_path / "data"
+    (dest / "alpha").mkdir(parents=True)
+    (dest / "alpha" / "old").write_bytes(b"old")
+    done = replicator("restore", str(archived), "--data-dir", str(dest), "--force", "--unanchored",
+                      prefix=[system_binary("prlimit", "util-linux"), f"--fsize={1 << 20}", "--"])
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stdout + done.stderr
+    assert (f"nothing restored: writing alpha/tx/00000000.tx ({size} bytes) into {dest}: File too large; a "
+            f"file-size limit on this process (ulimit -f") in done.stderr, done.stderr
+    assert "raise the limit, or restore onto a file system that takes it" in done.stderr
+    assert "None" not in done.stderr
+    assert sorted(p.name for p in dest.iterdir()) == ["alpha"]
+    assert [p.name for p in (dest / "alpha").iterdir()] == ["old"]
+
+
+@pytest.mark.faults
 @pytest.mark.parametrize("compression, position", [("gzip", 100), ("gzip", 300), ("zstd", 100), ("zstd", 300)])
 def test_damage_inside_the_compressed_data_is_a_verdict_not_a_crash(tmp_path, compression, position):
     """A byte dropped from the compressed stream: whatever the

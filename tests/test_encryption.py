@@ -23,6 +23,8 @@ from reconciler.encryption import (
     Decrypting,
     Encrypting,
     EncryptionError,
+    IdentityFile,
+    Sealing,
     is_encrypted,
     load_identities,
     load_recipients,
@@ -79,19 +81,21 @@ def test_encrypting_then_decrypting_gives_the_bytes_back_whatever_the_chunks(key
     assert back == data
 
 
-def _archive(tmp_path, recipient, content: bytes = b"the-secret-value-" * 1000) -> bytes:
-    tree = tmp_path / f"tree{len(content)}" / "db1"
+def _archive(tmp_path, recipient: str | None, content: bytes = b"the-secret-value-" * 1000) -> bytes:
+    """An archive of one database, encrypted to `recipient` (None: not encrypted)."""
+    tree = tmp_path / f"tree{len(content)}{'' if recipient else '-plain'}" / "db1"
     tree.mkdir(parents=True)
     (tree / "values").write_bytes(content)
     sink = _Memory()
-    enc = Encrypting(sink, load_recipients([recipient], []))
+    enc = Encrypting(sink, load_recipients([recipient], [])) if recipient else sink
     writer = archive.ArchiveWriter(enc, "none")
     files = writer.add_tree(tree, "db1")
     writer.finish(manifest_from_dict({
         "tool": "t", "backup_id": "b", "started_at": "s", "finished_at": "f", "compression": "none",
         "databases": [{"name": "db1", "tx_id": 1, "tx_hash": "0" * 64, "files": len(files),
                        "bytes": len(content)}]}))
-    enc.close()
+    if recipient:
+        enc.close()
     return sink.value()
 
 
@@ -137,6 +141,49 @@ def test_a_failed_read_leaves_no_decrypting_thread_behind(tmp_path, key):
     assert not archive.verify(io.BytesIO(damaged), identities=load_identities(path)).ok
     from tests.support.waiting import wait_for
     wait_for(lambda: not [t for t in threading.enumerate() if t.name == "decrypt"], 10, "the decrypt thread to end")
+
+
+class _Source:
+    """A target's stream as S3 and SFTP hand it out: read(n) and close(),
+    not an io.BufferedReader; reading it once closed fails."""
+
+    def __init__(self, data: bytes):
+        self.data, self.closed = io.BytesIO(data), False
+
+    def read(self, n: int = -1) -> bytes:
+        if self.closed:
+            raise ValueError("read of closed file")
+        return self.data.read(n)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_a_segment_closes_its_stream_with_it_and_an_archive_leaves_its_stream_to_the_caller(tmp_path, key):
+    """A segment's stream (Sealing.opened) is its reader's: closing it closes
+    the target's stream, encrypted or not (encrypted: once the decrypting
+    thread has let go of it, which close waits for). An archive's stream is
+    archive.read's caller's, who reads on after the archive's end (the trust
+    checks drain it to hash the whole file) and closes it: read, and its
+    reader collected, it is still open."""
+    import gc
+
+    from reconciler.trust.archives import HashingReader
+    path, recipient = key
+    sealing = Sealing(load_recipients([recipient], []), load_identities(path))
+    for blob in (sealing.seal(b"segment" * 10000), b"segment" * 10000):
+        source = _Source(blob)
+        with sealing.opened(source, "segment s") as stream:
+            assert stream.read(7) == b"segment"
+        assert source.closed, is_encrypted(blob)
+    for blob in (_archive(tmp_path, recipient), _archive(tmp_path, None)):
+        source = _Source(blob)
+        reader = HashingReader(source)
+        assert archive.read(reader, identities=load_identities(path)).ok
+        gc.collect()
+        assert not source.closed, is_encrypted(blob)
+        reader.drain(len(blob))
+        assert reader.size == len(blob)
 
 
 def test_an_aborted_encryption_ends_its_thread_and_finishes_no_stream(key):
@@ -212,6 +259,40 @@ def _problems(tmp_path, backup: dict) -> str:
     except ConfigError as exc:
         return "\n".join(exc.problems)
     return ""
+
+
+def test_the_identity_file_is_read_only_for_what_is_encrypted(tmp_path, key):
+    """--identity (or backup.encryption.identity_file) names the private
+    key, and only an encrypted archive or segment reads it: a plain archive
+    verifies and restores with an identity file that cannot be read; an
+    encrypted one is refused saying why, nothing restored. A configured
+    identity_file that cannot be read is still refused when the
+    configuration is loaded."""
+    path, recipient = key
+    missing = tmp_path / "no-such-key.txt"
+    plain, sealed = _archive(tmp_path, None), _archive(tmp_path, recipient)
+    assert archive.verify(io.BytesIO(plain), identities=IdentityFile(missing)).ok
+    refused = archive.verify(io.BytesIO(sealed), identities=IdentityFile(missing))
+    assert refused.sealed and f"identity file {missing}: cannot be read" in refused.problems[0], refused.problems
+    assert archive.verify(io.BytesIO(sealed), identities=IdentityFile(path)).ok
+    sealing = Sealing(load_recipients([recipient], []), IdentityFile(missing))
+    assert sealing.opened(io.BytesIO(b"segment"), "segment s").read() == b"segment"
+    with pytest.raises(EncryptionError, match="cannot be read"):
+        sealing.opened(io.BytesIO(sealing.seal(b"segment")), "segment s")
+
+    (tmp_path / "plain.tar").write_bytes(plain)
+    (tmp_path / "sealed.tar").write_bytes(sealed)
+    done = replicator("restore", str(tmp_path / "plain.tar"), "--data-dir", str(tmp_path / "r1"),
+                      "--identity", str(missing), "--unanchored")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert (tmp_path / "r1" / "db1" / "values").read_bytes() == b"the-secret-value-" * 1000
+    done = replicator("restore", str(tmp_path / "sealed.tar"), "--data-dir", str(tmp_path / "r2"),
+                      "--identity", str(missing), "--unanchored")
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert f"nothing restored: identity file {missing}: cannot be read" in done.stderr, done.stderr
+    assert not (tmp_path / "r2").exists() or list((tmp_path / "r2").iterdir()) == []
+    assert f"identity file {missing}: cannot be read" in _problems(tmp_path, {
+        "encryption": {"recipients": [recipient], "identity_file": str(missing)}})
 
 
 def test_encryption_that_cannot_be_applied_or_does_not_cover_everything_is_refused(tmp_path, key):

@@ -33,6 +33,7 @@ from reconciler.manifest import NAME as MANIFEST
 from reconciler.manifest import FileRecord, Manifest
 from reconciler.manifest import parse as parse_manifest
 from reconciler.state import is_database_name
+from reconciler.streams import ChunkReader
 
 CHUNK = 1024 * 1024
 GZIP_MAGIC, ZSTD_MAGIC = b"\x1f\x8b", b"\x28\xb5\x2f\xfd"
@@ -87,18 +88,17 @@ def open_compressor(kind: str, level: int | None, raw: BinaryIO, threads: int | 
 def open_decompressor(stream: BinaryIO, identities: Sequence[Any] | None = None,
                       opened: list | None = None) -> tuple[str, BinaryIO]:
     """(kind, readable plain stream), the kind told by the magic bytes. An
-    age-encrypted stream is decrypted with `identities` first (ArchiveError
-    when none are given); the decrypting stream goes into `opened`, for the
-    caller to close."""
-    buffered = stream if isinstance(stream, io.BufferedReader) else io.BufferedReader(_Readable(stream), CHUNK)
-    if encryption.is_encrypted(buffered.peek(encryption.HEAD)[:encryption.HEAD]):
-        if not identities:
-            raise ArchiveSealed("the archive is encrypted (age): give --identity FILE, or set "
-                                "backup.encryption.identity_file, to read it")
-        decrypting = encryption.Decrypting(buffered, identities)
-        if opened is not None:
-            opened.append(decrypting)
-        buffered = io.BufferedReader(decrypting, CHUNK)
+    age-encrypted stream (encryption.open_plaintext tells) is decrypted with
+    `identities` first (ArchiveSealed when none are given); the decrypting
+    stream goes into `opened`, for the caller to close. `stream` stays open:
+    it is the caller's."""
+    try:
+        buffered, decrypting = encryption.open_plaintext(stream, identities, "the archive", owns=False,
+                                                         buffer_size=CHUNK)
+    except encryption.EncryptionError as exc:
+        raise ArchiveSealed(str(exc)) from None
+    if decrypting is not None and opened is not None:
+        opened.append(decrypting)
     head = buffered.peek(4)[:4]
     if head.startswith(GZIP_MAGIC):
         from isal import igzip
@@ -109,7 +109,7 @@ def open_decompressor(stream: BinaryIO, identities: Sequence[Any] | None = None,
     return "none", buffered
 
 
-class _ReadAhead(io.RawIOBase):
+class _ReadAhead(ChunkReader):
     """Reads `source` in a thread of its own, up to `depth` chunks ahead:
     decompression (which lets go of the GIL) overlaps the tar parsing and
     hashing of what came before. Errors reach the reader in order."""
@@ -118,7 +118,6 @@ class _ReadAhead(io.RawIOBase):
         import queue
         self.source = source
         self.chunks: queue.Queue = queue.Queue(maxsize=depth)
-        self.pending = b""
         self.done = False
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._fill, name="archive-read", daemon=True)
@@ -143,41 +142,21 @@ class _ReadAhead(io.RawIOBase):
             except queue.Full:
                 continue
 
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer) -> int:
-        if not self.pending and not self.done:
-            item = self.chunks.get()
-            if isinstance(item, BaseException):
-                self.done = True
-                raise item
-            if not item:
-                self.done = True
-            self.pending = item
-        n = min(len(buffer), len(self.pending))
-        buffer[:n] = self.pending[:n]
-        self.pending = self.pending[n:]
-        return n
+    def next_chunk(self) -> bytes | None:
+        if self.done:
+            return None
+        item = self.chunks.get()
+        if isinstance(item, BaseException):
+            self.done = True
+            raise item
+        if not item:
+            self.done = True
+            return None
+        return item
 
     def close(self) -> None:
         self.stopping.set()
         super().close()
-
-
-class _Readable(io.RawIOBase):
-    """Adapts anything with read(n) (boto3's StreamingBody, paramiko files)."""
-
-    def __init__(self, source):
-        self.source = source
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer) -> int:
-        data = self.source.read(len(buffer))
-        buffer[: len(data)] = data
-        return len(data)
 
 
 # --------------------------------------------------------------------------- writing
@@ -603,8 +582,8 @@ def read(stream: BinaryIO, store: Store | None = None,
     read), every file hashed (and handed to `store`, if given), the manifest
     checked against its schema, and everything compared with it at the end.
     The one reader behind `verify` and `restore`: they cannot disagree.
-    Never raises ArchiveError: the problems are in the result. OSError from
-    `store` propagates."""
+    Never raises ArchiveError: the problems are in the result. What `store`
+    and its files raise (OSError) propagates."""
     result = Verification()
     seen: set[str] = set()
     manifest_read = False

@@ -121,8 +121,8 @@ def drill_archive(cfg, archive: str | None = None, target_name: str | None = Non
     from reconciler.trust.sources import vouch_for_archive
     drill_cfg = drill_cfg or (cfg.backup.drill if cfg is not None else DrillConfig())
     if identities is None and cfg is not None and cfg.backup.encryption.identity_file is not None:
-        from reconciler.encryption import load_identities
-        identities = load_identities(cfg.backup.encryption.identity_file)
+        from reconciler.encryption import IdentityFile
+        identities = IdentityFile(cfg.backup.encryption.identity_file)  # read if the archive is encrypted
     if archive is None:
         if target_name is None:
             raise DrillError("name an archive, or a target (--target) whose newest archive to drill")

@@ -11,6 +11,7 @@ says exactly which databases were added and which replaced.
 """
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import uuid
@@ -70,7 +71,47 @@ class _Scratch:
         if size > free:
             raise OSError(28, f"{name} needs {size} bytes, {free} are free", str(self.root))
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        return open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb")
+        f = open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb")
+        return _Restoring(f, f"writing {name} ({size} bytes) into {self.root.parent}")  # type: ignore[return-value]
+
+
+class _Restoring:
+    """A file being restored. The OSError of a write names no file (it said
+    "File too large: None"): this one's error says which file, and where."""
+
+    def __init__(self, f: BinaryIO, doing: str):
+        self.f, self.doing = f, doing
+
+    def write(self, data: bytes) -> None:
+        try:
+            self.f.write(data)
+        except OSError as exc:
+            raise RestoreError(f"nothing restored: {self.doing}: {_os_failure(exc)}") from None
+
+    def close(self) -> None:
+        try:
+            self.f.close()
+        except OSError as exc:
+            raise RestoreError(f"nothing restored: {self.doing}: {_os_failure(exc)}") from None
+
+
+# what to do when the destination refuses a write
+_ADVICE = {
+    errno.EFBIG: "a file-size limit on this process (ulimit -f, or LimitFSIZE= in its systemd unit) or the file "
+                 "system refuses a file this large: raise the limit, or restore onto a file system that takes it",
+    errno.ENOSPC: "not enough free space: free some there, or restore onto a larger file system",
+    errno.EDQUOT: "the disk quota is used up: raise it, free space, or restore elsewhere",
+}
+
+
+def _os_failure(exc: OSError) -> str:
+    """An OSError as a restore says it: the system's words, the file when
+    the system names one, and what to do when there is something to do."""
+    text = exc.strerror or str(exc)
+    if exc.filename:
+        text += f": {exc.filename}"
+    advice = _ADVICE.get(exc.errno) if exc.errno is not None else None
+    return f"{text}; {advice}" if advice else text
 
 
 class _Discard:
@@ -111,13 +152,13 @@ def restore(stream: BinaryIO, data_dir: Path, databases: list[str] | None = None
         scratch = data_dir / f".restore-{uuid.uuid4().hex[:12]}"
         scratch.mkdir(mode=0o700)
     except OSError as exc:
-        raise RestoreError(f"nothing restored: {exc.strerror or exc}: {exc.filename}") from None
+        raise RestoreError(f"nothing restored: {_os_failure(exc)}") from None
     try:
         try:
             seen = archive.read(stream, _Scratch(scratch, wanted, frozenset(exclude)), on_bytes=on_bytes,
                                 identities=identities)
         except OSError as exc:
-            raise RestoreError(f"nothing restored: {exc.strerror or exc}: {exc.filename}") from None
+            raise RestoreError(f"nothing restored: {_os_failure(exc)}") from None
         if seen.sealed:
             raise RestoreError(f"nothing restored: {seen.problems[0]}")
         if not seen.ok:
@@ -186,6 +227,5 @@ def _swap_in(data_dir: Path, scratch: Path, names: list[str], replaced: list[str
         for name in reversed(moved_aside):
             os.rename(aside / name, data_dir / name)
         shutil.rmtree(aside, ignore_errors=True)
-        raise RestoreError(f"nothing restored: {exc.strerror or exc}: {exc.filename}; the destination is as it "
-                           f"was") from None
+        raise RestoreError(f"nothing restored: {_os_failure(exc)}; the destination is as it was") from None
     shutil.rmtree(aside, ignore_errors=True)

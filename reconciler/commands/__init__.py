@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+from collections.abc import Sequence
 
 from reconciler.config import go_flags
 from reconciler.errors import ConfigError
@@ -59,16 +60,18 @@ def size(n: float) -> str:
     return f"{n:.1f} TiB"
 
 
-def identities_for(args: argparse.Namespace, cfg) -> list | None:
+def identities_for(args: argparse.Namespace, cfg) -> Sequence | None:
     """The age identities an encrypted archive or segment is read with:
     --identity, else the configuration's backup.encryption.identity_file;
-    None without either."""
+    None without either. The file is read only when an encrypted archive or
+    segment needs it (encryption.IdentityFile): a plain archive restores
+    without the private key."""
     from pathlib import Path
 
-    from reconciler.encryption import load_identities
+    from reconciler.encryption import IdentityFile
     given = getattr(args, "identity", None)
     path = Path(given) if given else (cfg.backup.encryption.identity_file if cfg is not None else None)
-    return load_identities(path) if path is not None else None
+    return IdentityFile(path) if path is not None else None
 
 
 def values_prover(args: argparse.Namespace, cfg):
