@@ -526,8 +526,12 @@ def test_a_real_archive_is_vouched_for_by_every_anchor(archived, tmp_path):
     assert done.returncode == 0, done.stderr
     for anchor in ("anchor local", "anchor signed", "anchor live"):
         assert anchor in done.stdout, done.stdout
-    # on a new machine (no checkpoint) a restore proves the values by opening the files, then restores
+    assert "values: not proven" not in done.stdout  # the local checkpoint vouches for the bytes
+    # on a new machine (no checkpoint) verify says what it did not prove; a restore proves the values by opening
+    # the files, then restores
     new_machine = a.configured(state_dir=tmp_path / "empty-state")
+    unproven = run("verify", "-c", str(new_machine), str(made))
+    assert unproven.returncode == 0 and "values: not proven here" in unproven.stdout, unproven.stdout
     restored = run("restore", "-c", str(new_machine), str(made), "--data-dir", str(tmp_path / "new-machine"))
     assert restored.returncode == 0, restored.stdout + restored.stderr
     assert sorted(p.name for p in (tmp_path / "new-machine").iterdir()) == sorted([a.name, b.name])

@@ -88,6 +88,9 @@ def verify(args: argparse.Namespace) -> int:
           f"{result.compression}; databases: {', '.join(result.databases)}; taken {m.started_at} "
           f"from {m.replica} (immudb {m.immudb_version or '?'})")
     _print_verdicts(verdicts)
+    if not any(v.anchor == "local" and v.vouched for v in verdicts):
+        print("  values: not proven here (no local checkpoint of these bytes; the other anchors vouch for the "
+              "states it records): `drill`, or `restore`, proves them by opening its files in immudb")
     return 0
 
 

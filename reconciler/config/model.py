@@ -127,7 +127,8 @@ def _retention(d: dict | None) -> Retention | None:
     seconds = None
     if age:
         seconds = int(age[:-1]) * {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[age[-1]]
-    return Retention(d.get("keep_last"), seconds)
+    return Retention(d.get("keep_last"), seconds, d.get("keep_daily"), d.get("keep_weekly"), d.get("keep_monthly"),
+                     d.get("keep_yearly"))
 
 
 def _target(name: str, d: dict) -> TargetConfig:

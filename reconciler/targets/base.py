@@ -51,6 +51,15 @@ class Retention:
 
     keep_last: int | None = None
     max_age_seconds: int | None = None
+    keep_daily: int | None = None      # the newest archive of each of the newest N days that have one (UTC)
+    keep_weekly: int | None = None     # ... of each ISO week
+    keep_monthly: int | None = None    # ... of each month
+    keep_yearly: int | None = None     # ... of each year
+
+    @property
+    def keeps_all(self) -> bool:
+        return all(v is None for v in (self.keep_last, self.max_age_seconds, self.keep_daily, self.keep_weekly,
+                                       self.keep_monthly, self.keep_yearly))
 
 
 @dataclass(frozen=True)
