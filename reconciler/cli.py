@@ -147,6 +147,13 @@ def build_parser() -> argparse.ArgumentParser:
     config_sub.add_parser("schema", help="print the configuration's whole JSON Schema (with every target kind), "
                                          "for editors and CI")
 
+    for name, what in (("pin", "keep an archive whatever the target's retention says (`list` shows it pinned)"),
+                       ("unpin", "let the target's retention delete an archive again")):
+        p = sub.add_parser(name, help=what)
+        _config_args(p)
+        p.add_argument("--target", metavar="NAME", required=True)
+        p.add_argument("archive", help="the archive's name at the target (as `list` shows it)")
+
     p = sub.add_parser("list", help="archives at a target, with size and time; or its journal (--journal)")
     _config_args(p)
     p.add_argument("--target", metavar="NAME", required=True)

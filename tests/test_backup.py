@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,7 @@ from tests.support.cli import replicator
 from tests.support.configs import unique_name, write_config
 from tests.support.servers import IMMUDB_VERSION, LISTS_WHILE_UNLOADED
 from tests.support.targets import target_dict
+from tests.support.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -244,6 +246,34 @@ def test_retention_keeps_exactly_the_newest(tmp_path, primary_server, replica_se
     assert result.ok
     assert sorted(p.name for p in out.iterdir()) == sorted([old[-1].name, Path(result.location).name, "unrelated.tar.gz"])
     assert sorted(result.deleted) == sorted(p.name for p in old[:-1])
+
+
+def test_a_pinned_archive_outlives_retention_until_it_is_unpinned(tmp_path, primary_server, replica_server, replicated):
+    prefix, _, _ = replicated
+    out = tmp_path / "kept"
+    out.mkdir()
+    old = [out / f"a-2020010{d}T000000Z.tar.gz" for d in range(1, 5)]
+    for p in old:
+        p.write_bytes(b"old archive")
+    path = write_config(tmp_path, primary_server, replica_server, prefix, targets={
+        "t": {"type": "file", "path": str(out / "a-{timestamp}.tar.gz"), "retention": {"keep_last": 2}}})
+    done = replicator("pin", "-c", str(path), "--target", "t", old[0].name)
+    assert done.returncode == 0 and "pinned" in done.stdout, done.stdout + done.stderr
+    missing = replicator("pin", "-c", str(path), "--target", "t", "a-20190101T000000Z.tar.gz")
+    assert missing.returncode == 1 and "no archive" in missing.stderr, missing.stderr
+    cfg = load(path)
+    first = Backups(cfg).run(cfg.backup.targets["t"])
+    assert first.ok and sorted(first.deleted) == sorted(p.name for p in old[1:3])  # old[0] pinned, old[3] 2nd newest
+    listed = replicator("list", "-c", str(path), "--target", "t")
+    pinned = [line for line in listed.stdout.splitlines() if "PINNED" in line]
+    assert len(pinned) == 1 and old[0].name in pinned[0], listed.stdout
+    done = replicator("unpin", "-c", str(path), "--target", "t", old[0].name)
+    assert done.returncode == 0, done.stderr
+    again = replicator("unpin", "-c", str(path), "--target", "t", old[0].name)
+    assert again.returncode == 1 and "is not pinned" in again.stderr, again.stderr
+    wait_for(lambda: int(time.time()) > int(Path(first.location).stat().st_mtime), 5, "the next second")
+    second = Backups(cfg).run(cfg.backup.targets["t"])
+    assert second.ok and old[0].name in second.deleted and not old[0].exists(), second.deleted
 
 
 # --------------------------------------------------------------------------- the commands

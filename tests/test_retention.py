@@ -104,3 +104,12 @@ backup:
     policy = config.load(path, env={}).backup.targets["t"].retention
     assert policy == Retention(keep_last=None, max_age_seconds=2 * DAY, keep_daily=7, keep_weekly=4, keep_monthly=12,
                                keep_yearly=3)
+
+
+@settings(max_examples=200, deadline=None)
+@given(histories, policies, st.data())
+def test_a_pinned_archive_is_never_deleted(history, policy, data):
+    pins = set(data.draw(st.lists(st.sampled_from([a.name for a in history]), max_size=5)))
+    doomed = {a.name for a in expired(history, policy, NOW, history[-1].name, pins)}
+    assert not doomed & pins
+    assert doomed == {a.name for a in expired(history, policy, NOW, history[-1].name)} - pins

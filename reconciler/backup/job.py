@@ -508,7 +508,11 @@ class Backups:
         still locks (S3 Object Lock) goes into `retained`, with its date."""
         deleted: list[str] = []
         try:
-            doomed = retention.expired(target.list(), target_cfg.retention, time.time(), just_written)
+            if target_cfg.retention is None or target_cfg.retention.keeps_all:
+                return deleted
+            from reconciler.backup.pins import pinned
+            held = pinned(target_cfg)  # unreadable pins: nothing deleted (TargetError below)
+            doomed = retention.expired(target.list(), target_cfg.retention, time.time(), just_written, held)
             for stored in doomed:
                 try:
                     target.delete(stored.name)

@@ -9,13 +9,13 @@ An archive is kept when any rule keeps it:
   a day without an archive is not counted.
 
 Only archives the target lists (names its template produces) are ever
-considered, and the archive just written is always kept. With no rule set,
-nothing is deleted.
+considered; the archive just written and the pinned ones (backup/pins.py)
+are always kept. With no rule set, nothing is deleted.
 """
 from __future__ import annotations
 
 import datetime
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 from reconciler.targets.base import ArchiveInfo, Retention, sort_key
 
@@ -27,11 +27,12 @@ _PERIODS: dict[str, Callable[[datetime.datetime], tuple]] = {
 }
 
 
-def expired(archives: list[ArchiveInfo], policy: Retention | None, now: float, just_written: str) -> list[ArchiveInfo]:
+def expired(archives: list[ArchiveInfo], policy: Retention | None, now: float, just_written: str,
+            pinned: Collection[str] = ()) -> list[ArchiveInfo]:
     if policy is None or policy.keeps_all:
         return []
     newest_first = sorted(archives, key=sort_key, reverse=True)
-    keep = {just_written} | kept(newest_first, policy, now)
+    keep = {just_written} | set(pinned) | kept(newest_first, policy, now)
     return [a for a in sorted(archives, key=sort_key) if a.name not in keep]
 
 

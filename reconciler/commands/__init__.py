@@ -26,6 +26,8 @@ HANDLERS = {
     "restore": ("backups", "restore"),
     "list": ("backups", "list_archives"),
     "drill": ("backups", "drill"),
+    "pin": ("backups", "pin"),
+    "unpin": ("backups", "unpin"),
     "config": ("configuration", "run"),
 }
 

@@ -168,11 +168,16 @@ def list_archives(args: argparse.Namespace) -> int:
     if args.journal:
         from reconciler.commands.journal import list_journal
         return list_journal(args)
+    from reconciler.backup.pins import pinned
     from reconciler.signed import TrustError
     from reconciler.trust.sources import checkpoints
     cfg = load_config(args)
     target_cfg = target_named(cfg, args.target)
     points = checkpoints(cfg)
+    try:
+        held = pinned(target_cfg)
+    except targets.TargetError:
+        held = set()
     with targets.build(target_cfg) as target:
         archives = target.list()
         for a in archives:
@@ -184,7 +189,8 @@ def list_archives(args: argparse.Namespace) -> int:
                           f"CHANGED: {a.size} bytes, {mark.size} were written")
             except TrustError as exc:
                 anchor = f"CHECKPOINT UNREADABLE: {exc}"
-            print(f"{when}  {size(a.size):>10}  {a.location}  ({_sealing(target, a.name)}; {anchor})")
+            pin = "; PINNED" if a.name in held else ""
+            print(f"{when}  {size(a.size):>10}  {a.location}  ({_sealing(target, a.name)}; {anchor}{pin})")
     if not archives:
         print(f"(no archives at {args.target})")
     present = {a.name for a in archives}
@@ -217,4 +223,23 @@ def drill(args: argparse.Namespace) -> int:
     print(f"{result.location}: drill OK in {seconds:.1f}s: {len(result.databases)} databases restored, opened by "
           f"immudb, every transaction chained to the states recorded at backup time, and those states vouched for "
           f"by the anchors above.")
+    return 0
+
+
+def pin(args: argparse.Namespace) -> int:
+    from reconciler.backup.locate import target_named
+    from reconciler.backup.pins import pin as pin_archive
+    target_cfg = target_named(load_config(args, setup_logging=False), args.target)
+    done = pin_archive(target_cfg, args.archive)
+    print(f"{args.archive} at {args.target}: pinned{'' if done else ' already'}; retention keeps it until "
+          f"`replicator unpin`")
+    return 0
+
+
+def unpin(args: argparse.Namespace) -> int:
+    from reconciler.backup.locate import target_named
+    from reconciler.backup.pins import unpin as unpin_archive
+    target_cfg = target_named(load_config(args, setup_logging=False), args.target)
+    unpin_archive(target_cfg, args.archive)
+    print(f"{args.archive} at {args.target}: no longer pinned; the next backup's retention may delete it")
     return 0
