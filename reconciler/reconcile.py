@@ -363,7 +363,18 @@ def _grant(r: Reconciler, a: Action, password: Secret) -> None:
 
 
 def _create_replica(r: Reconciler, a: Action, password: Secret) -> None:
-    r.replica.create_replica(_named(a), a.settings, a.limits)
+    name = _named(a)
+    seeded = None
+    if r.cfg.reconcile.seed_from is not None:
+        from reconciler.backup.seed import seed
+        seeded = seed(r.cfg, name)  # the archive's files in place, checked; None: from transaction 1
+    try:
+        r.replica.create_replica(name, a.settings, a.limits)
+    except BaseException:
+        if seeded is not None:
+            from reconciler.backup.seed import discard
+            discard(r.cfg, seeded)
+        raise
 
 
 def _update_replication(r: Reconciler, a: Action, password: Secret) -> None:

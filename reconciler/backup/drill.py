@@ -213,6 +213,37 @@ def _whole_history(admin, name: str, want) -> str | None:
     return None
 
 
+def values_prover(cfg: DrillConfig, unanchored: bool = False) -> Callable:
+    """restore()'s `prove`: when no local checkpoint vouched for the
+    archive's bytes (a new machine, a new state folder), the signed and live
+    anchors vouch only for the states it records, and a value rewritten in
+    its files (manifest recomputed) would pass them: the extracted files are
+    then opened by a throwaway immudb and their whole history checked
+    against those states (prove_history). `unanchored` (--unanchored) takes
+    the archive as it is."""
+
+    def prove(folder: Path, databases: list[str], manifest: Manifest, vouched) -> None:
+        if unanchored or any(v.anchor == "local" and v.vouched for v in vouched or ()):
+            return
+        try:
+            binary = immudb_binary(cfg)
+        except DrillError as exc:
+            raise RestoreError(f"nothing restored: no local checkpoint vouches for this archive's bytes, and the "
+                               f"signed and live anchors vouch for the states it records, not for the values in "
+                               f"its files; proving those takes {exc}; or take the archive as it is with "
+                               f"--unanchored") from None
+        entries = [e for e in manifest.databases if e.name in databases]
+        try:
+            prove_history(binary, folder, entries, cfg.start_timeout, cfg.scratch_dir)
+        except DrillError as exc:
+            raise RestoreError(f"nothing restored: its files do not hold the history its anchors vouch for: "
+                               f"{exc}") from None
+        except OSError as exc:
+            raise RestoreError(f"nothing restored: its values could not be proven: {exc.strerror or exc}: "
+                               f"{exc.filename}") from None
+    return prove
+
+
 def prove_history(binary: str, folder: Path, entries: Sequence[DatabaseEntry], timeout: float,
                   scratch_dir: Path | None = None) -> None:
     """That the databases extracted in `folder` hold exactly the history

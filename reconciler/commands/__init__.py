@@ -77,38 +77,13 @@ def identities_for(args: argparse.Namespace, cfg) -> Sequence | None:
 
 
 def values_prover(args: argparse.Namespace, cfg):
-    """restore()'s `prove`: when no local checkpoint vouched for the
-    archive's bytes (a new machine, a new state folder), the signed and live
-    anchors vouch only for the states it records, and a value rewritten in
-    its files (manifest recomputed) would pass them: the extracted files are
-    then opened by a throwaway immudb and their whole history checked
-    against those states. `--unanchored` takes the archive as it is."""
+    """restore()'s `prove` for this command line (backup.drill.values_prover):
+    the configured drill settings, --immudb-binary and --unanchored."""
     from dataclasses import replace
 
-    from reconciler.backup.drill import DrillError, immudb_binary, prove_history
-    from reconciler.backup.restore import RestoreError
+    from reconciler.backup.drill import values_prover as prover
     from reconciler.config.model import DrillConfig
     drill_cfg = cfg.backup.drill if cfg is not None else DrillConfig()
     if getattr(args, "immudb_binary", None):
         drill_cfg = replace(drill_cfg, immudb_binary=args.immudb_binary)
-
-    def prove(folder, databases, manifest, vouched) -> None:
-        if getattr(args, "unanchored", False) or any(v.anchor == "local" and v.vouched for v in vouched or ()):
-            return
-        try:
-            binary = immudb_binary(drill_cfg)
-        except DrillError as exc:
-            raise RestoreError(f"nothing restored: no local checkpoint vouches for this archive's bytes, and the "
-                               f"signed and live anchors vouch for the states it records, not for the values in "
-                               f"its files; proving those takes {exc}; or take the archive as it is with "
-                               f"--unanchored") from None
-        entries = [e for e in manifest.databases if e.name in databases]
-        try:
-            prove_history(binary, folder, entries, drill_cfg.start_timeout, drill_cfg.scratch_dir)
-        except DrillError as exc:
-            raise RestoreError(f"nothing restored: its files do not hold the history its anchors vouch for: "
-                               f"{exc}") from None
-        except OSError as exc:
-            raise RestoreError(f"nothing restored: its values could not be proven: {exc.strerror or exc}: "
-                               f"{exc.filename}") from None
-    return prove
+    return prover(drill_cfg, unanchored=getattr(args, "unanchored", False))

@@ -107,6 +107,7 @@ class ReconcileConfig:
     batch_interval: int
     backoff_initial: float
     backoff_max: float
+    seed_from: str | None = None      # a backup target new replicas are seeded from (reconcile/seeding.py)
 
     def replica_name(self, primary_name: str) -> str:
         return self.rename.get(primary_name, primary_name)
@@ -322,6 +323,7 @@ class Config:
                 adopt_existing=rec["adopt_existing"],
                 max_new_replicas=rec["max_new_replicas"],
                 batch_interval=rec["batch_interval"],
+                seed_from=rec["seed_from"],
                 # the options of reconcile.replication are ReplicationSettings' fields of the same names
                 replication=ReplicationSettings(
                     replica=True, primary_host=rep["primary_host"] or primary.host,

@@ -256,6 +256,10 @@ def _backup_problems(data: dict, lines: Lines) -> list[str]:
         problem = cron_problem(schedule["cron"], schedule["timezone"])
         if problem:
             problems.append(f"{at(path + ('cron',), lines)}: {problem}")
+    seed_from = data["reconcile"]["seed_from"]
+    if seed_from is not None and seed_from not in backup["targets"]:
+        known = ", ".join(sorted(backup["targets"])) or "none defined"
+        problems.append(f"{at(('reconcile', 'seed_from'), lines)}: unknown target '{seed_from}' (targets: {known})")
     continuous = backup["continuous"]
     path = ("backup", "continuous")
     if continuous["target"] is not None and continuous["target"] not in backup["targets"]:
