@@ -163,9 +163,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _identity_flag(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--identity", metavar="FILE",
+    p.add_argument("--identity", metavar="FILE", action="append",
                    help="the age identity (age-keygen's key file, or an OpenSSH private key) that decrypts an "
-                        "encrypted archive (default: backup.encryption.identity_file); never printed")
+                        "encrypted archive (default: backup.encryption.identity_file); never printed; repeat it "
+                        "for archives and segments written to different keys (a journal across a key change)")
 
 
 def _anchor_flags(p: argparse.ArgumentParser) -> None:

@@ -134,13 +134,13 @@ class IdentityFile(Sequence[Any]):
     still checked whole when the configuration is loaded
     (config/validate.py): a broken one is a configuration error then."""
 
-    def __init__(self, path: Path):
-        self.path = Path(path)
+    def __init__(self, path: Path, *more: Path):
+        self.paths = [Path(path), *(Path(m) for m in more)]  # --identity given more than once: every key
         self._loaded: list[Any] | None = None
 
     def _identities(self) -> list[Any]:
         if self._loaded is None:
-            self._loaded = load_identities(self.path)
+            self._loaded = [identity for path in self.paths for identity in load_identities(path)]
         return self._loaded
 
     def __len__(self) -> int:

@@ -616,3 +616,8 @@ def test_a_journal_switching_recipients_encrypts_what_follows_to_the_new_key_and
     done = replicator(*restore, "--as", back, "--identity", str(both))
     assert done.returncode == 0 and f"transaction {want}" in done.stdout, done.stdout + done.stderr
     assert immudb_data.read(replica_server, back, written) == written
+    # or each key in its own file, --identity given twice
+    again = unique_name("back")
+    done = replicator(*restore, "--as", again, "--identity", str(a_identity), "--identity", str(b_identity))
+    assert done.returncode == 0 and f"transaction {want}" in done.stdout, done.stdout + done.stderr
+    assert immudb_data.read(replica_server, again, written) == written

@@ -71,8 +71,12 @@ def identities_for(args: argparse.Namespace, cfg) -> Sequence | None:
     from pathlib import Path
 
     from reconciler.encryption import IdentityFile
-    given = getattr(args, "identity", None)
-    path = Path(given) if given else (cfg.backup.encryption.identity_file if cfg is not None else None)
+    given = getattr(args, "identity", None) or []
+    if isinstance(given, str):
+        given = [given]
+    if given:
+        return IdentityFile(*(Path(g) for g in given))
+    path = cfg.backup.encryption.identity_file if cfg is not None else None
     return IdentityFile(path) if path is not None else None
 
 
