@@ -92,6 +92,7 @@ class Reconciler:
         self._pass_lock = threading.Lock()
         self._holds = Holds()  # databases a backup in this process holds
         self._backoff: dict[str, _Backoff] = {}
+        self.seed_failed: set[str] = set()  # replicas whose creation over seeded files failed: not seeded again
         self._states: dict[str, DatabaseStatus] = {}
         self._last_pass_error: str | None = None
         self._replica_names: set[str] = set()  # what the replica held at the last listing
@@ -365,7 +366,7 @@ def _grant(r: Reconciler, a: Action, password: Secret) -> None:
 def _create_replica(r: Reconciler, a: Action, password: Secret) -> None:
     name = _named(a)
     seeded = None
-    if r.cfg.reconcile.seed_from is not None:
+    if r.cfg.reconcile.seed_from is not None and name not in r.seed_failed:
         from reconciler.backup.seed import seed
         seeded = seed(r.cfg, name)  # the archive's files in place, checked; None: from transaction 1
     try:
@@ -373,7 +374,8 @@ def _create_replica(r: Reconciler, a: Action, password: Secret) -> None:
     except BaseException:
         if seeded is not None:
             from reconciler.backup.seed import discard
-            discard(r.cfg, seeded)
+            r.seed_failed.add(name)  # e.g. immudb cannot open the files: the next try replicates from 1
+            discard(r.cfg, seeded, r.replica)
         raise
 
 

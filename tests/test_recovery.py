@@ -145,6 +145,16 @@ def test_if_empty_leaves_a_folder_that_holds_something_and_fills_an_empty_volume
     assert {p: p.stat().st_mtime_ns for p in volume.rglob("*")} == before
     refused = server.restore("--to-end", "--data-dir", str(volume))
     assert refused.returncode == 1 and "is not empty" in refused.stderr, refused.stdout + refused.stderr
+    # a restore killed halfway (out of memory, evicted) leaves its marker: the next start restores again
+    half = tmp_path / "half"
+    (half / "lost+found").mkdir(parents=True)
+    (half / server.names[0]).mkdir()
+    (half / ".replicator-restore-incomplete").write_text("")
+    kept = server.restore("--to-end", "--data-dir", str(half))
+    assert kept.returncode == 1 and "did not finish" in kept.stderr, kept.stdout + kept.stderr
+    again = server.restore("--to-end", "--data-dir", str(half), "--if-empty")
+    assert again.returncode == 0 and "restoring again" in again.stdout, again.stdout + again.stderr
+    assert sorted(p.name for p in half.iterdir()) == sorted([*server.names, server.archived, "lost+found"])
 
 
 def test_one_database_that_cannot_reach_its_point_fails_the_command_and_leaves_nothing_of_it(server, tmp_path):
@@ -174,6 +184,8 @@ def test_one_database_that_cannot_reach_its_point_fails_the_command_and_leaves_n
     (["--to-end", "--data-dir", "X", "--parallel", "0"], "--parallel must be 1 or more"),
     (["--to-end", "--data-dir", "X", "--database", "nosuchdb"], "no journal or archive of nosuchdb"),
     (["--to-end", "--data-dir", "X"], "nothing to restore"),
+    (["--to-end", "--data-dir", "X", "--database", ""], "not a database name"),
+    (["--to-end", "--data-dir", "X", "--database", ".."], "not a database name"),
 ])
 def test_what_a_whole_server_restore_refuses(tmp_path, primary_server, replica_server, args, said):
     config = write_config(tmp_path, primary_server, replica_server, "none_",

@@ -179,3 +179,31 @@ def test_the_replica_is_asked_its_last_transaction_once():
     replica = Replica(H, 60)
     resume([seg(H, 1, 30)], [], replica, bases=[Base(20, H[20])], truncated_at=41)
     assert replica.asked.count("state") == 1
+
+
+def test_retention_deletes_segments_only_on_the_strength_of_bases_it_can_vouch_for(tmp_path):
+    """A base record's name is anyone's word (whoever can write the
+    target): one naming a late transaction and an archive that is there
+    would let retention delete every segment before it. prune counts only
+    the bases its `vouched` check (the local checkpoint of the archive)
+    confirms."""
+    from reconciler.journal.bases import prune, record_name
+    from reconciler.journal.format import segment_name
+    from reconciler.targets.base import Retention, TargetConfig
+    root = tmp_path / "t"
+    (root / "journal" / "db").mkdir(parents=True)
+    archive = "immudb-20261203T000000Z.tar.gz"
+    (root / archive).write_bytes(b"an archive")
+    for first, last in ((1, 10), (11, 20), (21, 30)):
+        (root / "journal" / "db" / segment_name(first, last, H[first - 1] if first > 1 else GENESIS_ALH,
+                                                H[last])).write_bytes(b"segment")
+    (root / "journal" / "db" / record_name(25, H[25], archive)).write_bytes(b"{}")  # forged: no body needed
+    cfg = TargetConfig("t", "file", str(root / "immudb-{timestamp}.tar.gz"), retention=Retention(keep_last=1))
+    assert prune(cfg, lambda base: False) == {}
+    assert len(list((root / "journal" / "db").glob("*.journal"))) == 3
+    seen: list = []
+    deleted = prune(cfg, lambda base: seen.append(base) or True)
+    assert [b.tx_id for b in seen] == [25] and seen[0].archive == archive
+    assert len(deleted["db"]) == 2  # those that end before the base
+    [left] = (root / "journal" / "db").glob("*.journal")
+    assert left.name.startswith(f"{21:020d}-{30:020d}-")

@@ -233,6 +233,11 @@ def values_prover(cfg: DrillConfig, unanchored: bool = False) -> Callable:
                                f"its files; proving those takes {exc}; or take the archive as it is with "
                                f"--unanchored") from None
         entries = [e for e in manifest.databases if e.name in databases]
+        stateless = [e.name for e in entries if e.state is None]
+        if stateless:
+            raise RestoreError(f"nothing restored: the archive recorded no state of {', '.join(stateless)} (unloaded "
+                               f"when backed up), and no local checkpoint vouches for its bytes: nothing outside "
+                               f"the target vouches for those files; --unanchored takes them as they are")
         try:
             prove_history(binary, folder, entries, cfg.start_timeout, cfg.scratch_dir)
         except DrillError as exc:

@@ -17,7 +17,8 @@ from reconciler.errors import ReplicatorError
 from reconciler.targets.base import TargetConfig
 
 SUFFIX = ".pin"
-targets.register_placeholder("{pin}", r"[A-Za-z0-9][A-Za-z0-9._-]{0,250}\.pin")
+_PIN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,250}\.pin"
+targets.register_placeholder("{pin}", _PIN)
 
 
 def _pins(cfg: TargetConfig) -> TargetConfig:
@@ -35,6 +36,10 @@ def pinned(cfg: TargetConfig) -> set[str]:
 
 def pin(cfg: TargetConfig, archive: str) -> bool:
     """Pin `archive` (which must be at the target); False if it was already."""
+    import re
+    if not re.fullmatch(_PIN, archive + SUFFIX):
+        raise ReplicatorError(f"{archive!r} cannot be pinned: pins are for names of letters, digits, '.', '_' and "
+                              f"'-' (at most 250), as the default templates make them")
     with targets.build(cfg) as target:
         if archive not in {a.name for a in target.list()}:
             raise ReplicatorError(f"no archive {archive!r} at target {cfg.name} (`replicator list --target "

@@ -70,7 +70,17 @@ def seed(cfg: Config, database: str) -> Seeded | None:
                 location, reader = target.location(newest.name), HashingReader(stream)
 
                 def vouch(manifest):
-                    return vouch_for_archive(cfg, target_cfg, newest.name, location, manifest, reader, live=True)
+                    entry = next((e for e in manifest.databases if e.name == database), None)
+                    if entry is not None and entry.state is None:
+                        raise ReplicatorError(f"{newest.name} recorded no state of {database} (it was unloaded "
+                                              f"when backed up): nothing to check its history against")
+                    verdicts = vouch_for_archive(cfg, target_cfg, newest.name, location, manifest, reader, live=True)
+                    if not any(v.anchor == "live" and v.vouched for v in verdicts):
+                        # any one anchor vouches for a restore; a replica must also be of the primary's history now
+                        raise ReplicatorError(f"the primary does not hold {database}'s state of {newest.name} "
+                                              f"(transaction {entry.tx_id if entry else '?'}): a replica seeded "
+                                              f"from it would not be of the primary's history")
+                    return verdicts
 
                 result = restore(reader, cfg.replica.data_dir, [database], force=True, vouch=vouch,
                                  identities=IdentityFile(identity) if identity else None,
@@ -89,8 +99,14 @@ def seed(cfg: Config, database: str) -> Seeded | None:
     return seeded
 
 
-def discard(cfg: Config, seeded: Seeded) -> None:
-    """The seeded files removed again (the replica's creation failed)."""
+def discard(cfg: Config, seeded: Seeded, replica) -> None:
+    """The seeded files removed again (the replica's creation failed),
+    unless the replica has the database after all (a reply lost, say)."""
+    try:
+        if seeded.database in {d.name for d in replica.list_databases()}:
+            return
+    except ReplicatorError:
+        return  # cannot tell: leave the files; the next pass will not seed over an existing folder
     folder = cfg.replica.data_dir / seeded.database
     if folder.is_dir() and not folder.is_symlink():
         shutil.rmtree(folder, ignore_errors=True)

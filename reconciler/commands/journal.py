@@ -35,11 +35,12 @@ def _server(cfg, args: argparse.Namespace):
 
 
 @contextlib.contextmanager
-def _throwaway(cfg, args: argparse.Namespace, data_dir: Path):
+def _throwaway(cfg, args: argparse.Namespace, data_dir: Path, keep: frozenset[str] = frozenset()):
     """A throwaway immudb on `data_dir`; what it created for itself
     (systemdb with its random admin password, defaultdb, its identifier and
     log folder) is removed when it stops, so that the operator's immudb
-    makes its own and serves the restored database."""
+    makes its own and serves the restored database; `keep`: databases
+    restored there (one may be called immulog)."""
     import shutil
     from dataclasses import replace
 
@@ -58,7 +59,8 @@ def _throwaway(cfg, args: argparse.Namespace, data_dir: Path):
                 yield admin
     finally:
         for entry in data_dir.iterdir():
-            if entry.name not in before and entry.name in SERVER_DATABASES | {"immudb.identifier", "immulog"}:
+            if entry.name not in before and entry.name not in keep and \
+                    entry.name in SERVER_DATABASES | {"immudb.identifier", "immulog"}:
                 shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
 
 
@@ -117,7 +119,7 @@ def restore_to_point(args: argparse.Namespace) -> int:
                                                       store.sealing.identities)
                         if restore_as != planned.base.database:
                             (data_dir / planned.base.database).rename(data_dir / restore_as)
-                    with _throwaway(cfg, args, data_dir) as admin:
+                    with _throwaway(cfg, args, data_dir, keep=frozenset({restore_as})) as admin:
                         result = replay(store, planned, admin, restore_as, progress=bar.update)
                 where = f"in {data_dir} (start immudb with --dir {data_dir})"
         finally:

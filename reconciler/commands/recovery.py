@@ -25,6 +25,9 @@ from reconciler.errors import ReplicatorError
 # what a fresh volume may hold and still be empty: ext4's lost+found (a Kubernetes volume has one)
 _VOLUME_ENTRIES = frozenset({"lost+found"})
 MAX_PARALLEL = 4
+# in the folder while a restore runs: a folder that holds it was left by a restore that did not finish (killed,
+# evicted, out of memory), and is restored again rather than taken for a restored server (--if-empty)
+MARKER = ".replicator-restore-incomplete"
 
 
 @dataclass
@@ -66,7 +69,7 @@ def held_entries(data_dir: Path) -> list[str]:
 def restore_all(args: argparse.Namespace) -> int:
     from reconciler.commands.journal import _journal_databases, _journal_target
     from reconciler.journal.replay import Point, parse_time
-    from reconciler.state import SERVER_DATABASES
+    from reconciler.state import SERVER_DATABASES, is_database_name
     for flag, value in (("an archive", args.archive), ("--to-tx", args.to_tx), ("--as", args.restore_as),
                         ("--server", args.server), ("--force", args.force)):
         if value:
@@ -82,6 +85,13 @@ def restore_all(args: argparse.Namespace) -> int:
     if data_dir.is_symlink() or data_dir.exists() and not data_dir.is_dir():
         raise ReplicatorError(f"{data_dir} is not a folder")
     held = held_entries(data_dir)
+    if MARKER in held:
+        if not args.if_empty:
+            raise ReplicatorError(f"{data_dir} holds what a restore that did not finish left ({MARKER}): empty it, "
+                                  f"or run with --if-empty, which restores it again")
+        print(f"{data_dir}: an earlier restore did not finish ({MARKER}): restoring again")
+        _empty(data_dir, made=False)
+        held = []
     if held and args.if_empty:
         print(f"{data_dir} holds {', '.join(held[:5])}{' ...' if len(held) > 5 else ''} already: nothing restored "
               f"(--if-empty)")
@@ -90,15 +100,19 @@ def restore_all(args: argparse.Namespace) -> int:
         raise ReplicatorError(f"{data_dir} is not empty (it holds {', '.join(held[:5])}): --all restores into a new "
                               f"folder; add --if-empty to leave a folder that holds databases as it is")
     point = Point(time=parse_time(args.to_time) if args.to_time is not None else None)
+    named = list(dict.fromkeys(args.database or []))
+    odd = [n for n in named if not is_database_name(n)]
+    if odd:
+        raise ReplicatorError(f"--database {odd[0]!r}: not a database name immudb accepts (lowercase letters, digits, "
+                              f"_; an unset shell variable?)")
     cfg = load_config(args, setup_logging=False)
     target_cfg = _journal_target(cfg, args.target)
-    journaled = _journal_databases(target_cfg)
+    journaled = [d for d in _journal_databases(target_cfg) if _has_segments(target_cfg, d)]
     newest = _newest_archive(target_cfg, point)
     if not journaled and newest is None and args.if_empty:  # a new deployment: no backup yet, immudb starts empty
         print(f"no journal or archive at target {target_cfg.name}: nothing restored, {data_dir} stays empty "
               f"(--if-empty)")
         return 0
-    named = list(dict.fromkeys(args.database or []))
     wanted = [d for d in named if d in journaled] if named else list(journaled)
     archived_only = [d for d in named if d not in journaled] if named else None  # None: whatever the archive holds
     if archived_only and newest is None:
@@ -117,6 +131,7 @@ def restore_all(args: argparse.Namespace) -> int:
     outcomes = [Outcome(d) for d in wanted]
     made = not data_dir.exists()
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    (data_dir / MARKER).write_text("a restore --all is running or did not finish: this folder is not restored\n")
     try:
         _plan_all(cfg, target_cfg, outcomes, point, args, identities)
         _restore_bases(cfg, target_cfg, outcomes, data_dir, args, identities)
@@ -135,8 +150,18 @@ def restore_all(args: argparse.Namespace) -> int:
                               f"without a journal, and there is no journal")
     if not any(o.ok for o in outcomes) and made:
         _empty(data_dir, made)
+    if data_dir.exists():
+        (data_dir / MARKER).unlink(missing_ok=True)  # finished: what is there is what the table says
     _report(outcomes, skipped, point, data_dir, time.monotonic() - started)
     return 0 if all(o.ok for o in outcomes) else 1
+
+
+def _has_segments(target_cfg, database: str) -> bool:
+    """Whether the journal folder of `database` holds a segment (a folder
+    with base records only, or emptied by retention, is no journal)."""
+    from reconciler.journal.store import JournalStore
+    with JournalStore(target_cfg, database) as store:
+        return bool(store.segments())
 
 
 def _plan_all(cfg, target_cfg, outcomes: list[Outcome], point, args, identities) -> None:
@@ -163,9 +188,10 @@ def _plan_all(cfg, target_cfg, outcomes: list[Outcome], point, args, identities)
 def _newest_archive(target_cfg, point):
     """The target's newest archive (written at or before the point's time)."""
     from reconciler import targets
+    from reconciler.targets.base import sort_key
     with targets.build(target_cfg) as target:
-        archives = [a for a in target.list() if point.time is None or a.modified <= point.time]
-    return max(archives, key=lambda a: (a.modified, a.name), default=None)
+        archives = [a for a in target.list() if point.time is None or sort_key(a)[0] <= point.time]
+    return max(archives, key=sort_key, default=None)
 
 
 def _restore_archived(cfg, target_cfg, archive: str, names: list[str] | None, data_dir: Path, args, identities,
@@ -249,7 +275,7 @@ def _replay_all(cfg, target_cfg, outcomes: list[Outcome], data_dir: Path, args, 
             bar.database_done()
 
     try:
-        with _throwaway(cfg, args, data_dir) as admin:
+        with _throwaway(cfg, args, data_dir, keep=frozenset(o.database for o in outcomes)) as admin:
             with ThreadPoolExecutor(max_workers=min(parallel, len(todo)),
                                     thread_name_prefix="restore") as pool:
                 list(pool.map(one, todo))
@@ -274,7 +300,8 @@ def _report(outcomes: list[Outcome], skipped: list[str], point, data_dir: Path, 
 
 
 def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
+    from reconciler.state import is_database_name
+    if is_database_name(path.name) and path.is_dir() and not path.is_symlink():  # a database's folder, nothing else
         shutil.rmtree(path, ignore_errors=True)
 
 

@@ -27,6 +27,7 @@ import hashlib
 import json
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from reconciler import targets
@@ -88,7 +89,7 @@ def after_archive(cfg: Config, target_cfg: TargetConfig, archive: str, manifest:
         journaled = [e.name for e in manifest.databases if e.name in continuous.databases]
         recorded = record(target_cfg, archive, manifest, writing_sealing(cfg.backup.encryption), journaled)
         if target_cfg.retention is not None:  # archives are deleted: segments only their bases needed may go
-            prune(target_cfg)
+            prune(target_cfg, _written_here(cfg, target_cfg))
     except (TargetError, OSError, EncryptionError) as exc:  # EncryptionError: no record in the clear either
         event(log, "journal_bases_failed", logging.WARNING, target=target_cfg.name, archive=archive,
               error=str(exc))
@@ -188,10 +189,30 @@ def _forget(target, name: str) -> None:
         pass
 
 
-def prune(cfg: TargetConfig) -> dict[str, list[str]]:
+def _written_here(cfg: Config, target_cfg: TargetConfig) -> Callable[[Base], bool]:
+    """Whether a base is one this replicator wrote: its archive's local
+    checkpoint records the database at that transaction and Alh. A record's
+    name is anyone's word (whoever can write the target); segments are
+    deleted only on the strength of bases this checks."""
+    from reconciler.signed import TrustError
+    from reconciler.trust.sources import checkpoints
+    points = checkpoints(cfg)
+
+    def vouched(base: Base) -> bool:
+        try:
+            mark = points.archive(target_cfg, base.archive)
+        except (TrustError, OSError):
+            return False
+        state = mark.databases.get(base.database) if mark is not None else None
+        return state is not None and state[0] == base.tx_id and base.confirmed_by(state[1])
+    return vouched
+
+
+def prune(cfg: TargetConfig, vouched: Callable[[Base], bool]) -> dict[str, list[str]]:
     """Retention: per database with a journal at `cfg`, delete the segments
-    that end before its oldest base whose archive is still there. The
-    segments deleted, by database."""
+    that end before its oldest base whose archive is still there and that
+    `vouched` (the local checkpoint: _written_here) confirms. The segments
+    deleted, by database."""
     from reconciler.journal.store import journal_root
     from reconciler.state import is_database_name
     with targets.build(cfg) as target:
@@ -200,7 +221,7 @@ def prune(cfg: TargetConfig) -> dict[str, list[str]]:
         databases = [n for n in root.folders() if is_database_name(n)]
     deleted: dict[str, list[str]] = {}
     for database in databases:
-        kept = bases(cfg, database, archives)
+        kept = [b for b in bases(cfg, database, archives) if vouched(b)]
         if not kept:
             continue
         oldest = kept[0].tx_id
