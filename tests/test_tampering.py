@@ -421,6 +421,27 @@ def test_an_archive_holding_another_databases_history_under_its_name_is_refused(
             alone.stdout + alone.stderr
 
 
+def test_an_entry_without_a_state_is_not_restored_on_a_machine_without_the_checkpoint(archived, tmp_path):
+    """A real database's entry kept (its state vouched for by the live
+    servers) beside one whose state was removed, as if it had been unloaded
+    at the backup: nothing but the local checkpoint could vouch for those
+    files, and a new machine has none."""
+    a, b, made = archived
+
+    def unstate(tree: Path, manifest: dict) -> None:
+        for entry in manifest["databases"]:
+            if entry["name"] == b.name:
+                entry.update(tx_id=None, tx_hash=None, signed=None)
+    forged = rebuild_archive(made, made.with_name("immudb-stateless.tar.gz"), tmp_path, unstate)
+    new_machine = a.configured(state_dir=tmp_path / "empty-state")
+    done = run("restore", "-c", str(new_machine), str(forged), "--data-dir", str(tmp_path / "r"))
+    assert done.returncode == 1 and f"recorded no state of {b.name}" in done.stderr, done.stdout + done.stderr
+    assert not (tmp_path / "r").exists()
+    only_a = run("restore", "-c", str(new_machine), str(forged), "--data-dir", str(tmp_path / "a"),
+                 "--database", a.name)
+    assert only_a.returncode == 0, only_a.stdout + only_a.stderr  # the entry that has a state is proven and restored
+
+
 def test_an_archive_rewritten_in_place_is_refused_by_its_local_checkpoint(archived, tmp_path):
     """A value changed in a database file and the manifest recomputed, the
     archive put back under its own name: only what was written can tell."""
