@@ -323,7 +323,7 @@ def test_list_journal_shows_each_database(tmp_path, followed, primary_server, re
     done = run("list", "-c", str(cfg_path), "--target", "local", "--journal")
     assert done.returncode == 0, done.stderr
     [line] = [line for line in done.stdout.splitlines() if line.startswith(name)]
-    assert "1-4" in line and "complete from transaction 1" in line
+    assert "1-4" in line and "complete from transaction 1: any point" in line
 
 
 @pytest.mark.faults
@@ -451,6 +451,7 @@ def test_a_snapshot_archive_is_a_base_and_retention_keeps_only_what_bases_need(t
     # what retention removed is covered by the base: not a gap
     listed = run("list", "-c", str(d.config_path), "--target", "local", "--journal")
     assert "older transactions removed by retention" in listed.stdout and "GAP" not in listed.stdout, listed.stdout
+    assert "any point since" in listed.stdout, listed.stdout  # the window the retention keeps
 
     # a running server cannot take the archive's files: the error says what to do
     done = run("restore", "-c", str(d.config_path), "--target", "local", "--database", name, "--to-tx", str(tx_id - 1),

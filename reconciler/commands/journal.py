@@ -256,13 +256,17 @@ def list_journal(args: argparse.Namespace) -> int:
             except EncryptionError:  # listing needs no identity: the names say the rest
                 header = None
             held = f"{chain.first_tx}-{chain.last_tx}"
+            archives = store.archives()
             if chain.hole is None:
-                state = "complete from transaction 1"
+                state = "complete from transaction 1: any point"
             else:
-                based = [b for b in bases(target_cfg, database, store.archives())
+                based = [b for b in bases(target_cfg, database, archives)
                          if chain.first_tx - 1 <= b.tx_id <= chain.last_tx]
-                state = (f"from snapshot base {based[0].archive} (transaction {based[0].tx_id}); older "
-                         f"transactions removed by retention" if based else
+                older = sorted(a for a in archives if based and _archive_time(a) < _archive_time(based[0].archive))
+                state = (f"from snapshot base {based[0].archive} (transaction {based[0].tx_id}): any point since "
+                         f"{_when(_archive_time(based[0].archive))}"
+                         + (f", then {len(older)} archived points back to {_when(_archive_time(older[0]))}"
+                            if older else "") + "; older transactions removed by retention" if based else
                          f"GAP: transactions {chain.hole[0]}-{chain.hole[1]} missing")
             try:
                 mark = points.journal(target_cfg, database)
@@ -283,6 +287,11 @@ def list_journal(args: argparse.Namespace) -> int:
             when = _when(header.last_ts) if header is not None else "(encrypted)"
             print(f"{database:<24} {held:>14} {len(segments):>9} {size(total):>10}  {when:<21} {state}")
     return 0
+
+
+def _archive_time(name: str) -> float:
+    from reconciler.targets.base import ArchiveInfo, sort_key
+    return sort_key(ArchiveInfo(name, 0, 0.0, ""))[0]
 
 
 def _journal_databases(target_cfg) -> list[str]:
