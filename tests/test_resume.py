@@ -181,6 +181,7 @@ def test_the_replica_is_asked_its_last_transaction_once():
     assert replica.asked.count("state") == 1
 
 
+@pytest.mark.faults
 def test_retention_deletes_segments_only_on_the_strength_of_bases_it_can_vouch_for(tmp_path):
     """A base record's name is anyone's word (whoever can write the
     target): one naming a late transaction and an archive that is there

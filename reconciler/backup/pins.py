@@ -46,17 +46,7 @@ def pin(cfg: TargetConfig, archive: str) -> bool:
                                   f"{cfg.name}` shows them)")
     body = json.dumps({"archive": archive, "pinned_at": time.time()}).encode()
     with targets.build(_pins(cfg)) as pins:
-        try:
-            upload = pins.open(archive + SUFFIX, size_hint=len(body))
-        except targets.ArchiveExists:
-            return False
-        try:
-            upload.write(body)
-            upload.commit()
-        except BaseException:
-            upload.abort()
-            raise
-    return True
+        return targets.put_new(pins, archive + SUFFIX, body)
 
 
 def unpin(cfg: TargetConfig, archive: str) -> None:

@@ -182,17 +182,27 @@ def _new_folder(data_dir: Path):
 def _restore_base(cfg, target_cfg, bases: list, data_dir: Path, args: argparse.Namespace, identities,
                   beside_others: bool = False) -> list:
     """The snapshot bases' databases (all of one archive), extracted into
-    `data_dir`: every file checked against the manifest, and the manifest
-    against the archive's anchors (as `restore ARCHIVE` does: whoever can
-    write to the target could rebuild an archive consistently, hashes and
-    base record included). `data_dir` is empty, or with `beside_others`
-    holds other databases (none of these). Its verdicts."""
+    `data_dir` (restore_checked). `data_dir` is empty, or with
+    `beside_others` holds other databases (none of these). Its verdicts."""
+    [archive] = {b.archive for b in bases}
+    result = restore_checked(cfg, target_cfg, archive, data_dir, args, identities, "snapshot base ",
+                             databases=[b.database for b in bases], force=beside_others)
+    return list(result.vouched or [])
+
+
+def restore_checked(cfg, target_cfg, archive: str, data_dir: Path, args: argparse.Namespace, identities,
+                    what: str = "", **options):
+    """Archive `archive` of target `target_cfg` restored into `data_dir`
+    (backup.restore.restore's `options`): every file checked against the
+    manifest, the manifest against the archive's anchors (as `restore
+    ARCHIVE` does: whoever can write to the target could rebuild an archive
+    consistently, hashes and base record included), and its values proven
+    where no local checkpoint vouches for its bytes. Its RestoreResult."""
     from reconciler import targets
     from reconciler.backup.restore import restore as restore_archive
     from reconciler.signed import TrustError
     from reconciler.trust.archives import HashingReader
     from reconciler.trust.sources import vouch_for_archive
-    [archive] = {b.archive for b in bases}
     with targets.build(target_cfg) as target, target.read(archive) as stream:
         location, reader = target.location(archive), HashingReader(stream)
 
@@ -201,11 +211,10 @@ def _restore_base(cfg, target_cfg, bases: list, data_dir: Path, args: argparse.N
                 return vouch_for_archive(cfg, target_cfg, archive, location, manifest, reader,
                                          live=not args.no_live, unanchored=args.unanchored)
             except TrustError as exc:
-                raise TrustError(f"nothing restored: snapshot base {exc}") from None
+                raise TrustError(f"nothing restored: {what}{exc}") from None
 
-        result = restore_archive(reader, data_dir, [b.database for b in bases], force=beside_others, vouch=vouch,
-                                 identities=identities, prove=values_prover(args, cfg))
-    return list(result.vouched or [])
+        return restore_archive(reader, data_dir, vouch=vouch, identities=identities, prove=values_prover(args, cfg),
+                               **options)
 
 
 class _Bar:

@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from reconciler.commands import identities_for, load_config, values_prover
+from reconciler.commands import identities_for, load_config
 from reconciler.errors import ReplicatorError
 
 # what a fresh volume may hold and still be empty: ext4's lost+found (a Kubernetes volume has one)
@@ -199,24 +199,10 @@ def _restore_archived(cfg, target_cfg, archive: str, names: list[str] | None, da
     """The databases without a journal, from archive `archive` as it holds
     them (`names`, or every one not in `exclude`), checked against its
     anchors: their point is the archive's."""
-    from reconciler import targets
-    from reconciler.backup.restore import restore as restore_archive
-    from reconciler.signed import TrustError
-    from reconciler.trust.archives import HashingReader
-    from reconciler.trust.sources import vouch_for_archive
+    from reconciler.commands.journal import restore_checked
     try:
-        with targets.build(target_cfg) as target, target.read(archive) as stream:
-            location, reader = target.location(archive), HashingReader(stream)
-
-            def vouch(manifest):
-                try:
-                    return vouch_for_archive(cfg, target_cfg, archive, location, manifest, reader,
-                                             live=not args.no_live, unanchored=args.unanchored)
-                except TrustError as exc:
-                    raise TrustError(f"nothing restored: {exc}") from None
-
-            result = restore_archive(reader, data_dir, names, force=True, vouch=vouch, identities=identities,
-                                     exclude=sorted(exclude), prove=values_prover(args, cfg))
+        result = restore_checked(cfg, target_cfg, archive, data_dir, args, identities, databases=names, force=True,
+                                 exclude=sorted(exclude))
     except ReplicatorError as exc:
         return [Outcome(name, error=str(exc)) for name in (names or [f"(archive {archive})"])]
     assert result.manifest is not None

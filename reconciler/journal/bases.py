@@ -112,16 +112,8 @@ def record(cfg: TargetConfig, archive: str, manifest: Manifest, sealing: Sealing
         body = sealing.seal(json.dumps({"database": entry.name, "tx_id": tx_id, "tx_hash": tx_hash.hex(),
                                         "archive": archive, "backup_id": manifest.backup_id}).encode())
         with _base_target(cfg, entry.name) as target:
-            try:
-                upload = target.open(name, size_hint=len(body))
-            except targets.ArchiveExists:
+            if not targets.put_new(target, name, body):
                 continue  # recorded already (the hook ran again for this archive)
-            try:
-                upload.write(body)
-                upload.commit()
-            except BaseException:
-                upload.abort()
-                raise
         done.append(entry.name)
     return done
 

@@ -97,17 +97,7 @@ class JournalStore:
         (an upload that committed before a crash): a segment's name holds
         its range and hashes, so the same name is the same segment."""
         blob = self.sealing.seal(blob)  # before anything is opened: never a plaintext segment by mistake
-        try:
-            upload = self.target.open(name, size_hint=len(blob))
-        except targets.ArchiveExists:
-            return False
-        try:
-            upload.write(blob)
-            upload.commit()
-        except BaseException:
-            upload.abort()
-            raise
-        return True
+        return targets.put_new(self.target, name, blob)
 
     def open(self, name: str) -> BinaryIO:
         """Segment `name`'s bytes, decrypted when they are encrypted. Raises

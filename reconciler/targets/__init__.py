@@ -32,7 +32,8 @@ if TYPE_CHECKING:
 __all__ = ["ArchiveExists", "ArchiveInfo", "InlinePolicy", "RequestRefused", "Retained", "StoredMismatch", "Target",
            "TargetError",
            "Upload", "register_placeholder",
-           "build", "from_request", "kind", "kinds", "for_url", "config_problems", "refusal", "settings_problems"]
+           "build", "from_request", "kind", "kinds", "for_url", "config_problems", "put_new", "refusal",
+           "settings_problems"]
 
 
 @cache
@@ -56,6 +57,23 @@ def kind(name: str) -> ModuleType:
 def build(cfg: TargetConfig) -> Target:
     """The target a config entry describes."""
     return kind(cfg.kind).build(cfg)
+
+
+def put_new(target: Target, name: str, body: bytes) -> bool:
+    """`body` stored as `name`, whole or absent; False when an object of
+    that name is there already (written by an earlier try: names of small
+    objects say what they hold)."""
+    try:
+        upload = target.open(name, size_hint=len(body))
+    except ArchiveExists:
+        return False
+    try:
+        upload.write(body)
+        upload.commit()
+    except BaseException:
+        upload.abort()
+        raise
+    return True
 
 
 def settings_problems(configured: Mapping[str, TargetConfig]) -> list[str]:
