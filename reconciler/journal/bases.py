@@ -127,7 +127,8 @@ def bases(cfg: TargetConfig, database: str, archives: set[str], sealing: Sealing
     A record's name says enough for the journal (transaction, short Alh,
     archive); `complete` reads every body instead (whole Alh, for a
     replay), decrypted with `sealing`'s identities: a record that cannot be
-    read then is left out (logged)."""
+    read then is left out (logged), and an encrypted one without any
+    identity raises EncryptionError (the restore needs --identity)."""
     sealing = sealing or Sealing()
     by_digest = {archive_digest(a): a for a in archives}
     found = []
@@ -165,9 +166,14 @@ def _read(target, name: str, database: str, sealing: Sealing) -> Base | None:
             d = json.loads(stream.read(_BODY_MAX))
         base = Base(d["database"], int(d["tx_id"]), bytes.fromhex(d["tx_hash"]), str(d["archive"]),
                     str(d.get("backup_id", "")), name)
-    except (ValueError, KeyError, TypeError, TargetError, OSError, EncryptionError) as exc:
+    except EncryptionError as exc:
+        if not sealing.identities:  # a restore without any identity: say so, not "no base" further on
+            raise
+        event(log, "journal_base_unreadable", logging.WARNING, database=database, record=name, reason=str(exc))
+        return None
+    except (ValueError, KeyError, TypeError, TargetError, OSError) as exc:
         event(log, "journal_base_unreadable", logging.WARNING, database=database, record=name,
-              reason=str(exc) if isinstance(exc, EncryptionError) else type(exc).__name__)
+              reason=type(exc).__name__)
         return None
     if base.database != database or not base.complete:
         return None
